@@ -1,0 +1,166 @@
+"""Constitutions: YAML files of principles that researchers edit, validated strictly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from factory.errors import InputError
+from factory.yamlfile import load_yaml, read_text
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v.strip()
+
+
+class Principle(Strict):
+    id: str = Field(pattern=ID_PATTERN, description="stable id, recorded in every row it shaped")
+    critique: str = Field(description="the request that asks for a critique of a response")
+    revision: str = Field(description="the request that asks for a rewrite addressing the critique")
+    judge: str | None = Field(default=None, description="optional instruction for a judge comparing two answers")
+
+    _blank = field_validator("critique", "revision")(_not_blank)
+
+    def digest(self) -> str:
+        return _digest(self.model_dump())
+
+
+class Example(Strict):
+    """One worked critique-and-revise example shown to the model as few-shot context.
+
+    Give `principle` (an id) or both `critique_request` and `revision_request` verbatim.
+    An example whose revision equals its response shows that no change was needed.
+    """
+
+    prompt: str
+    response: str
+    principle: str | None = None
+    critique_request: str | None = None
+    revision_request: str | None = None
+    critique: str
+    revision: str
+
+    _blank = field_validator("prompt", "response", "critique", "revision")(_not_blank)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Example:
+        verbatim = self.critique_request is not None and self.revision_request is not None
+        if (self.principle is None) == (not verbatim):
+            raise ValueError("give either 'principle' or both 'critique_request' and 'revision_request'")
+        return self
+
+    @property
+    def needs_change(self) -> bool:
+        return self.revision.strip() != self.response.strip()
+
+
+class Constitution(Strict):
+    name: str = Field(pattern=ID_PATTERN)
+    version: str
+    description: str
+    principles: list[Principle] = Field(min_length=1)
+    examples: list[Example] = Field(default_factory=list, description="few-shot critique-and-revise examples")
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> Constitution:
+        seen: set[str] = set()
+        for p in self.principles:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        for i, ex in enumerate(self.examples):
+            if ex.principle is not None and ex.principle not in seen:
+                raise ValueError(f"examples[{i}] names unknown principle {ex.principle!r}")
+        return self
+
+    @property
+    def digest(self) -> str:
+        """Content hash: changes with any principle or example, not with comments or layout."""
+        return _digest(self.model_dump())
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def principle(self, pid: str) -> Principle:
+        return next(p for p in self.principles if p.id == pid)
+
+    def requests(self, ex: Example) -> tuple[str, str]:
+        """The critique and revision requests an example answers."""
+        if ex.principle is not None:
+            p = self.principle(ex.principle)
+            return p.critique, p.revision
+        return ex.critique_request or "", ex.revision_request or ""
+
+    def warnings(self) -> list[str]:
+        out = []
+        if not self.examples:
+            out.append("no few-shot examples: small models confuse critique and revision without them")
+        elif all(ex.needs_change for ex in self.examples):
+            out.append("no example shows an answer that needed no change (revision equal to response)")
+        return out
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    return load_yaml(path, Constitution)
+
+
+def import_llm_swarm(path: str | Path, name: str) -> dict:
+    """Convert llm-swarm's CAI JSON (`{"constitutions": [{critic, revision}], "system_chat": [...]}`).
+
+    `system_chat` holds few-shot conversations of six turns each: prompt, answer, critique request,
+    critique, revision request, revision (nested per conversation, or flat).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"malformed JSON: {e.msg}", line=e.lineno) from None
+    if isinstance(data, list):  # the bare list form: principles only
+        data = {"constitutions": data}
+    if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list):
+        raise InputError(path, "expected an object with a 'constitutions' list", field="constitutions")
+    principles = []
+    for i, c in enumerate(data["constitutions"]):
+        if not isinstance(c, dict) or not {"critic", "revision"} <= c.keys():
+            raise InputError(path, "each entry needs 'critic' and 'revision'", field=f"constitutions.{i}")
+        principles.append({"id": f"p{i + 1:02d}", "critique": c["critic"], "revision": c["revision"]})
+    chat = data.get("system_chat", [])
+    flat = [m for conv in chat for m in conv] if chat and isinstance(chat[0], list) else chat
+    if len(flat) % 6:
+        raise InputError(path, f"{len(flat)} messages is not a whole number of 6-turn examples", field="system_chat")
+    by_text = {p["critique"].strip(): p["id"] for p in principles}
+    examples = []
+    for k in range(0, len(flat), 6):
+        try:
+            prompt, response, creq, crit, rreq, rev = (str(m["content"]) for m in flat[k : k + 6])
+        except (KeyError, TypeError):
+            raise InputError(path, "each message needs 'content'", field=f"system_chat (message {k})") from None
+        ex = {"prompt": prompt, "response": response, "critique": crit, "revision": rev}
+        pid = by_text.get(creq.strip())
+        ex.update({"principle": pid} if pid else {"critique_request": creq, "revision_request": rreq})
+        examples.append(ex)
+    out = {
+        "name": name,
+        "version": "1.0.0",
+        "description": f"Imported from {path.name} (llm-swarm CAI format).",
+        "principles": principles,
+        "examples": examples,
+    }
+    Constitution.model_validate(out)
+    return out

@@ -1,0 +1,48 @@
+"""The one model interface every stage talks to. A stage never knows which provider answers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Generation parameters. Every field shapes the request, so every field is part of the cache key."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    # Ask for the log-probabilities of these strings as the *first* generated token (judges use it).
+    logprob_tokens: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop", "length", or the provider's own word
+    # log P(token) at the first generated position, for each requested token the backend could score.
+    logprobs: dict[str, float] | None = field(default=None)
+
+
+class Model(ABC):
+    """A chat model. Backends implement `complete`; concurrency and caching belong to the runner."""
+
+    spec: str
+
+    @abstractmethod
+    async def complete(self, messages: list[Message], params: GenParams) -> Completion:
+        """Generate one reply. Raises factory.errors.ModelCallError once transport retries are spent."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, threads or memory."""

@@ -1,0 +1,82 @@
+"""Shared test fixtures. ScriptedModel is a fake for unit-testing stage logic only; everything
+end to end uses the real local HTTP server (tests/server.py) or the real embedded model."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from factory.caller import Caller
+from factory.calllog import CallLog
+from factory.config import ROOT
+from factory.models import Completion, GenParams, Message, Model
+from factory.stats import Stats
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def kind_of(messages: list[Message]) -> str:
+    """Which template a request came from, judged by how its user message ends."""
+    last = messages[-1]["content"].rstrip()
+    if last.endswith("Critique:"):
+        return "critique"
+    if last.endswith("Revised response:"):
+        return "revision"
+    if last.endswith("one per line."):
+        return "questions"
+    return "answer"
+
+
+def default_script(messages: list[Message], params: GenParams) -> str:
+    """A plausible, deterministic model: answers, critiques, revisions with boilerplate, questions."""
+    kind = kind_of(messages)
+    user = messages[-1]["content"]
+    if kind == "answer":
+        return f"Initial answer to: {user[:40]}"
+    if kind == "critique":
+        return "The response could be more careful and kinder."
+    if kind == "revision":
+        request = user.rsplit("Request:", 1)[1].split("\n", 1)[0].strip()
+        return f"Here is a revised response: A careful, kind answer to: {request[:40]}"
+    return "\n".join(f"{i}. How do I make task number {params.seed} {i} easier?" for i in range(1, 6))
+
+
+class ScriptedModel(Model):
+    def __init__(self, script: Callable[[list[Message], GenParams], str] = default_script, spec: str = "fake:scripted"):
+        self.spec, self.script = spec, script
+        self.calls: list[tuple[list[Message], GenParams]] = []
+
+    async def complete(self, messages: list[Message], params: GenParams) -> Completion:
+        self.calls.append((messages, params))
+        await asyncio.sleep(0)
+        text = self.script(messages, params)
+        return Completion(text, sum(len(m["content"].split()) for m in messages), len(text.split()), "stop")
+
+
+@pytest.fixture
+def scripted() -> ScriptedModel:
+    return ScriptedModel()
+
+
+@pytest.fixture
+def caller(tmp_path: Path, scripted: ScriptedModel) -> Caller:
+    log = CallLog(tmp_path / "calls.sqlite")
+    yield Caller({"fake:scripted": scripted}, 8, log, Stats(["questions", "answer", "critique_revise", "export"]))
+    log.close()
+
+
+@pytest.fixture
+def repo() -> Path:
+    return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`factory try` caches calls in FACTORY_CACHE_DIR: give each test its own. Integration tests
+    keep the shared cache, where the converted embedded model lives."""
+    if "integration" not in request.keywords:
+        monkeypatch.setenv("FACTORY_CACHE_DIR", str(tmp_path / "cache"))
