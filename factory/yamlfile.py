@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,13 +75,19 @@ def field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def first_error(path: Path, err: ValidationError, node: yaml.Node | None, line_offset: int = 0) -> InputError:
-    e = err.errors()[0]
+def first_error(path: Path, err: ValidationError, node: yaml.Node | None) -> InputError:
+    """The most telling error first: a misspelt key explains the 'missing' one next to it."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    e = errors[0]
     loc = tuple(e["loc"])
-    msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        missing = [str(m["loc"][-1]) for m in errors if m["type"] == "missing" and tuple(m["loc"][:-1]) == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), missing, n=1)
+        msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else " (not allowed here)")
     line = _line_of(node, loc)
-    extra = f" ({len(err.errors()) - 1} more error(s) after fixing this one)" if len(err.errors()) > 1 else ""
-    return InputError(path, msg + extra, line=(line + line_offset) if line else None, field=field_name(loc))
+    more = f" ({len(errors) - 1} more error(s) after fixing this one)" if len(errors) > 1 else ""
+    return InputError(path, msg + more, line=line, field=field_name(loc))
 
 
 def load_yaml(path: str | Path, model: type[M]) -> M:

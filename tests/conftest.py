@@ -69,6 +69,17 @@ def caller(tmp_path: Path, scripted: ScriptedModel) -> Caller:
     log.close()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hf(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reaches a hub, and `datasets` caches into a throwaway folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf-datasets")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def repo() -> Path:
     return ROOT
@@ -80,3 +91,21 @@ def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch:
     keep the shared cache, where the converted embedded model lives."""
     if "integration" not in request.keywords:
         monkeypatch.setenv("FACTORY_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def server_script(messages: list[dict], body: dict) -> str:
+    """The scripted model, served over HTTP by the real test server."""
+    return default_script(messages, GenParams(seed=body.get("seed")))
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch):
+    """The real local HTTP server, with the env the OpenAI and Anthropic SDKs read."""
+    from server import FakeAPIServer
+
+    with FakeAPIServer(responder=server_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-SECRET456")
+        yield srv

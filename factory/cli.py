@@ -1,0 +1,144 @@
+"""The command line. Thin: parse flags, call the package, print. User errors exit 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import yaml
+from rich.console import Console
+
+from factory import __version__
+from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
+from factory.constitution import import_llm_swarm, load_constitution
+from factory.errors import FactoryError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="factory")
+def cli() -> None:
+    """Constitution Factory: training data from AI feedback.
+
+    A model answers prompts, critiques each answer against a principle of a constitution (a YAML
+    file), and revises it. The results become SFT and preference datasets for TRL.
+
+    \b
+    Start with:  factory run              (the default pipeline on the embedded model)
+                 factory try "PROMPT"      (one prompt, every step printed, with a diff)
+    """
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL file, one object per line with a 'prompt' field (other fields kept as metadata). "
+                   "Replaces question generation.")
+@click.option("--limit", type=int, help="Process at most N prompts.")
+@click.option("--model", help="Model spec for every stage, e.g. local:smollm2, openai:gpt-4o-mini, "
+                              "anthropic:claude-haiku-4-5.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint.")
+@click.option("--seed", type=int, help="Seed for principle draws, few-shot choice and sampling.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="The run directory, exactly (must not exist or be empty). Default: outputs/<timestamp>.")
+def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None,
+        concurrency: int | None, seed: int | None, out: Path | None) -> None:
+    """Run a pipeline: questions, answers, critique and revision, then datasets.
+
+    CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
+    pipelines/api.yaml is sized for an API model). Every input is validated before the run
+    directory is created. The last line printed is the run directory.
+    """
+    from factory.runner import Overrides, Pipeline, run as run_pipeline
+
+    pipe = Pipeline.prepare(load_config(config), Overrides(prompts, limit, model, concurrency, seed))
+    run_dir, failed, counts = run_pipeline(pipe, out, stderr)
+    shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
+    rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
+    stdout.print(f"datasets: {rows}")
+    if failed:
+        stdout.print(f"[red]{failed} record(s) failed[/red]; see {shown}/failed.jsonl")
+    stdout.print("load them with:")
+    stdout.print(f"  python -c \"from datasets import load_dataset; print(load_dataset('{shown}', 'sft'), "
+              f"load_dataset('{shown}', 'prefs'))\"", markup=False, highlight=False, soft_wrap=True)
+    stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
+@cli.command("try")
+@click.argument("prompt")
+@click.option("--constitution", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Constitution YAML (default: {DEFAULT_CONSTITUTION.relative_to(DEFAULT_CONFIG.parent.parent)}).")
+@click.option("--model", help="Model spec (default: the default pipeline's, local:smollm2).")
+@click.option("--rounds", type=click.IntRange(1, 4), help="Critique/revision rounds (default 1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the principle draw and sampling.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pipeline config whose answer and critique settings to use (default: the default pipeline).")
+def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int | None, seed: int,
+         config: Path | None) -> None:
+    """Run one PROMPT through answer, critique and revision, and print every step.
+
+    Ends with a word diff between the first answer and the final revision. Calls are cached
+    (in $FACTORY_CACHE_DIR or ~/.cache/constitution-factory), so after editing one principle
+    only the calls that used it run again.
+    """
+    from factory.tryout import try_prompt
+
+    try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
+
+
+@cli.group()
+def constitution() -> None:
+    """Check and convert constitution files."""
+
+
+@constitution.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def lint(files: tuple[Path, ...]) -> None:
+    """Validate constitution FILES: schema, unknown keys, duplicate ids, example references.
+
+    Prints one line per valid file, plus warnings (for example, no few-shot example that needed
+    no change). Exits 2 at the first invalid file, naming the file, the line and the field.
+    """
+    for f in files:
+        c = load_constitution(f)
+        stdout.print(f"{f}: ok ({c.label}, {len(c.principles)} principles, {len(c.examples)} examples, "
+                  f"sha256 {c.digest[:12]})", markup=False, highlight=False)
+        for w in c.warnings():
+            stdout.print(f"{f}: warning: {w}", markup=False, highlight=False)
+
+
+@constitution.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "dest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the constitution YAML.")
+@click.option("--name", help="Constitution name (default: from the output file name).")
+def import_(file: Path, dest: Path, name: str | None) -> None:
+    """Convert an llm-swarm CAI JSON file ({"constitutions": [{critic, revision}], "system_chat": [...]})."""
+    data = import_llm_swarm(file, name or dest.stem.lower().replace(" ", "-"))
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+    tmp.replace(dest)
+    stdout.print(f"{dest}: {len(data['principles'])} principles, {len(data['examples'])} examples", markup=False)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False, prog_name="factory")
+    except FactoryError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        stderr.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)

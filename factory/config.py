@@ -1,0 +1,91 @@
+"""Pipeline config: a YAML file naming the constitution, the models and each stage's parameters.
+
+Relative paths in a config resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from factory.yamlfile import load_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "pipelines" / "default.yaml"
+DEFAULT_CONSTITUTION = ROOT / "constitutions" / "harmless.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(Strict):
+    model: str | None = Field(default=None, description="model spec for this stage; defaults to the pipeline's")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=256, ge=1)
+
+
+class QuestionsConfig(Sampling):
+    seeds: list[str] = Field(default_factory=list, description="JSONL seed prompt files")
+    include_seeds: bool = Field(default=True, description="the seed prompts themselves are records too")
+    max_seeds: int | None = Field(default=None, ge=0, description="use a seeded sample of this many seed prompts")
+    generate: int = Field(default=0, ge=0, description="how many new prompts to generate from the seeds")
+    examples_per_call: int = Field(default=4, ge=1, description="seed prompts shown per generation call")
+    questions_per_call: int = Field(default=5, ge=1, description="new prompts asked for per call")
+    max_calls: int | None = Field(default=None, ge=1, description="cap on generation calls (default 3x needed)")
+    template: str = "questions"
+    temperature: float = Field(default=1.0, ge=0, le=2)
+
+
+class AnswerConfig(Sampling):
+    candidates: int = Field(default=1, ge=1, le=16)
+    template: str = "answer"
+
+
+class CritiqueReviseConfig(Sampling):
+    rounds: int = Field(default=1, ge=1, le=4)
+    few_shot: int = Field(default=2, ge=0, description="constitution examples shown per call")
+    critique_template: str = "critique"
+    revision_template: str = "revision"
+
+
+class ExportConfig(Strict):
+    test_fraction: float = Field(default=0.1, ge=0, le=1)
+    license: str = Field(default="other", description="license field of the dataset card")
+
+
+class StagesConfig(Strict):
+    questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    critique_revise: CritiqueReviseConfig = Field(default_factory=CritiqueReviseConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+class PipelineConfig(Strict):
+    name: str = "pipeline"
+    description: str = ""
+    constitution: str
+    prompts_dir: str = Field(default=str(ROOT / "prompts"), description="folder of prompt templates")
+    model: str = Field(default="local:smollm2", description="default model spec for every stage")
+    seed: int = 0
+    concurrency: int = Field(default=16, ge=1, description="requests in flight per model endpoint")
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+
+    _base_dir: Path = PrivateAttr(default=ROOT)  # set by load_config
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+    def model_for(self, stage: Sampling) -> str:
+        return stage.model or self.model
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    cfg = load_yaml(path, PipelineConfig)
+    cfg._base_dir = path.resolve().parent
+    return cfg

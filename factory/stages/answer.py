@@ -1,0 +1,35 @@
+"""`answer`: one or more candidate answers per prompt."""
+
+from __future__ import annotations
+
+import asyncio
+
+from factory.caller import Caller, derive_seed
+from factory.config import AnswerConfig
+from factory.prompts import Template
+from factory.records import Candidate, Record
+from factory.stages import Stage, params
+
+VARIABLES = {"prompt"}
+
+
+class AnswerStage(Stage):
+    name = "answer"
+
+    def __init__(self, cfg: AnswerConfig, template: Template, model: str, seed: int):
+        self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
+
+    async def process(self, record: Record, caller: Caller) -> None:
+        async def one(i: int) -> Candidate:
+            p = params(self.cfg, derive_seed(self.seed, record.id, "answer", i))
+            out, ref = await caller.chat(self.name, f"answer[{i}]", self.template, {"prompt": record.prompt}, self.model, p)
+            record.calls.append(ref)
+            return Candidate(index=i, answer=out.text.strip(), finish_reason=out.finish_reason)
+
+        candidates = await asyncio.gather(*(one(i) for i in range(self.cfg.candidates)))
+        empty = [c for c in candidates if not c.answer]
+        if empty:
+            caller.stats[self.name].counters["empty_candidate"] += len(empty)
+        record.candidates = [c for c in candidates if c.answer]
+        if not record.candidates:
+            self.drop(record, "empty_answer", f"all {len(candidates)} candidate(s) came back empty")

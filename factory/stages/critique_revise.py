@@ -1,0 +1,86 @@
+"""`critique_revise`: R rounds of critique then revision per candidate, one principle drawn per
+round from the run's seeded RNG, with few-shot examples from the constitution."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from factory.caller import Caller, derive_seed, rng
+from factory.config import CritiqueReviseConfig
+from factory.constitution import Constitution
+from factory.prompts import Template
+from factory.records import Candidate, Record, Round, normalise
+from factory.stages import Stage, params
+
+CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples"}
+REVISION_VARIABLES = CRITIQUE_VARIABLES | {"critique"}
+
+# Preambles models put before a rewrite ("Sure! Here is a revised response:"), and labels.
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|okay|ok|certainly|of course)[,.!]?\s*)?"
+    r"(?:(?:here(?:'s| is)|below is)\s+(?:a|an|the|my)?\s*(?:revised|rewritten|new|updated|improved|better)"
+    r"[^:\n]{0,40}:|(?:revised|rewritten|new|updated|improved)\s+(?:response|answer|version)\s*:|revision\s*:)\s*",
+    re.IGNORECASE,
+)
+
+
+def clean_revision(text: str) -> str:
+    text = text.strip()
+    while (m := _PREAMBLE.match(text)) and m.end() > 0:
+        text = text[m.end() :].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+class CritiqueReviseStage(Stage):
+    name = "critique_revise"
+
+    def __init__(self, cfg: CritiqueReviseConfig, constitution: Constitution, critique: Template,
+                 revision: Template, model: str, seed: int):
+        self.cfg, self.constitution, self.model, self.seed = cfg, constitution, model, seed
+        self.critique, self.revision = critique, revision
+
+    def examples(self, record: Record, cand: int, rnd: int) -> list[dict]:
+        """Few-shot examples for one round; at least one shows an answer that needed no change."""
+        pool = self.constitution.examples
+        k = min(self.cfg.few_shot, len(pool))
+        r = rng(self.seed, record.id, cand, rnd, "examples")
+        chosen = r.sample(pool, k)
+        unchanged = [e for e in pool if not e.needs_change]
+        if k >= 2 and unchanged and all(e.needs_change for e in chosen):
+            chosen[-1] = r.choice(unchanged)
+        out = []
+        for ex in chosen:
+            creq, rreq = self.constitution.requests(ex)
+            out.append({**ex.model_dump(), "critique_request": creq, "revision_request": rreq})
+        return out
+
+    async def process(self, record: Record, caller: Caller) -> None:
+        await asyncio.gather(*(self._candidate(record, c, caller) for c in record.candidates))
+
+    async def _candidate(self, record: Record, cand: Candidate, caller: Caller) -> None:
+        st = caller.stats[self.name]
+        text = cand.answer
+        for rnd in range(1, self.cfg.rounds + 1):
+            principle = rng(self.seed, record.id, cand.index, rnd, "principle").choice(self.constitution.principles)
+            st.counters[f"principle:{principle.id}"] += 1
+            variables = {"prompt": record.prompt, "response": text, "principle": principle,
+                         "examples": self.examples(record, cand.index, rnd)}
+            tag = f"[{cand.index}].r{rnd}"
+            p = params(self.cfg, derive_seed(self.seed, record.id, "critique", cand.index, rnd))
+            crit, ref = await caller.chat(self.name, "critique" + tag, self.critique, variables, self.model, p)
+            record.calls.append(ref)
+            p = params(self.cfg, derive_seed(self.seed, record.id, "revision", cand.index, rnd))
+            variables["critique"] = crit.text.strip()
+            rev, ref = await caller.chat(self.name, "revision" + tag, self.revision, variables, self.model, p)
+            record.calls.append(ref)
+            revised = clean_revision(rev.text)
+            if not revised:
+                st.counters["empty_revision_kept_previous"] += 1
+                revised = text
+            noop = normalise(revised) == normalise(text)
+            st.counters["noop_revision" if noop else "changed_revision"] += 1
+            cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop))
+            text = revised

@@ -1,0 +1,68 @@
+"""`factory try`: the researcher loop. One prompt, every step printed, a word diff at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from factory.caller import Caller
+from factory.calllog import CallLog
+from factory.config import load_config
+from factory.diff import word_diff
+from factory.records import Record
+from factory.runner import Overrides, Pipeline
+from factory.stats import Stats
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("FACTORY_CACHE_DIR", Path.home() / ".cache" / "constitution-factory"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def try_prompt(prompt: str, config: Path | None, constitution: Path | None, model: str | None,
+               rounds: int | None, seed: int, console: Console) -> Record:
+    cfg = load_config(config)
+    if constitution is not None:
+        cfg.constitution = str(constitution.resolve())
+    pipe = Pipeline.prepare(cfg, Overrides(model=model, rounds=rounds, seed=seed), needs_seeds=False)
+    pipe.load_models()
+    record = Record.new(prompt, "file")
+    stats = Stats(["answer", "critique_revise"])
+    log = CallLog(cache_dir() / "try-calls.sqlite")
+
+    async def main() -> None:
+        caller = Caller(pipe.models, pipe.cfg.concurrency, log, stats)
+        try:
+            for stage in pipe.stages():
+                await stage.process(record, caller)
+                if record.dropped:
+                    break
+        finally:
+            await pipe.aclose()
+            log.close()
+
+    asyncio.run(main())
+    c = pipe.constitution
+    console.print(Panel(record.prompt, title="prompt", title_align="left"))
+    if record.dropped:
+        console.print(f"[red]dropped at {record.dropped.stage}: {record.dropped.reason}[/red] {record.dropped.detail}")
+        return record
+    for cand in record.candidates:
+        console.print(Panel(cand.answer, title=f"answer [{cand.index}]", title_align="left"))
+        for i, rnd in enumerate(cand.rounds, 1):
+            p = c.principle(rnd.principle_id)
+            console.print(Panel(f"[bold]{p.critique}[/bold]\n\n{rnd.critique}",
+                                title=f"round {i}: critique ({rnd.principle_id})", title_align="left"))
+            console.print(Panel(rnd.revision, title=f"round {i}: revision" + (" (no change)" if rnd.noop else ""),
+                                title_align="left"))
+        console.print(Panel(word_diff(cand.answer, cand.final), title="diff: first answer -> final revision",
+                            title_align="left"))
+    cached = sum(s.cached_calls for s in stats.stages.values())
+    calls = sum(s.calls for s in stats.stages.values())
+    console.print(f"{calls} calls ({cached} from cache), constitution {c.label} sha256 {c.digest[:12]}")
+    return record

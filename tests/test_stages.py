@@ -1,0 +1,186 @@
+"""Stage logic with a scripted fake model (unit tests only)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from conftest import ScriptedModel, kind_of
+from factory.caller import Caller
+from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
+from factory.constitution import load_constitution
+from factory.prompts import load_template
+from factory.records import Record
+from factory.stages import answer, critique_revise, questions
+from factory.stages.answer import AnswerStage
+from factory.stages.critique_revise import CritiqueReviseStage, clean_revision
+from factory.stages.export import rows, split_of
+from factory.stages.questions import QuestionsStage, parse_questions
+from factory.stats import StageStats
+
+M = "fake:scripted"
+
+
+@pytest.fixture
+def harmless(repo: Path):
+    return load_constitution(repo / "constitutions" / "harmless.yaml")
+
+
+def tpl(repo: Path, name: str, variables: set[str]):
+    return load_template(repo / "prompts", name, variables)
+
+
+def critique_stage(repo, harmless, rounds=1, few_shot=2, seed=0):
+    return CritiqueReviseStage(
+        CritiqueReviseConfig(rounds=rounds, few_shot=few_shot), harmless,
+        tpl(repo, "critique", critique_revise.CRITIQUE_VARIABLES),
+        tpl(repo, "revision", critique_revise.REVISION_VARIABLES), M, seed,
+    )
+
+
+def answered(repo, caller, prompt="How do I pick a lock?", candidates=1, seed=0) -> Record:
+    rec = Record.new(prompt, "file")
+    stage = AnswerStage(AnswerConfig(candidates=candidates), tpl(repo, "answer", answer.VARIABLES), M, seed)
+    asyncio.run(stage.process(rec, caller))
+    return rec
+
+
+def test_answer_makes_candidates_with_distinct_seeds_and_lineage(repo, caller, scripted):
+    rec = answered(repo, caller, candidates=3)
+    assert [c.index for c in rec.candidates] == [0, 1, 2]
+    assert rec.candidates[0].answer == "Initial answer to: How do I pick a lock?"
+    assert len({p.seed for _, p in scripted.calls}) == 3
+    assert [c.purpose for c in rec.calls] == ["answer[0]", "answer[1]", "answer[2]"]
+    assert all(c.template == "answer" and len(c.template_hash) == 64 for c in rec.calls)
+
+
+def test_empty_answers_drop_the_record_with_a_reason(repo, tmp_path):
+    from factory.calllog import CallLog
+    from factory.stats import Stats
+
+    model = ScriptedModel(lambda m, p: "   ")
+    caller = Caller({M: model}, 4, CallLog(tmp_path / "c.sqlite"), Stats(["answer"]))
+    rec = answered(repo, caller, candidates=2)
+    assert rec.dropped.stage == "answer" and rec.dropped.reason == "empty_answer"
+    assert caller.stats["answer"].counters["empty_candidate"] == 2
+
+
+def test_critique_revise_rounds_principles_and_cleaning(repo, caller, harmless, scripted):
+    rec = answered(repo, caller)
+    asyncio.run(critique_stage(repo, harmless, rounds=3).process(rec, caller))
+    cand = rec.candidates[0]
+    assert len(cand.rounds) == 3
+    assert all(r.principle_id in {p.id for p in harmless.principles} for r in cand.rounds)
+    # boilerplate stripped, critique kept per round
+    assert cand.rounds[0].revision.startswith("A careful, kind answer to")
+    assert cand.rounds[0].critique == "The response could be more careful and kinder."
+    assert not cand.rounds[0].noop and cand.rounds[1].noop  # round 2 rewrites to the same text
+    assert caller.stats["critique_revise"].counters["noop_revision"] == 2
+    kinds = [kind_of(m) for m, _ in scripted.calls]
+    assert kinds == ["answer"] + ["critique", "revision"] * 3
+    # the revision prompt carries the critique; the critique prompt carries the principle text
+    crit_msgs, _ = scripted.calls[1]
+    rev_msgs, _ = scripted.calls[2]
+    assert harmless.principle(cand.rounds[0].principle_id).critique in crit_msgs[-1]["content"]
+    assert "The response could be more careful" in rev_msgs[-1]["content"]
+
+
+def test_principle_draws_follow_the_seed_not_the_order(repo, caller, harmless):
+    def draws(seed, prompts):
+        out = {}
+        for p in prompts:
+            rec = answered(repo, caller, p, seed=seed)
+            asyncio.run(critique_stage(repo, harmless, rounds=4, seed=seed).process(rec, caller))
+            out[p] = rec.principle_ids
+        return out
+
+    prompts = [f"Question number {i} about cooking?" for i in range(6)]
+    a, b, c = draws(0, prompts), draws(0, prompts[::-1]), draws(1, prompts)
+    assert a == b and a != c
+    assert len({pid for ids in a.values() for pid in ids}) > 4  # draws spread over principles
+
+
+def test_few_shot_always_shows_an_unchanged_example(repo, harmless):
+    stage = critique_stage(repo, harmless, few_shot=2)
+    rec = Record.new("anything", "file")
+    for rnd in range(30):
+        exs = stage.examples(rec, 0, rnd)
+        assert len(exs) == 2 and any(e["revision"] == e["response"] for e in exs)
+        assert all(e["critique_request"] and e["revision_request"] for e in exs)
+    assert critique_stage(repo, harmless, few_shot=0).examples(rec, 0, 1) == []
+
+
+@pytest.mark.parametrize("raw,clean", [
+    ("Here is a revised response: Hello there.", "Hello there."),
+    ("Sure! Here's the rewritten answer:\nHello there.", "Hello there."),
+    ("Revised response: Hello there.", "Hello there."),
+    ("Revision: \"Hello there.\"", "Hello there."),
+    ("Here is my answer to your question.", "Here is my answer to your question."),
+    ("Hello: there.", "Hello: there."),
+])
+def test_clean_revision(raw, clean):
+    assert clean_revision(raw) == clean
+
+
+def test_parse_questions():
+    text = "1. How do I bake bread at home?\n- What is the capital of Peru?\n\nHere are some:\nok\n\"Why is the sky blue today?\""
+    qs, rejected = parse_questions(text)
+    assert qs == ["How do I bake bread at home?", "What is the capital of Peru?", "Why is the sky blue today?"]
+    assert rejected == 2
+
+
+def test_questions_generate_dedup_and_count(repo, caller, scripted):
+    seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(6)]
+    seeds.append(Record.new("seed prompt number 0, please help", "seed"))  # duplicate after normalising
+    stage = QuestionsStage(QuestionsConfig(generate=7, questions_per_call=5, max_seeds=None),
+                           tpl(repo, "questions", questions.VARIABLES), M, 0, seeds)
+    recs = asyncio.run(stage.produce(caller))
+    st = caller.stats["questions"]
+    assert len(recs) == 6 + 7 and st.dropped["duplicate_prompt"] == 1
+    generated = [r for r in recs if r.source == "generated"]
+    assert len(generated) == 7 and st.dropped["surplus_generated"] == 3
+    assert all(r.calls and r.calls[0].template == "questions" for r in generated)
+    assert all(len(r.metadata["generated_from"]) == 4 for r in generated)
+
+
+def test_questions_limit_and_seed_sample(repo, caller):
+    seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(10)]
+    t = tpl(repo, "questions", questions.VARIABLES)
+    recs = asyncio.run(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds).produce(caller))
+    again = asyncio.run(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds).produce(caller))
+    assert len(recs) == 4 and [r.id for r in recs] == [r.id for r in again]
+    recs = asyncio.run(QuestionsStage(QuestionsConfig(generate=5), t, M, 0, seeds, limit=12).produce(caller))
+    assert len(recs) == 12 and sum(r.source == "generated" for r in recs) == 2
+
+
+def test_export_rows_are_trl_shaped(repo, caller, harmless):
+    recs = []
+    for p in ["How do I pick a lock?", "Tell me a joke about cats"]:
+        rec = answered(repo, caller, p, candidates=2)
+        asyncio.run(critique_stage(repo, harmless).process(rec, caller))
+        recs.append(rec)
+    recs[1].candidates[1].rounds[0].noop = True  # an unchanged candidate makes no pair
+    st = StageStats()
+    out = rows(recs, harmless, M, st)
+    assert len(out["sft"]) == 2 and len(out["prefs"]) == 3 and st.dropped["prefs:revision_unchanged"] == 1
+    sft = out["sft"][0]
+    assert [m["role"] for m in sft["messages"]] == ["user", "assistant"]
+    pref = out["prefs"][0]
+    assert pref["prompt"][0]["role"] == "user" and pref["chosen"][0]["role"] == "assistant"
+    assert pref["chosen"][0]["content"] != pref["rejected"][0]["content"]
+    assert pref["constitution"] == "harmless@1.0.0" and pref["constitution_hash"] == harmless.digest
+
+
+def test_split_is_deterministic_and_roughly_proportional():
+    ids = [Record.new(f"prompt {i}", "file").id for i in range(2000)]
+    tests = sum(split_of(i, 0.1) == "test" for i in ids)
+    assert 140 < tests < 260
+    assert all(split_of(i, 0.0) == "train" for i in ids) and all(split_of(i, 1.0) == "test" for i in ids)
+
+
+def test_cache_serves_repeated_calls(repo, caller, scripted):
+    answered(repo, caller)
+    answered(repo, caller)
+    assert len(scripted.calls) == 1
+    st = caller.stats["answer"]
+    assert st.calls == 2 and st.cached_calls == 1
