@@ -25,4 +25,12 @@ class InputError(FactoryError):
 
 
 class ModelCallError(Exception):
-    """A model call failed after the transport retries. The record goes to failed.jsonl."""
+    """A model call failed after the transport retries. The record goes to failed.jsonl.
+
+    `fatal` marks failures that every later call would repeat (a rejected key, an unknown model):
+    the run stops instead of filling failed.jsonl.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal

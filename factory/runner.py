@@ -183,6 +183,9 @@ class Run:
                     try:
                         await s.process(rec, self.caller)
                     except ModelCallError as e:
+                        if e.fatal:
+                            raise FactoryError(f"{e}\nthe run stopped: every further call would fail the same way. "
+                                               "Fix the key, model name or base URL and run again.") from None
                         st.drop("failed")
                         self.failed += 1
                         failed.write(json.dumps({"stage": s.name, "reason": str(e), "record": rec.model_dump()}) + "\n")
@@ -230,7 +233,11 @@ def run(pipe: Pipeline, out: Path | None, console: Console) -> tuple[Path, int, 
         finally:
             await pipe.aclose()
 
-    done = asyncio.run(main())
+    try:
+        done = asyncio.run(main())
+    except FactoryError as e:
+        write_json(run_dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
+        raise
     counts = r.finish(done, manifest)
     console.print(summary_table(r.stats))
     return run_dir, r.failed, counts

@@ -126,3 +126,12 @@ def test_lint_and_import(tmp_path: Path) -> None:
 def test_help_everywhere(args: list[str]) -> None:
     r = factory(*args, "--help")
     assert r.returncode == 0 and "Usage:" in r.stdout and len(r.stdout) > 200
+
+
+def test_rejected_key_stops_the_run(api, tmp_path: Path) -> None:
+    api.inject(*["401"] * 20)
+    out = tmp_path / "run"
+    r = factory("run", "--model", "openai:m", "--prompts", write_prompts(tmp_path / "p.jsonl", PROMPTS), "--out", out)
+    assert r.returncode == 2 and "HTTP 401" in r.stderr and "the run stopped" in r.stderr
+    assert "Traceback" not in r.stderr and "SECRET" not in r.stderr
+    assert json.loads((out / "manifest.json").read_text())["status"] == "aborted"

@@ -10,6 +10,7 @@ from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
 
 TIMEOUT_S = 120.0
+FATAL_STATUS = {401, 403, 404}
 MAX_RETRIES = 2  # the SDK's own retries (429, 5xx, connection errors, timeouts) are the one retry layer
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
@@ -55,7 +56,7 @@ class AnthropicModel(Model):
                 **kwargs,  # type: ignore[arg-type]
             )
         except anthropic.APIError as exc:
-            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key)) from exc
+            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key), fatal=_fatal(exc)) from exc
         stop_reason = response.stop_reason or "unknown"
         return Completion(
             text="".join(block.text for block in response.content if block.type == "text"),
@@ -68,6 +69,11 @@ class AnthropicModel(Model):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _fatal(exc: anthropic.APIError) -> bool:
+    """A rejected key, a forbidden or unknown model: every later call would fail the same way."""
+    return isinstance(exc, anthropic.APIStatusError) and exc.status_code in FATAL_STATUS
 
 
 def _describe(exc: anthropic.APIError) -> str:

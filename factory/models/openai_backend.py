@@ -11,6 +11,7 @@ from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
 
 TIMEOUT_S = 120.0
+FATAL_STATUS = {401, 403, 404}
 MAX_RETRIES = 2  # the SDK's own retries (429, 5xx, connection errors, timeouts) are the one retry layer
 TOP_LOGPROBS = 20
 
@@ -47,7 +48,7 @@ class OpenAIModel(Model):
                 model=self.name, messages=messages, **_request_params(params)  # type: ignore[arg-type]
             )
         except openai.APIError as exc:
-            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key)) from exc
+            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key), fatal=_fatal(exc)) from exc
         if not response.choices:
             raise ModelCallError(f"{self.spec}: the server returned no choices")
         choice = response.choices[0]
@@ -93,6 +94,11 @@ def _first_token_logprobs(response: ChatCompletion, wanted: tuple[str, ...]) -> 
             if candidate.token.strip() == token.strip():
                 found[token] = max(found.get(token, candidate.logprob), candidate.logprob)
     return found
+
+
+def _fatal(exc: openai.APIError) -> bool:
+    """A rejected key, a forbidden or unknown model: every later call would fail the same way."""
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS
 
 
 def _describe(exc: openai.APIError) -> str:
