@@ -62,9 +62,11 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     stdout.print(f"datasets: {rows}")
     if failed:
         stdout.print(f"[red]{failed} record(s) failed[/red]; see {shown}/failed.jsonl")
-    stdout.print("load them with:")
-    stdout.print(f"  python -c \"from datasets import load_dataset; print(load_dataset('{shown}', 'sft'), "
-              f"load_dataset('{shown}', 'prefs'))\"", markup=False, highlight=False, soft_wrap=True)
+    loads = ", ".join(f"load_dataset('{shown}', '{name}')" for name, c in counts.items() if sum(c.values()))
+    if loads:
+        stdout.print("load them with:")
+        stdout.print(f'  python -c "from datasets import load_dataset; print({loads})"', markup=False,
+                     highlight=False, soft_wrap=True)
     stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
     if failed:
         sys.exit(1)
