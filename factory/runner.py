@@ -4,6 +4,7 @@ call log, lineage, failures and stats. Stages never touch any of these."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,10 @@ class Pipeline:
                 "principles": {p.id: p.digest() for p in self.constitution.principles},
             },
             "templates": {k: {"name": t.name, "path": str(t.path), "sha256": t.digest} for k, t in self.templates.items()},
-            "prompts_file": str(self.prompts_path) if self.prompts_path else None,
+            "prompts_file": {"path": str(self.prompts_path), "sha256": file_digest(self.prompts_path)}
+            if self.prompts_path else None,
+            "seed_files": {p: file_digest(self.cfg.path(p)) for p in self.cfg.stages.questions.seeds}
+            if self.seeds else {},
             "models": sorted(set(self.specs.values())),
             "stage_models": self.specs,
             "seed": self.cfg.seed,
@@ -153,6 +157,10 @@ class Pipeline:
             "packages": package_versions(),
             "git_commit": git_commit(),
         }
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Run:

@@ -57,6 +57,7 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     print(f"converting the embedded SmolLM2 GGUF once into {target} ...", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.tmp-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         _convert(tmp)
         try:
