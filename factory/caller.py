@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import random
 import time
+from dataclasses import replace
 
 from factory.calllog import CallLog, call_key
 from factory.errors import ModelCallError
@@ -28,6 +29,8 @@ class Caller:
     ) -> tuple[Completion, CallRef]:
         """Render, call (or serve from the cache), log. Raises ModelCallError when the call fails."""
         messages = template.render(**variables)
+        if template.stop:
+            params = replace(params, stop=tuple(dict.fromkeys(params.stop + template.stop)))
         key = call_key(model, messages, params, template.name, template.digest)
         st = self.stats[stage]
         st.touch()

@@ -15,8 +15,13 @@ from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
 from factory.constitution import import_llm_swarm, load_constitution
 from factory.errors import FactoryError
 
-stdout = Console()
-stderr = Console(stderr=True)
+# Our own progress display replaces the libraries' bars (set before they are imported; users may override).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+# Pipes and CI logs get a wide console, so tables do not wrap at rich's 80-column default.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jinja2
 from jinja2 import meta
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import InputError
 from factory.models import Message
@@ -27,6 +27,7 @@ class TemplateFile(BaseModel):
     description: str = ""
     system: str | None = None
     user: str
+    stop: list[str] = Field(default_factory=list, max_length=4, description="stop sequences (OpenAI allows 4)")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Template:
     digest: str
     system: jinja2.Template | None
     user: jinja2.Template
+    stop: tuple[str, ...] = ()
 
     def render(self, **variables: object) -> list[Message]:
         try:
@@ -77,6 +79,7 @@ def load_template(prompts_dir: Path, name: str, provided: set[str]) -> Template:
         digest=hashlib.sha256(text.encode()).hexdigest(),
         system=compiled.get("system"),
         user=compiled["user"],
+        stop=tuple(spec.stop),
     )
 
 

@@ -138,7 +138,7 @@ def test_questions_generate_dedup_and_count(repo, caller, scripted):
     st = caller.stats["questions"]
     assert len(recs) == 6 + 7 and st.dropped["duplicate_prompt"] == 1
     generated = [r for r in recs if r.source == "generated"]
-    assert len(generated) == 7 and st.dropped["surplus_generated"] == 3
+    assert len(generated) == 7 and st.dropped["surplus_generated"] == 3 and "duplicate_generated" not in st.dropped
     assert all(r.calls and r.calls[0].template == "questions" for r in generated)
     assert all(len(r.metadata["generated_from"]) == 4 for r in generated)
 
@@ -184,3 +184,44 @@ def test_cache_serves_repeated_calls(repo, caller, scripted):
     assert len(scripted.calls) == 1
     st = caller.stats["answer"]
     assert st.calls == 2 and st.cached_calls == 1
+
+
+def test_template_stop_sequences_reach_the_model(repo, caller, harmless, scripted):
+    rec = answered(repo, caller)
+    asyncio.run(critique_stage(repo, harmless).process(rec, caller))
+    (_, answer_p), (_, crit_p), (_, rev_p) = scripted.calls
+    assert answer_p.stop == () and "\nExample" in crit_p.stop and "\nCritique:" in rev_p.stop
+
+
+def test_echoed_template_is_not_a_revision(repo, tmp_path, harmless):
+    from factory.calllog import CallLog
+    from factory.stats import Stats
+
+    def script(messages, params):
+        kind = kind_of(messages)
+        return {"answer": "Use a pick.", "critique": "Bad.", "revision": "Request: pick a lock\nResponse: Use a pick."}[kind]
+
+    caller = Caller({M: ScriptedModel(script)}, 4, CallLog(tmp_path / "c.sqlite"), Stats(["critique_revise"]))
+    rec = answered(repo, caller)
+    asyncio.run(critique_stage(repo, harmless).process(rec, caller))
+    rnd = rec.candidates[0].rounds[0]
+    assert rnd.revision == "Use a pick." and rnd.noop
+    assert caller.stats["critique_revise"].counters["unusable_revision_kept_previous"] == 1
+
+
+@pytest.mark.parametrize("cfg,limit", [
+    (QuestionsConfig(max_seeds=3, generate=4), None),
+    (QuestionsConfig(max_seeds=3, generate=4), 5),
+    (QuestionsConfig(include_seeds=False, generate=4), None),
+    (QuestionsConfig(generate=0), 2),
+])
+def test_questions_funnel_adds_up(repo, caller, cfg, limit):
+    seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(8)]
+    seeds.append(Record.new("seed prompt number 1, please help", "seed"))
+    t = tpl(repo, "questions", questions.VARIABLES)
+    recs = asyncio.run(QuestionsStage(cfg, t, M, 0, seeds, limit=limit).produce(caller))
+    st = caller.stats["questions"]
+    generated = st.counters["generated"]
+    seed_drops = sum(v for k, v in st.dropped.items() if k in ("duplicate_prompt", "seed_not_sampled",
+                                                                 "seed_used_as_example_only", "over_limit"))
+    assert st.records_in - seed_drops + generated == len(recs) == st.records_out

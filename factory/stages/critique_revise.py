@@ -25,6 +25,10 @@ _PREAMBLE = re.compile(
 )
 
 
+# A revision that starts by restating the task ("Request: ...") is the template echoed, not an answer.
+_ECHO = re.compile(r"^(?:example\s*\d*|request|response|critique|principle|instruction)\s*:", re.IGNORECASE)
+
+
 def clean_revision(text: str) -> str:
     text = text.strip()
     while (m := _PREAMBLE.match(text)) and m.end() > 0:
@@ -77,8 +81,8 @@ class CritiqueReviseStage(Stage):
             rev, ref = await caller.chat(self.name, "revision" + tag, self.revision, variables, self.model, p)
             record.calls.append(ref)
             revised = clean_revision(rev.text)
-            if not revised:
-                st.counters["empty_revision_kept_previous"] += 1
+            if not revised or _ECHO.match(revised):  # nothing, or the prompt's own format echoed back
+                st.counters["unusable_revision_kept_previous"] += 1
                 revised = text
             noop = normalise(revised) == normalise(text)
             st.counters["noop_revision" if noop else "changed_revision"] += 1

@@ -58,6 +58,7 @@ class QuestionsStage:
         self.seeds, self.from_file, self.limit = seeds, from_file, limit
 
     async def produce(self, caller: Caller) -> list[Record]:
+        """Every input prompt is accounted for: `in` minus the counted drops, plus generated, is `out`."""
         st = caller.stats[self.name]
         st.touch()
         if self.from_file is not None:
@@ -65,15 +66,19 @@ class QuestionsStage:
             records = dedup(self.from_file, st)
         else:
             st.records_in = len(self.seeds)
-            base = dedup(self.seeds, st) if self.cfg.include_seeds else []
-            if self.cfg.max_seeds is not None and len(base) > self.cfg.max_seeds:
-                keep = set(map(id, rng(self.seed, "seed-sample").sample(base, self.cfg.max_seeds)))
-                base = [r for r in base if id(r) in keep]
-            if self.cfg.include_seeds and self.limit is not None:
-                base = base[: self.limit]
-            want = self.cfg.generate if self.limit is None else min(self.cfg.generate, self.limit - len(base))
-            records = base + await self._generate(caller, st, want, {r.id for r in base} | {r.id for r in self.seeds})
+            records = []
+            if not self.cfg.include_seeds:
+                st.drop("seed_used_as_example_only", len(self.seeds))
+            else:
+                records = dedup(self.seeds, st)
+                if self.cfg.max_seeds is not None and len(records) > self.cfg.max_seeds:
+                    st.drop("seed_not_sampled", len(records) - self.cfg.max_seeds)
+                    keep = set(map(id, rng(self.seed, "seed-sample").sample(records, self.cfg.max_seeds)))
+                    records = [r for r in records if id(r) in keep]
+            room = self.cfg.generate if self.limit is None else max(0, min(self.cfg.generate, self.limit - len(records)))
+            records += await self._generate(caller, st, room, {r.id for r in self.seeds})
         if self.limit is not None and len(records) > self.limit:
+            st.drop("over_limit", len(records) - self.limit)
             records = records[: self.limit]
         st.records_out = len(records)
         st.touch()
@@ -99,7 +104,7 @@ class QuestionsStage:
                     raise res
                 for rec in res:
                     if rec.id in taken:
-                        st.drop("duplicate_prompt")
+                        st.drop("duplicate_generated")
                     elif len(new) >= want:
                         st.drop("surplus_generated")
                     else:
