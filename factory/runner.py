@@ -184,8 +184,12 @@ class Run:
             for s in stages:
                 display.stage(s.name, len(records))
 
+            def close_bars(from_stage: int) -> None:  # a record that leaves early still fills every bar
+                for later in stages[from_stage:]:
+                    display.advance(later.name)
+
             async def one(rec: Record) -> None:
-                for s in stages:
+                for i, s in enumerate(stages):
                     st = self.stats[s.name]
                     st.records_in += 1
                     try:
@@ -198,12 +202,14 @@ class Run:
                         self.failed += 1
                         failed.write(json.dumps({"stage": s.name, "reason": str(e), "record": rec.model_dump()}) + "\n")
                         failed.flush()
+                        close_bars(i)
                         return
-                    display.advance(s.name)
                     if rec.dropped:
                         st.drop(rec.dropped.reason)
+                        close_bars(i)
                         break
                     st.records_out += 1
+                    display.advance(s.name)
                 lineage.write(rec.model_dump_json() + "\n")
                 lineage.flush()
                 if not rec.dropped:
@@ -215,8 +221,10 @@ class Run:
     def finish(self, done: list[Record], manifest: dict) -> dict:
         pipe = self.pipe
         generator = pipe.specs["answer"]
-        card = lambda counts, example: card_body(self.dir.name, manifest, pipe.constitution, counts,  # noqa: E731
-                                                 self.stats.to_dict(), example)
+
+        def card(counts: dict, example: dict | None) -> str:
+            return card_body(self.dir.name, manifest, pipe.constitution, counts, self.stats.to_dict(), example)
+
         counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, generator, self.stats["export"], card)
         self.log.close()
         stats = self.stats.to_dict() | {"datasets": counts, "failed_records": self.failed}
