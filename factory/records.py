@@ -59,6 +59,7 @@ class Record(Typed):
     prompt: str
     source: Literal["seed", "generated", "file"]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    constitution: str | None = None  # name@version:sha256 of the constitution that shaped it
     candidates: list[Candidate] = Field(default_factory=list)
     calls: list[CallRef] = Field(default_factory=list)
     dropped: Drop | None = None

@@ -62,6 +62,7 @@ class CritiqueReviseStage(Stage):
         return out
 
     async def process(self, record: Record, caller: Caller) -> None:
+        record.constitution = f"{self.constitution.label}:{self.constitution.digest}"
         await asyncio.gather(*(self._candidate(record, c, caller) for c in record.candidates))
 
     async def _candidate(self, record: Record, cand: Candidate, caller: Caller) -> None:
