@@ -5,6 +5,7 @@ Relative paths in a config resolve against the config file's folder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -14,6 +15,12 @@ from factory.yamlfile import load_yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "pipelines" / "default.yaml"
 DEFAULT_CONSTITUTION = ROOT / "constitutions" / "harmless.yaml"
+
+
+def cache_root() -> Path:
+    """`FACTORY_CACHE_DIR`, else `~/.cache/constitution-factory`: the converted model, `try`'s call cache."""
+    env = os.environ.get("FACTORY_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "constitution-factory"
 
 
 class Strict(BaseModel):

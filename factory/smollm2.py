@@ -7,22 +7,16 @@ to save or fine-tune. So we convert it once into a plain Hugging Face folder and
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from factory.config import cache_root
 from factory.errors import FactoryError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    """`FACTORY_CACHE_DIR`, else `~/.cache/constitution-factory`."""
-    env = os.environ.get("FACTORY_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "constitution-factory"
 
 
 def gguf_path() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from rich.console import Console
@@ -11,17 +10,11 @@ from rich.panel import Panel
 
 from factory.caller import Caller
 from factory.calllog import CallLog
-from factory.config import load_config
+from factory.config import cache_root, load_config
 from factory.diff import word_diff
 from factory.records import Record
 from factory.runner import Overrides, Pipeline
 from factory.stats import Stats
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get("FACTORY_CACHE_DIR", Path.home() / ".cache" / "constitution-factory"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def try_prompt(prompt: str, config: Path | None, constitution: Path | None, model: str | None,
@@ -33,7 +26,8 @@ def try_prompt(prompt: str, config: Path | None, constitution: Path | None, mode
     pipe.load_models()
     record = Record.new(prompt, "file")
     stats = Stats(["answer", "critique_revise"])
-    log = CallLog(cache_dir() / "try-calls.sqlite")
+    cache_root().mkdir(parents=True, exist_ok=True)
+    log = CallLog(cache_root() / "try-calls.sqlite")
 
     async def main() -> None:
         caller = Caller(pipe.models, pipe.cfg.concurrency, log, stats)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ScriptedModel, kind_of
 from factory.caller import Caller
-from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
+from factory.config import AnswerConfig, CritiqueReviseConfig, QuestionsConfig
 from factory.constitution import load_constitution
 from factory.prompts import load_template
 from factory.records import Record
