@@ -44,13 +44,12 @@ class Caller:
                     result = await self.models[model].complete(messages, params)
                 except ModelCallError as e:
                     st.failed_calls += 1
-                    self.log.put(key, model, template.name, template.digest, messages, params, None,
-                                 time.monotonic() - start, error=str(e))
+                    self.log.put(key, model, template, messages, params, None, time.monotonic() - start, str(e))
                     raise
                 finally:
                     st.in_flight -= 1
             latency = time.monotonic() - start
-            self.log.put(key, model, template.name, template.digest, messages, params, result, latency)
+            self.log.put(key, model, template, messages, params, result, latency)
         st.calls += 1
         st.cached_calls += cached
         st.prompt_tokens += result.prompt_tokens

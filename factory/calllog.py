@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from factory.models import Completion, GenParams, Message
+from factory.prompts import Template
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -58,13 +59,13 @@ class CallLog:
         resp = json.loads(row[0])
         return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"))
 
-    def put(self, key: str, model: str, template: str, template_hash: str, messages: list[Message],
-            params: GenParams, result: Completion | None, latency: float, error: str | None = None) -> None:
+    def put(self, key: str, model: str, template: Template, messages: list[Message], params: GenParams,
+            result: Completion | None, latency: float, error: str | None = None) -> None:
         request = json.dumps({"messages": messages, "params": asdict(params)}, ensure_ascii=False)
         response = json.dumps({"text": result.text, "logprobs": result.logprobs}, ensure_ascii=False) if result else None
         self.db.execute(
             "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, model, template, template_hash, request, response,
+            (key, model, template.name, template.digest, request, response,
              result.prompt_tokens if result else None, result.completion_tokens if result else None,
              result.finish_reason if result else None, latency, error, time.time()),
         )

@@ -7,7 +7,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -68,7 +67,3 @@ def now() -> str:
 
 def command_line() -> list[str]:
     return [Path(sys.argv[0]).name, *sys.argv[1:]]
-
-
-def elapsed(start: float) -> float:
-    return round(time.monotonic() - start, 3)

@@ -159,7 +159,8 @@ def test_export_rows_are_trl_shaped(repo, caller, harmless):
         rec = answered(repo, caller, p, candidates=2)
         asyncio.run(critique_stage(repo, harmless).process(rec, caller))
         recs.append(rec)
-    recs[1].candidates[1].rounds[0].noop = True  # an unchanged candidate makes no pair
+    unchanged = recs[1].candidates[1]  # changed in round 1, changed back in round 2: no pair
+    unchanged.rounds.append(unchanged.rounds[0].model_copy(update={"revision": unchanged.answer, "noop": False}))
     st = StageStats()
     out = rows(recs, harmless, M, st)
     assert len(out["sft"]) == 2 and len(out["prefs"]) == 3 and st.dropped["prefs:revision_unchanged"] == 1

@@ -13,7 +13,7 @@ from datasets import Dataset, Features, List, Value
 
 from factory.config import ExportConfig
 from factory.constitution import Constitution
-from factory.records import Record
+from factory.records import Record, normalise
 from factory.stats import StageStats
 
 NAME = "export"
@@ -72,7 +72,7 @@ def rows(records: list[Record], constitution: Constitution, generator: str, st: 
             }
             if cand.index == rec.candidates[0].index:
                 out["sft"].append({"messages": [user, {"role": "assistant", "content": cand.final}], **prov})
-            if all(r.noop for r in cand.rounds):
+            if normalise(cand.final) == normalise(cand.answer):
                 st.drop("prefs:revision_unchanged")
                 continue
             out["prefs"].append({
