@@ -1,60 +1,86 @@
-"""How stages reach models. The runner owns this: per-endpoint concurrency, the call log and
-cache, lineage and stats. Stages only say which template, which variables and which parameters."""
+"""How stages reach models. The runner owns this: the endpoints (in-flight limits, rate limits,
+retries, cost), the call log and cache, lineage and stats. Stages only say which template, which
+variables and which parameters, and how to parse the output when it must parse."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import itertools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from factory.calllog import CallLog, call_key
+from factory.endpoint import Endpoint
 from factory.errors import ModelCallError
-from factory.models import Completion, GenParams, Model
+from factory.models import Completion, GenParams, Message
 from factory.prompts import Template
 from factory.records import CallRef
 from factory.stats import Stats
 
+T = TypeVar("T")
+
+
+class ParseError(ValueError):
+    """Raised by a stage's parser: the output is not what the template asked for."""
+
+
+class ParseFailure(ModelCallError):
+    """Every sample of a call failed to parse; the record fails with this reason."""
+
 
 class Caller:
-    def __init__(self, models: dict[str, Model], concurrency: int, log: CallLog, stats: Stats):
-        self.models = models
-        self.log = log
-        self.stats = stats
-        self._limits = {spec: asyncio.Semaphore(concurrency) for spec in models}
+    def __init__(self, endpoints: dict[str, Endpoint], log: CallLog, stats: Stats, *, shared: CallLog | None = None,
+                 parse_attempts: int = 3, debug: Callable[[str, list[Message], GenParams, Completion], None] | None = None):
+        self.endpoints, self.log, self.stats, self.shared = endpoints, log, stats, shared
+        self.parse_attempts, self.debug = parse_attempts, debug
+        self.active: dict[int, tuple[str, str, float]] = {}  # call -> (stage, purpose, started): for the watchdog
+        self.last_done = time.monotonic()
+        self._ids = itertools.count()
 
-    async def chat(
-        self, stage: str, purpose: str, template: Template, variables: dict, model: str, params: GenParams
-    ) -> tuple[Completion, CallRef]:
-        """Render, call (or serve from the cache), log. Raises ModelCallError when the call fails."""
+    async def chat(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
+                   params: GenParams, *, context: dict | None = None, sample: int = 0) -> tuple[Completion, CallRef]:
+        """Render, call (or serve from the cache), log. Raises ModelCallError when the call fails
+        after its retries, BudgetExceeded when it would pass --max-cost."""
         messages = template.render(**variables)
         if template.stop:
             params = replace(params, stop=tuple(dict.fromkeys(params.stop + template.stop)))
-        key = call_key(model, messages, params, template.name, template.digest)
+        if sample:  # a fresh sample of the same request: another seed, another cache entry
+            params = replace(params, seed=derive_seed(params.seed or 0, "sample", sample))
+        key = call_key(model, messages, params, template.name, template.digest, context, sample)
         st = self.stats[stage]
         st.touch()
-        result, cached, latency = self.log.get(key), True, 0.0
+        result, cached, latency, cost = self._cached(key), True, 0.0, 0.0
         if result is None:
             cached = False
-            async with self._limits[model]:
-                st.in_flight += 1
-                start = time.monotonic()
-                try:
-                    result = await self.models[model].complete(messages, params)
-                except ModelCallError as e:
-                    st.failed_calls += 1
-                    self.log.put(key, model, template, messages, params, None, time.monotonic() - start, str(e))
-                    raise
-                finally:
-                    st.in_flight -= 1
+
+            def on_error(e: ModelCallError, seconds: float, usd: float) -> None:
+                st.failed_calls += 1
+                st.cost += usd
+                self.log.put_error(key, stage, model, str(e), seconds, usd)
+
+            call_id = next(self._ids)
+            self.active[call_id] = (stage, purpose, time.monotonic())
+            start = time.monotonic()
+            try:
+                result, cost = await self.endpoints[model].call(messages, params, template.name, st, on_error)
+            finally:
+                del self.active[call_id]
             latency = time.monotonic() - start
-            self.log.put(key, model, template, messages, params, result, latency)
+            self.log.put(key, stage, model, template.name, template.digest, messages, params, result, latency, cost)
+            if self.shared is not None:
+                self.shared.put(key, stage, model, template.name, template.digest, messages, params, result, latency, cost)
+            if self.debug is not None:
+                self.debug(f"{stage} {purpose}", messages, params, result)
+        self.last_done = time.monotonic()
         st.calls += 1
         st.cached_calls += cached
         st.prompt_tokens += result.prompt_tokens
         st.completion_tokens += result.completion_tokens
         st.call_seconds += latency
+        st.cost += cost
         st.touch()
         ref = CallRef(
             stage=stage, purpose=purpose, template=template.name, template_hash=template.digest, model=model,
@@ -62,6 +88,29 @@ class Caller:
             finish_reason=result.finish_reason, cached=cached, seconds=round(latency, 4),
         )
         return result, ref
+
+    async def chat_parsed(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
+                          params: GenParams, parse: Callable[[str], T], *,
+                          context: dict | None = None) -> tuple[T, Completion, CallRef]:
+        """`chat`, then `parse(text)`. An output that raises ParseError is sampled afresh, up to
+        `parse_attempts` times in all; then ParseFailure. Every sample is logged and cached."""
+        st = self.stats[stage]
+        for sample in range(self.parse_attempts):
+            out, ref = await self.chat(stage, purpose, template, variables, model, params, context=context, sample=sample)
+            try:
+                return parse(out.text), out, ref
+            except ParseError as e:
+                st.counters["parse_retry" if sample + 1 < self.parse_attempts else "parse_failure"] += 1
+                reason = str(e)
+        raise ParseFailure(f"{model}: {template.name} output did not parse after {self.parse_attempts} samples: {reason}")
+
+    def _cached(self, key: str) -> Completion | None:
+        result = self.log.get(key)
+        if result is None and self.shared is not None:
+            result = self.shared.get(key)
+            if result is not None:
+                self.log.copy_from(self.shared, key)
+        return result
 
 
 def derive_seed(seed: int, *parts: object) -> int:

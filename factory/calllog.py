@@ -1,5 +1,7 @@
-"""The call log: every model call in SQLite (WAL). It is also the cache: a call whose key is
-already there with a response is served from it and costs nothing."""
+"""The call log: every model call in SQLite (WAL), with its request, response, usage, latency and
+cost, and every failed attempt with its error. It is also the cache: a call whose key is already
+there is served from it and costs nothing. A shared cache folder (`cache_dir`) holds one more log
+that every run reads and writes, so new runs reuse old calls."""
 
 from __future__ import annotations
 
@@ -11,31 +13,46 @@ from dataclasses import asdict
 from pathlib import Path
 
 from factory.models import Completion, GenParams, Message
-from factory.prompts import Template
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,
+    stage TEXT NOT NULL,
     model TEXT NOT NULL,
     template TEXT NOT NULL,
     template_hash TEXT NOT NULL,
     request TEXT NOT NULL,
-    response TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    finish_reason TEXT,
-    latency REAL,
-    error TEXT,
+    response TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    finish_reason TEXT NOT NULL,
+    latency REAL NOT NULL,
+    cost REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS errors (
+    key TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    model TEXT NOT NULL,
+    error TEXT NOT NULL,
+    latency REAL NOT NULL,
+    cost REAL NOT NULL,
     created REAL NOT NULL
 );
 """
+COLUMNS = "key, stage, model, template, template_hash, request, response, prompt_tokens, completion_tokens, " \
+          "finish_reason, latency, cost, created"
 
 
-def call_key(model: str, messages: list[Message], params: GenParams, template: str, template_hash: str) -> str:
-    """A hash of everything that shapes the request. Principle text is inside the messages, so
-    editing one principle changes only the keys of the calls that used it."""
+def call_key(model: str, messages: list[Message], params: GenParams, template: str, template_hash: str,
+             context: dict | None = None, sample: int = 0) -> str:
+    """A hash of everything that shapes the request: backend and model, the rendered messages, the
+    parameters, the template and its hash, what of the constitution the call used (`context`, e.g.
+    the principle's hash) and the sample index. Editing one principle changes only the keys of the
+    calls that used it."""
     blob = json.dumps(
-        {"model": model, "messages": messages, "params": asdict(params), "template": template, "hash": template_hash},
+        {"model": model, "messages": messages, "params": asdict(params), "template": template, "hash": template_hash,
+         "context": context or {}, "sample": sample},
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -44,31 +61,61 @@ def call_key(model: str, messages: list[Message], params: GenParams, template: s
 
 class CallLog:
     def __init__(self, path: Path | str):
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path = Path(path)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a killed process loses nothing committed
         self.db.executescript(SCHEMA)
 
     def get(self, key: str) -> Completion | None:
         row = self.db.execute(
-            "SELECT response, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key=? AND error IS NULL",
-            (key,),
+            "SELECT response, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key=?", (key,)
         ).fetchone()
         if row is None:
             return None
         resp = json.loads(row[0])
         return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"))
 
-    def put(self, key: str, model: str, template: Template, messages: list[Message], params: GenParams,
-            result: Completion | None, latency: float, error: str | None = None) -> None:
+    def copy_from(self, other: CallLog, key: str) -> None:
+        """Bring one call over from the shared cache, so this run's log is complete on its own."""
+        row = other.db.execute(f"SELECT {COLUMNS} FROM calls WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            self.db.execute(f"INSERT OR IGNORE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})", row)
+
+    def put(self, key: str, stage: str, model: str, template: str, template_hash: str, messages: list[Message],
+            params: GenParams, result: Completion, latency: float, cost: float) -> None:
         request = json.dumps({"messages": messages, "params": asdict(params)}, ensure_ascii=False)
-        response = json.dumps({"text": result.text, "logprobs": result.logprobs}, ensure_ascii=False) if result else None
+        response = json.dumps({"text": result.text, "logprobs": result.logprobs}, ensure_ascii=False)
         self.db.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, model, template.name, template.digest, request, response,
-             result.prompt_tokens if result else None, result.completion_tokens if result else None,
-             result.finish_reason if result else None, latency, error, time.time()),
+            f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",
+            (key, stage, model, template, template_hash, request, response, result.prompt_tokens,
+             result.completion_tokens, result.finish_reason, latency, cost, time.time()),
         )
+
+    def put_error(self, key: str, stage: str, model: str, error: str, latency: float, cost: float) -> None:
+        self.db.execute("INSERT INTO errors VALUES (?,?,?,?,?,?,?)",
+                        (key, stage, model, error, latency, cost, time.time()))
+
+    def spent(self) -> float:
+        """USD spent by every call in this log, failed attempts included."""
+        calls = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM calls").fetchone()[0]
+        errors = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM errors").fetchone()[0]
+        return calls + errors
+
+    def totals(self) -> dict[str, dict]:
+        """Per stage: distinct calls, tokens and cost over the whole run (every invocation of it)."""
+        out: dict[str, dict] = {}
+        for stage, n, pt, ct, cost in self.db.execute(
+            "SELECT stage, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost) FROM calls GROUP BY stage"
+        ):
+            out[stage] = {"calls": n, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost}
+        for stage, n, cost in self.db.execute("SELECT stage, COUNT(*), SUM(cost) FROM errors GROUP BY stage"):
+            entry = out.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+            entry["failed_attempts"] = n
+            entry["cost_usd"] += cost
+        for entry in out.values():
+            entry["cost_usd"] = round(entry["cost_usd"], 6)
+        return out
 
     def close(self) -> None:
         self.db.close()

@@ -38,43 +38,101 @@ def cli() -> None:
     """
 
 
-@cli.command()
-@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file, one object per line with a 'prompt' field (other fields kept as metadata). "
-                   "Replaces question generation.")
-@click.option("--limit", type=int, help="Process at most N prompts.")
-@click.option("--model", help="Model spec for every stage, e.g. local:smollm2, openai:gpt-4o-mini, "
-                              "anthropic:claude-haiku-4-5.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint.")
-@click.option("--seed", type=int, help="Seed for principle draws, few-shot choice and sampling.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="The run directory, exactly (must not exist or be empty). Default: outputs/<timestamp>.")
-def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None,
-        concurrency: int | None, seed: int | None, out: Path | None) -> None:
-    """Run a pipeline: questions, answers, critique and revision, then datasets.
-
-    CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
-    pipelines/api.yaml is sized for an API model). Every input is validated before the run
-    directory is created. The last line printed is the run directory.
-    """
-    from factory.runner import Overrides, Pipeline, run as run_pipeline
-
-    pipe = Pipeline.prepare(load_config(config), Overrides(prompts, limit, model, concurrency, seed))
-    run_dir, failed, counts = run_pipeline(pipe, out, stderr)
+def _print_outcome(outcome) -> None:
+    run_dir, counts = outcome.run_dir, outcome.counts
     shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
-    rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
-    stdout.print(f"datasets: {rows}")
-    if failed:
-        stdout.print(f"[red]{failed} record(s) failed[/red]; see {shown}/failed.jsonl")
+    if outcome.status == "stopped_at_budget":
+        stdout.print(f"[yellow]stopped before passing the budget[/yellow]; no datasets yet. Continue with: "
+                     f"factory run --resume {shown} --max-cost USD", soft_wrap=True)
+    else:
+        rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
+        stdout.print(f"datasets: {rows}")
+    if outcome.failed:
+        stdout.print(f"[red]{outcome.failed} failure(s)[/red]; see {shown}/failed.jsonl, then: "
+                     f"factory retry-failed {shown}", soft_wrap=True)
     loads = ", ".join(f"load_dataset('{shown}', '{name}')" for name, c in counts.items() if sum(c.values()))
     if loads:
         stdout.print("load them with:")
         stdout.print(f'  python -c "from datasets import load_dataset; print({loads})"', markup=False,
                      highlight=False, soft_wrap=True)
     stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
-    if failed:
-        sys.exit(1)
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL file, one object per line with a 'prompt' field (other fields kept as metadata). "
+                   "Replaces question generation. Streamed: any size.")
+@click.option("--limit", type=int, help="Process at most N prompts.")
+@click.option("--model", help="Model spec for every stage, e.g. local:smollm2, openai:gpt-4o-mini, "
+                              "anthropic:claude-haiku-4-5.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint (default 64).")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute per endpoint "
+              "(default: learned from the provider's rate-limit headers).")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute per endpoint.")
+@click.option("--seed", type=int, help="Seed for principle draws, few-shot choice and sampling.")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+              help="Stop cleanly before spending more than this (whole run, resumes included). "
+                   "Exit code 3; continue with --resume and a larger budget.")
+@click.option("--dry-run", is_flag=True, help="Print the calls, tokens and cost a run would take; call nothing.")
+@click.option("--batch", is_flag=True, help="Run every model stage through the OpenAI Batch API or Anthropic "
+                                            "Message Batches (50%% cheaper, results within 24 h).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A shared call cache: calls any earlier run made there are reused, free.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Continue the run in this directory (killed, interrupted or stopped at its budget).")
+@click.option("--debug", is_flag=True, help="One record at a time, every request and response printed in full "
+                                            "(and kept in RUN_DIR/debug.log).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="The run directory, exactly (must not exist or be empty). Default: outputs/<timestamp>.")
+def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
+        rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
+        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None) -> None:
+    """Run a pipeline: questions, answers, critique and revision, then datasets.
+
+    CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
+    pipelines/api.yaml is sized for an API model). Every input is validated before the run
+    directory is created. The last line printed is the run directory. Exit codes: 0 done,
+    1 done with failures (see failed.jsonl), 2 bad input, 3 stopped at --max-cost.
+    """
+    from factory.pipeline import Overrides, Pipeline
+    from factory.runner import resume
+    from factory.runner import run as run_pipeline
+
+    if debug:
+        concurrency = 1
+    if resume_dir is not None:
+        given = {"CONFIG": config, "--prompts": prompts, "--limit": limit, "--model": model, "--seed": seed,
+                 "--batch": batch or None, "--out": out, "--dry-run": dry_run or None}
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise FactoryError(f"--resume continues a run exactly as it started; drop {', '.join(clash)} "
+                               "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change)")
+        ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
+        _print_outcome(resume(resume_dir, stderr, ov, debug=debug))
+    ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
+    pipe = Pipeline.prepare(load_config(config), ov)
+    if dry_run:
+        from factory.estimate import estimate, estimate_table
+
+        stdout.print(estimate_table(estimate(pipe, batch), batch))
+        return
+    _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug))
+
+
+@cli.command("retry-failed")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+              help="Budget for the whole run, as for `run`.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint.")
+def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> None:
+    """Reprocess only the failed records of RUN_DIR (those in its failed.jsonl), then rewrite its
+    datasets. Completed calls come from the call log, so nothing is paid twice."""
+    from factory.pipeline import Overrides
+    from factory.runner import resume
+
+    _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost), retry_failed=True))
 
 
 @cli.command("try")

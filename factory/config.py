@@ -63,6 +63,31 @@ class ExportConfig(Strict):
     license: str = Field(default="other", description="license field of the dataset card")
 
 
+class LimitsConfig(Strict):
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute (default: from the provider's headers)")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute (default: from the provider's headers)")
+
+
+class RetriesConfig(Strict):
+    max_attempts: int = Field(default=6, ge=1, description="attempts per call for 408/409/429/5xx, timeouts, drops")
+    max_wait: float = Field(default=60.0, gt=0, description="cap in seconds on one backoff (Retry-After wins)")
+    parse_attempts: int = Field(default=3, ge=1, description="fresh samples for an output that does not parse")
+
+
+class TimeoutsConfig(Strict):
+    initial: float = Field(default=120.0, gt=0, description="seconds, until enough latencies are observed")
+    multiplier: float = Field(default=4.0, gt=1, description="timeout = multiplier x p95 latency (per model and template)")
+    min: float = Field(default=2.0, gt=0)
+    max: float = Field(default=300.0, gt=0)
+
+
+class BatchConfig(Strict):
+    poll_s: float = Field(default=30.0, gt=0, description="seconds between batch status checks")
+    flush_s: float = Field(default=2.0, gt=0, description="submit queued requests after this long with no new one")
+    max_requests: int | None = Field(default=None, ge=1, description="rows per batch (default: the provider's limit)")
+    max_resubmits: int = Field(default=3, ge=0, description="resubmissions of an errored or expired row")
+
+
 class StagesConfig(Strict):
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
@@ -77,7 +102,15 @@ class PipelineConfig(Strict):
     prompts_dir: str = Field(default=str(ROOT / "prompts"), description="folder of prompt templates")
     model: str = Field(default="local:smollm2", description="default model spec for every stage")
     seed: int = 0
-    concurrency: int = Field(default=16, ge=1, description="requests in flight per model endpoint")
+    concurrency: int = Field(default=64, ge=1, description="requests in flight per model endpoint")
+    limits: dict[str, LimitsConfig] = Field(default_factory=dict, description="rate limits per model spec")
+    retries: RetriesConfig = Field(default_factory=RetriesConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    prices: str | None = Field(default=None, description="price table YAML (default: prices.yaml in the repo)")
+    cache_dir: str | None = Field(default=None, description="shared call cache folder that runs reuse")
+    max_cost: float | None = Field(default=None, gt=0, description="USD; stop cleanly before spending more")
+    watchdog_s: float = Field(default=60.0, gt=0, description="report what is in flight after this long with no progress")
     stages: StagesConfig = Field(default_factory=StagesConfig)
 
     _base_dir: Path = PrivateAttr(default=ROOT)  # set by load_config

@@ -25,12 +25,37 @@ class InputError(FactoryError):
 
 
 class ModelCallError(Exception):
-    """A model call failed after the transport retries. The record goes to failed.jsonl.
+    """A model call failed. The caller's one retry layer retries it when `retryable`; once the
+    retries are spent the record goes to failed.jsonl.
 
-    `fatal` marks failures that every later call would repeat (a rejected key, an unknown model):
-    the run stops instead of filling failed.jsonl.
+    `retryable`: worth another attempt (408, 409, 429, 5xx, a timeout, a dropped connection).
+    `retry_after`: seconds the server asked us to wait (its Retry-After header), if any.
+    `status`: the HTTP status, if there was a response (429 slows the whole endpoint down).
+    `fatal`: every later call would fail the same way (a rejected key, an unknown model): the run
+    stops instead of filling failed.jsonl.
     """
 
-    def __init__(self, message: str, *, fatal: bool = False):
+    def __init__(self, message: str, *, fatal: bool = False, retryable: bool = False,
+                 retry_after: float | None = None, status: int | None = None):
         super().__init__(message)
-        self.fatal = fatal
+        self.fatal, self.retryable, self.retry_after, self.status = fatal, retryable, retry_after, status
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+def retry_after_seconds(headers: object) -> float | None:
+    """The Retry-After (or retry-after-ms) header of a response, in seconds; None if absent or unreadable."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            return None  # an HTTP date: rare from these APIs; back off exponentially instead
+    return None

@@ -1,41 +1,71 @@
-"""Prompt files: JSONL, one object per line with a `prompt` string; other fields become metadata."""
+"""Prompt files: JSONL, one object per line with a `prompt` string; other fields become metadata.
+
+A file is checked whole before anything runs (errors name the file, line and field), then streamed:
+memory does not grow with the number of prompts."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from factory.errors import InputError
-from factory.records import Record
+from factory.records import Record, prompt_id
+
+
+class PromptFile:
+    """A validated prompts file. Iterating yields (record, is_duplicate) in file order; a duplicate
+    (same normalised prompt as an earlier line) is flagged, not yielded twice silently."""
+
+    def __init__(self, path: str | Path, source: str = "file", limit: int | None = None):
+        self.path, self.source, self.limit = Path(path), source, limit
+        ids = np.fromiter((int(prompt_id(prompt), 16) for _, prompt, _ in self._lines()), dtype=np.uint64)
+        if not len(ids):
+            raise InputError(self.path, "no prompts in file")
+        self.count = len(ids)
+        self._duplicate = np.ones(len(ids), dtype=bool)
+        self._duplicate[np.unique(ids, return_index=True)[1]] = False
+
+    @property
+    def duplicates(self) -> int:
+        return int(self._duplicate.sum())
+
+    def __iter__(self) -> Iterator[tuple[Record, bool]]:
+        for i, (_, prompt, extra) in enumerate(self._lines()):
+            yield Record.new(prompt, self.source, **extra), bool(self._duplicate[i])
+
+    def _lines(self) -> Iterator[tuple[int, str, dict]]:
+        try:
+            handle = self.path.open("rb")
+        except OSError as e:
+            raise InputError(self.path, f"cannot read prompts file: {e.strerror}") from None
+        n = 0
+        with handle:
+            for lineno, line in enumerate(handle, 1):
+                if self.limit is not None and n >= self.limit:
+                    return
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(self.path, f"not valid UTF-8 (byte 0x{line[e.start]:02x})", line=lineno) from None
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise InputError(self.path, f"broken JSON: {e.msg} (column {e.colno})", line=lineno) from None
+                if not isinstance(obj, dict):
+                    raise InputError(self.path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
+                prompt = obj.pop("prompt", None)
+                if not isinstance(prompt, str) or not prompt.strip():
+                    why = "missing" if prompt is None else "must be a non-empty string"
+                    raise InputError(self.path, why, line=lineno, field="prompt")
+                n += 1
+                yield lineno, prompt, obj
 
 
 def read_prompts(path: str | Path, source: str = "file", limit: int | None = None) -> list[Record]:
-    """Read and validate the whole file before anything runs; errors name the file, line and field."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(path, f"cannot read prompts file: {e.strerror}") from None
-    records: list[Record] = []
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(path, f"not valid UTF-8 (byte 0x{line[e.start]:02x})", line=lineno) from None
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"broken JSON: {e.msg} (column {e.colno})", line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
-        prompt = obj.pop("prompt", None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            why = "missing" if prompt is None else "must be a non-empty string"
-            raise InputError(path, why, line=lineno, field="prompt")
-        if limit is None or len(records) < limit:
-            records.append(Record.new(prompt, source, **obj))
-    if not records:
-        raise InputError(path, "no prompts in file")
-    return records
+    """A small file (seed prompts) as a list, duplicates included."""
+    return [rec for rec, _ in PromptFile(path, source, limit)]

@@ -1,23 +1,33 @@
-"""What the user sees: a progress bar per stage (records done, calls in flight) and a summary."""
+"""What the user sees: a progress bar per stage (records done, calls in flight, cost) and a summary."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from factory.stats import Stats
 
 
-class _InFlight(ProgressColumn):
+class _Calls(ProgressColumn):
     def __init__(self, stats: Stats):
         super().__init__()
         self.stats = stats
 
     def render(self, task) -> Text:
         st = self.stats[task.fields["stage"]]
-        return Text(f"{st.in_flight:3d} in flight  {st.calls:5d} calls", style="cyan")
+        text = f"{st.in_flight:3d} in flight {st.calls:6d} calls  ${st.cost:.4f}"
+        if st.retries or st.rate_limited:
+            text += f"  {st.retries} retries, {st.rate_limited}x429"
+        return Text(text, style="cyan")
 
 
 class Display:
@@ -25,7 +35,7 @@ class Display:
         self.stats = stats
         self.progress = Progress(
             TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-            _InFlight(stats), TimeElapsedColumn(), console=console, transient=False,
+            _Calls(stats), TimeElapsedColumn(), console=console, transient=False,
         )
         self.tasks: dict[str, int] = {}
 
@@ -42,17 +52,26 @@ class Display:
     def advance(self, name: str, n: int = 1) -> None:
         self.progress.advance(self.tasks[name], n)
 
-    def finish(self, name: str, total: int) -> None:
-        self.progress.update(self.tasks[name], total=total, completed=total)
+    def advance_all(self, names: list[str]) -> None:
+        """A record that leaves early (dropped, failed, finished before a resume) fills every later bar."""
+        for name in names:
+            self.advance(name)
+
+    def totals(self, produced: int, names: list[str]) -> None:
+        """The source is done: now every bar knows its total."""
+        for name in ["questions", *names]:
+            self.progress.update(self.tasks[name], total=produced)
 
 
 def summary_table(stats: Stats) -> Table:
     table = Table(title="Run summary")
-    for col in ("stage", "in", "out", "dropped", "calls", "cached", "failed", "tokens in/out", "seconds"):
+    for col in ("stage", "in", "out", "dropped", "calls", "cached", "failed", "retries", "tokens in/out", "USD",
+                "seconds"):
         table.add_column(col, justify="left" if col in ("stage", "dropped") else "right")
     for name, st in stats.stages.items():
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(st.dropped.items())) or "-"
         d = st.to_dict()
         table.add_row(name, str(d["in"]), str(d["out"]), dropped, str(st.calls), str(st.cached_calls),
-                      str(st.failed_calls), f"{st.prompt_tokens}/{st.completion_tokens}", f"{d['seconds']:.1f}")
+                      str(st.failed_calls), str(st.retries), f"{st.prompt_tokens}/{st.completion_tokens}",
+                      f"{st.cost:.4f}", f"{d['seconds']:.1f}")
     return table

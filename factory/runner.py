@@ -1,259 +1,302 @@
-"""The runner: validates every input, then owns the run directory, the models, concurrency, the
-call log, lineage, failures and stats. Stages never touch any of these."""
+"""The runner: owns the run directory, the models, concurrency, the call log and cache, the state
+that makes a run resumable, lineage, failures and stats. Stages never touch any of these.
+
+Records flow without barriers: each moves to its next stage as soon as its own calls finish, and
+the input is streamed through a bounded window of records in flight."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from factory.caller import Caller
 from factory.calllog import CallLog
 from factory.card import card_body
 from factory.config import PipelineConfig
-from factory.constitution import Constitution, load_constitution
 from factory.errors import FactoryError, ModelCallError
-from factory.inputs import read_prompts
-from factory.models import Model, load_model
+from factory.models import Completion, GenParams, Message
+from factory.pipeline import RECORD_STAGES, STAGES, Overrides, Pipeline
+from factory.prices import Budget, BudgetExceeded
 from factory.progress import Display, summary_table
-from factory.prompts import Template, load_template
 from factory.records import Record
-from factory.rundir import command_line, create_run_dir, git_commit, now, package_versions, write_json
-from factory.stages import Stage, answer, critique_revise, questions
-from factory.stages.answer import AnswerStage
-from factory.stages.critique_revise import CritiqueReviseStage
+from factory.rundir import create_run_dir, now, write_json
+from factory.stages import Stage
 from factory.stages.export import export
-from factory.stages.questions import QuestionsStage
+from factory.state import RunState, lock_run_dir
 from factory.stats import Stats
 
-STAGES = ["questions", "answer", "critique_revise", "export"]
+EXIT_FAILURES, EXIT_STOPPED = 1, 3
+BATCH_WINDOW = 50_000  # records in flight with --batch: a batch is only as large as what is waiting
 
 
 @dataclass
-class Overrides:
-    """Command-line flags that override the pipeline config."""
-
-    prompts: Path | None = None
-    limit: int | None = None
-    model: str | None = None
-    concurrency: int | None = None
-    seed: int | None = None
-    rounds: int | None = None
-
-    def apply(self, cfg: PipelineConfig) -> PipelineConfig:
-        cfg = cfg.model_copy(deep=True)
-        if self.model:  # one model for every stage
-            cfg.model = self.model
-            for stage in (cfg.stages.questions, cfg.stages.answer, cfg.stages.critique_revise):
-                stage.model = None
-        if self.concurrency is not None:
-            cfg.concurrency = self.concurrency
-        if self.seed is not None:
-            cfg.seed = self.seed
-        if self.rounds is not None:
-            cfg.stages.critique_revise.rounds = self.rounds
-        return cfg
-
-
-@dataclass
-class Pipeline:
-    """Everything a run needs, validated, before anything is created or loaded."""
-
-    cfg: PipelineConfig
-    constitution_path: Path
-    constitution: Constitution
-    templates: dict[str, Template]
-    seeds: list[Record]
-    from_file: list[Record] | None
-    limit: int | None
-    prompts_path: Path | None = None
-    models: dict[str, Model] = field(default_factory=dict)
-
-    @classmethod
-    def prepare(cls, cfg: PipelineConfig, ov: Overrides, needs_seeds: bool = True) -> Pipeline:
-        if ov.limit is not None and ov.limit < 1:
-            raise FactoryError("--limit must be at least 1")
-        cfg = ov.apply(cfg)
-        st = cfg.stages
-        cpath = cfg.path(cfg.constitution)
-        constitution = load_constitution(cpath)
-        pdir = cfg.path(cfg.prompts_dir)
-        templates = {
-            "questions": load_template(pdir, st.questions.template, questions.VARIABLES),
-            "answer": load_template(pdir, st.answer.template, answer.VARIABLES),
-            "critique": load_template(pdir, st.critique_revise.critique_template, critique_revise.CRITIQUE_VARIABLES),
-            "revision": load_template(pdir, st.critique_revise.revision_template, critique_revise.REVISION_VARIABLES),
-        }
-        from_file = read_prompts(ov.prompts, "file", ov.limit) if ov.prompts else None
-        seeds = []
-        if from_file is None and needs_seeds:
-            if not st.questions.seeds:
-                raise FactoryError("the pipeline config lists no seed files (stages.questions.seeds); "
-                                   "add some or pass --prompts FILE.jsonl")
-            for path in st.questions.seeds:
-                seeds += read_prompts(cfg.path(path), "seed")
-        return cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, ov.prompts)
+class Outcome:
+    run_dir: Path
+    status: str  # complete | complete_with_failures | stopped_at_budget
+    failed: int
+    counts: dict
 
     @property
-    def specs(self) -> dict[str, str]:
-        st = self.cfg.stages
-        return {
-            "questions": self.cfg.model_for(st.questions),
-            "answer": self.cfg.model_for(st.answer),
-            "critique_revise": self.cfg.model_for(st.critique_revise),
-        }
-
-    def load_models(self) -> None:
-        """Build every backend the run uses (a missing API key fails here, before any output)."""
-        generating = self.from_file is None and self.cfg.stages.questions.generate > 0
-        for stage in (["questions"] if generating else []) + ["answer", "critique_revise"]:
-            spec = self.specs[stage]
-            if spec not in self.models:
-                self.models[spec] = load_model(spec)
-
-    def stages(self) -> list[Stage]:
-        cfg, t, seed = self.cfg, self.templates, self.cfg.seed
-        return [
-            AnswerStage(cfg.stages.answer, t["answer"], self.specs["answer"], seed),
-            CritiqueReviseStage(cfg.stages.critique_revise, self.constitution, t["critique"], t["revision"],
-                                self.specs["critique_revise"], seed),
-        ]
-
-    def source(self) -> QuestionsStage:
-        cfg = self.cfg
-        return QuestionsStage(cfg.stages.questions, self.templates["questions"], self.specs["questions"],
-                              cfg.seed, self.seeds, self.from_file, self.limit)
-
-    async def aclose(self) -> None:
-        for m in self.models.values():
-            await m.aclose()
-
-    def manifest(self, run_dir: Path) -> dict:
-        return {
-            "run_dir": str(run_dir),
-            "status": "running",
-            "started": now(),
-            "command": command_line(),
-            "config": self.cfg.model_dump(mode="json"),
-            "constitution": {
-                "path": str(self.constitution_path),
-                "label": self.constitution.label,
-                "sha256": self.constitution.digest,
-                "principles": {p.id: p.digest() for p in self.constitution.principles},
-            },
-            "templates": {k: {"name": t.name, "path": str(t.path), "sha256": t.digest} for k, t in self.templates.items()},
-            "prompts_file": {"path": str(self.prompts_path), "sha256": file_digest(self.prompts_path)}
-            if self.prompts_path else None,
-            "seed_files": {p: file_digest(self.cfg.path(p)) for p in self.cfg.stages.questions.seeds}
-            if self.seeds else {},
-            "models": sorted(set(self.specs.values())),
-            "stage_models": self.specs,
-            "seed": self.cfg.seed,
-            "limit": self.limit,
-            "packages": package_versions(),
-            "git_commit": git_commit(),
-        }
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    def exit_code(self) -> int:
+        return {"complete": 0, "complete_with_failures": EXIT_FAILURES}.get(self.status, EXIT_STOPPED)
 
 
 class Run:
-    """One run in its directory: records.jsonl (lineage), failed.jsonl, calls.sqlite, stats.json."""
+    """One invocation on a run directory (new or resumed), holding its lock throughout."""
 
-    def __init__(self, pipe: Pipeline, run_dir: Path, console: Console):
-        self.pipe, self.dir, self.console = pipe, run_dir, console
-        self.stats = Stats(STAGES)
+    def __init__(self, pipe: Pipeline, run_dir: Path, console: Console, *, batch: bool = False, debug: bool = False):
+        self.pipe, self.dir, self.console, self.batch, self.debug = pipe, run_dir, console, batch, debug
+        self._lock = lock_run_dir(run_dir)
+        self.state = RunState(run_dir)
         self.log = CallLog(run_dir / "calls.sqlite")
-        self.caller = Caller(pipe.models, pipe.cfg.concurrency, self.log, self.stats)
-        self.failed = 0
+        self.shared = None
+        if pipe.cfg.cache_dir:
+            shared_dir = pipe.cfg.path(pipe.cfg.cache_dir)
+            shared_dir.mkdir(parents=True, exist_ok=True)
+            self.shared = CallLog(shared_dir / "calls.sqlite")
+        self.stats = Stats(STAGES)
+        for name, counters in (self.state.get_meta("counters") or {}).items():  # an earlier invocation's
+            self.stats[name].counters.update(counters)
+        self.budget = Budget(pipe.cfg.max_cost, spent=self.log.spent())
+        self.stopped: str | None = None
+        self.resumed = 0
 
-    async def execute(self) -> list[Record]:
-        stages = self.pipe.stages()
-        done: list[Record] = []
-        with (self.dir / "records.jsonl").open("w") as lineage, (self.dir / "failed.jsonl").open("w") as failed, \
-                Display(self.stats, self.console) as display:
-            display.stage("questions", None)
-            records = await self.pipe.source().produce(self.caller)
-            display.finish("questions", len(records))
-            for s in stages:
-                display.stage(s.name, len(records))
+    def use_batch_apis(self) -> None:
+        from factory.batch import BatchModel
 
-            def close_bars(from_stage: int) -> None:  # a record that leaves early still fills every bar
-                for later in stages[from_stage:]:
-                    display.advance(later.name)
+        b = self.pipe.cfg.batch
+        for spec, model in self.pipe.models.items():
+            self.pipe.models[spec] = BatchModel(model, self.dir / "batches.sqlite", poll_s=b.poll_s, flush_s=b.flush_s,
+                                                max_requests=b.max_requests, max_resubmits=b.max_resubmits)
 
-            async def one(rec: Record) -> None:
-                for i, s in enumerate(stages):
-                    st = self.stats[s.name]
-                    st.records_in += 1
-                    try:
-                        await s.process(rec, self.caller)
-                    except ModelCallError as e:
-                        if e.fatal:
-                            raise FactoryError(f"{e}\nthe run stopped: every further call would fail the same way. "
-                                               "Fix the key, model name or base URL and run again.") from None
-                        st.drop("failed")
-                        self.failed += 1
-                        failed.write(json.dumps({"stage": s.name, "reason": str(e), "record": rec.model_dump()}) + "\n")
-                        failed.flush()
-                        close_bars(i)
-                        return
-                    if rec.dropped:
-                        st.drop(rec.dropped.reason)
-                        close_bars(i)
-                        break
-                    st.records_out += 1
-                    display.advance(s.name)
-                lineage.write(rec.model_dump_json() + "\n")
-                lineage.flush()
-                if not rec.dropped:
-                    done.append(rec)
-
-            await asyncio.gather(*(one(r) for r in records))
-        return done
-
-    def finish(self, done: list[Record], manifest: dict) -> dict:
+    async def execute(self) -> None:
         pipe = self.pipe
-        generator = pipe.specs["answer"]
+        if self.batch:
+            self.use_batch_apis()
+        caller = pipe.caller(self.log, self.stats, self.budget, shared=self.shared,
+                             debug=debug_printer(self.console, self.dir / "debug.log") if self.debug else None)
+        stages, source = pipe.stages(), pipe.source()
+        window = 1 if self.debug else BATCH_WINDOW if self.batch else max(64, 4 * pipe.cfg.concurrency)
+        slots = asyncio.Semaphore(window)
+        self.state.clear_call_failures()
+        with Display(self.stats, self.console) as display:
+            display.stage("questions", None)
+            for s in stages:
+                display.stage(s.name, None)
+            watchdog = asyncio.create_task(self.watchdog(caller))
+            produced = 0
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    try:
+                        async for rec in source.produce(caller):
+                            produced += 1
+                            display.advance("questions")
+                            if self.state.has(rec.id):  # finished before a kill; resumed runs skip it
+                                self.resumed += 1
+                                display.advance_all([s.name for s in stages])
+                                continue
+                            await slots.acquire()
+                            if self.stopped:
+                                slots.release()
+                                break
+                            task = tg.create_task(self.one(rec, stages, caller, display))
+                            task.add_done_callback(lambda _: slots.release())
+                    except BudgetExceeded:
+                        self.stopped = "budget"
+                    display.totals(produced, [s.name for s in stages])
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            finally:
+                watchdog.cancel()
+                for key, reason in source.failures:
+                    self.state.fail_call(key, source.name, reason)
+                self.save_counters()
 
-        def card(counts: dict, example: dict | None) -> str:
-            return card_body(self.dir.name, manifest, pipe.constitution, counts, self.stats.to_dict(), example)
+    async def one(self, rec: Record, stages: list[Stage], caller, display: Display) -> None:
+        """Carry one record through every stage; its outcome is committed once, when it ends."""
+        for i, s in enumerate(stages):
+            try:
+                await s.process(rec, caller)
+            except BudgetExceeded:
+                self.stopped = "budget"  # left unfinished: a resumed run picks it up
+                return
+            except ModelCallError as e:
+                if e.fatal:
+                    raise FactoryError(f"{e}\nthe run stopped: every further call would fail the same way. "
+                                       "Fix the key, model name or base URL and run again.") from None
+                self.state.finish(rec, "failed", s.name, str(e))
+                display.advance_all([later.name for later in stages[i:]])
+                return
+            if rec.dropped:
+                self.state.finish(rec, "dropped", s.name, rec.dropped.reason)
+                display.advance_all([later.name for later in stages[i:]])
+                return
+            display.advance(s.name)
+        self.state.finish(rec, "done", "done")
 
-        counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, generator, self.stats["export"], card)
-        self.log.close()
-        stats = self.stats.to_dict() | {"datasets": counts, "failed_records": self.failed}
+    async def watchdog(self, caller) -> None:
+        """Every few seconds: save counters; when no call has finished for `watchdog_s`, say what is
+        in flight and for how long."""
+        limit, warned = self.pipe.cfg.watchdog_s, 0.0
+        while True:
+            await asyncio.sleep(min(5.0, limit / 4))
+            self.save_counters()
+            quiet = time.monotonic() - caller.last_done
+            if caller.active and quiet > limit and time.monotonic() - warned > limit:
+                warned = time.monotonic()
+                ages = sorted(((time.monotonic() - t0, stage, purpose) for stage, purpose, t0 in caller.active.values()),
+                              reverse=True)
+                lines = [f"  {age:6.1f} s  {stage} {purpose}" for age, stage, purpose in ages[:10]]
+                more = f"\n  ... and {len(ages) - 10} more" if len(ages) > 10 else ""
+                limits = "; ".join(f"{spec}: {e.limiter.snapshot()}" for spec, e in caller.endpoints.items())
+                self.console.print(f"[yellow]watchdog: no call finished for {quiet:.0f} s; {len(ages)} in flight "
+                                   f"(oldest first):[/yellow]\n" + "\n".join(lines) + more + f"\n  rate limits: {limits}",
+                                   highlight=False)
+
+    def save_counters(self) -> None:
+        self.state.set_meta("counters", {name: dict(st.counters) for name, st in self.stats.stages.items()})
+
+    def finish(self, manifest: dict) -> Outcome:
+        """Counts from the state (exact over every invocation), then datasets, lineage and failures,
+        each written whole and moved in place."""
+        pipe = self.pipe
+        for name, (n_in, n_out, dropped) in self.state.stage_counts(RECORD_STAGES).items():
+            st = self.stats[name]
+            st.records_in, st.records_out, st.dropped = n_in, n_out, dropped
+        failed = self.write_lineage()
+        counts: dict = {}
+        if self.stopped:
+            status = "stopped_at_budget"
+        else:
+            status = "complete" if not failed else "complete_with_failures"
+
+            def card(c: dict, example: dict | None) -> str:
+                return card_body(self.dir.name, manifest, pipe.constitution, c, self.stats.to_dict(), example)
+
+            done = (rec for _, _, _, rec in self.state.records("done"))
+            counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
+                            self.stats["export"], card)
+        stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
+                                        "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6)}
         write_json(self.dir / "stats.json", stats)
-        manifest.update(status="complete" if not self.failed else "complete_with_failures", finished=now(),
-                        datasets=counts)
+        manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"])
         write_json(self.dir / "manifest.json", manifest)
-        return counts
+        self.close()
+        return Outcome(self.dir, status, failed, counts)
+
+    def write_lineage(self) -> int:
+        """records.jsonl (done and dropped records, every call and round) and failed.jsonl (what to
+        retry: failed records with their stage and reason, and failed generation calls)."""
+        failed = 0
+        lineage_tmp, failed_tmp = self.dir / "records.jsonl.tmp", self.dir / "failed.jsonl.tmp"
+        with lineage_tmp.open("w") as lineage, failed_tmp.open("w") as fails:
+            for status, stage, reason, rec in self.state.records():
+                if status == "failed":
+                    failed += 1
+                    fails.write(json.dumps({"stage": stage, "reason": reason, "record": rec.model_dump()}) + "\n")
+                else:
+                    lineage.write(rec.model_dump_json() + "\n")
+            for key, stage, reason in self.state.call_failures():
+                failed += 1
+                fails.write(json.dumps({"stage": stage, "call": key, "reason": reason}) + "\n")
+        os.replace(lineage_tmp, self.dir / "records.jsonl")
+        os.replace(failed_tmp, self.dir / "failed.jsonl")
+        return failed
+
+    def close(self) -> None:
+        self.log.close()
+        if self.shared:
+            self.shared.close()
+        self.state.close()
+        self._lock.close()
 
 
-def run(pipe: Pipeline, out: Path | None, console: Console) -> tuple[Path, int, dict]:
-    """Load models, create the run directory, run every stage, export. Returns (dir, failed, counts)."""
-    pipe.load_models()
-    run_dir = create_run_dir(out)
-    manifest = pipe.manifest(run_dir)
-    write_json(run_dir / "manifest.json", manifest)
-    r = Run(pipe, run_dir, console)
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The exception to report from a task group: a user-facing FactoryError first."""
+    leaves = []
 
-    async def main() -> list[Record]:
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, FactoryError)), leaves[0])
+
+
+def debug_printer(console: Console, path: Path):
+    """--debug: every request and response in full, on the console and in RUN_DIR/debug.log."""
+    log = path.open("a")
+
+    def show(label: str, messages: list[Message], params: GenParams, result: Completion) -> None:
+        turns = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+        text = (f"--- {label} {params}\n{turns}\n--- response ({result.finish_reason}, {result.prompt_tokens} in, "
+                f"{result.completion_tokens} out)\n{result.text}\n")
+        console.print(text, markup=False, highlight=False)
+        log.write(text)
+        log.flush()
+
+    return show
+
+
+def _invoke(run: Run, manifest: dict) -> Outcome:
+    async def main() -> None:
         try:
-            return await r.execute()
+            await run.execute()
         finally:
-            await pipe.aclose()
+            await run.pipe.aclose()
 
     try:
-        done = asyncio.run(main())
+        asyncio.run(main())
     except FactoryError as e:
-        write_json(run_dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
+        write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
+        run.close()
         raise
-    counts = r.finish(done, manifest)
-    console.print(summary_table(r.stats))
-    return run_dir, r.failed, counts
+    except KeyboardInterrupt:
+        write_json(run.dir / "manifest.json", manifest | {"status": "interrupted", "finished": now()})
+        run.close()
+        raise
+    outcome = run.finish(manifest)
+    run.console.print(summary_table(run.stats))
+    return outcome
+
+
+def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = False, debug: bool = False) -> Outcome:
+    """A new run: load models, create the run directory, run every stage, export."""
+    pipe.load_models()
+    run_dir = create_run_dir(out)
+    manifest = pipe.manifest(run_dir, batch)
+    write_json(run_dir / "manifest.json", manifest)
+    return _invoke(Run(pipe, run_dir, console, batch=batch, debug=debug), manifest)
+
+
+def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
+           debug: bool = False) -> Outcome:
+    """Continue a run that was killed, stopped at its budget or interrupted. Every call that completed
+    is served from its call log; finished records are skipped. `retry_failed` first forgets the
+    failed records so they are processed again."""
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    cfg = PipelineConfig.model_validate(manifest["config"])
+    cfg._base_dir = Path(manifest["config_dir"])
+    ov.prompts = Path(manifest["prompts"]) if manifest.get("prompts") else None
+    ov.limit = manifest.get("limit")
+    pipe = Pipeline.prepare(cfg, ov)
+    changed = [k for k, v in pipe.inputs().items() if v != manifest["inputs"].get(k)]
+    if changed:
+        raise FactoryError(f"{run_dir}: {', '.join(changed)} changed since the run started, so resuming would mix "
+                           "two inputs. Restore them, or start a new run (with a shared cache_dir it reuses the calls)")
+    pipe.load_models()
+    run = Run(pipe, run_dir, console, batch=manifest.get("batch", False), debug=debug)
+    if retry_failed:
+        n = run.state.reset_failed()
+        console.print(f"retrying {n} failed record(s) and any failed generation call")
+    manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1, "config": pipe.cfg.model_dump(mode="json")}
+    write_json(manifest_path, manifest)
+    return _invoke(run, manifest)

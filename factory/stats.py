@@ -15,6 +15,9 @@ class StageStats:
     calls: int = 0
     cached_calls: int = 0
     failed_calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    cost: float = 0.0  # USD, this invocation's calls, failed and parse-rejected ones included
     prompt_tokens: int = 0
     completion_tokens: int = 0
     call_seconds: float = 0.0
@@ -39,6 +42,9 @@ class StageStats:
             "calls": self.calls,
             "cached_calls": self.cached_calls,
             "failed_calls": self.failed_calls,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "cost_usd": round(self.cost, 6),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "call_seconds": round(self.call_seconds, 3),

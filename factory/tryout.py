@@ -8,12 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from factory.caller import Caller
 from factory.calllog import CallLog
 from factory.config import cache_root, load_config
 from factory.diff import word_diff
+from factory.pipeline import Overrides, Pipeline
+from factory.prices import Budget
 from factory.records import Record
-from factory.runner import Overrides, Pipeline
 from factory.stats import Stats
 
 
@@ -30,7 +30,7 @@ def try_prompt(prompt: str, config: Path | None, constitution: Path | None, mode
     log = CallLog(cache_root() / "try-calls.sqlite")
 
     async def main() -> None:
-        caller = Caller(pipe.models, pipe.cfg.concurrency, log, stats)
+        caller = pipe.caller(log, stats, Budget(None))
         try:
             for stage in pipe.stages():
                 await stage.process(record, caller)

@@ -12,8 +12,11 @@ import pytest
 
 from factory.caller import Caller
 from factory.calllog import CallLog
-from factory.config import ROOT
+from factory.config import ROOT, PipelineConfig
+from factory.endpoint import Endpoint
 from factory.models import Completion, GenParams, Message, Model
+from factory.prices import Budget, load_prices
+from factory.ratelimit import RateLimiter
 from factory.stats import Stats
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,10 +65,28 @@ def scripted() -> ScriptedModel:
     return ScriptedModel()
 
 
+def make_caller(models: dict[str, Model], log: CallLog, stats: Stats | None = None, concurrency: int = 8,
+                **config) -> Caller:
+    """A Caller with real endpoints (default retries, timeouts, no rate limit, no budget)."""
+    cfg = PipelineConfig(constitution="unused", concurrency=concurrency, **config)
+    endpoints = {spec: Endpoint(m, concurrency, RateLimiter(), cfg.retries, cfg.timeouts, load_prices(), Budget(None))
+                 for spec, m in models.items()}
+    return Caller(endpoints, log, stats or Stats(["questions", "answer", "critique_revise", "export"]),
+                  parse_attempts=cfg.retries.parse_attempts)
+
+
+def drain(source, caller: Caller) -> list:
+    """All the records a streaming source produces."""
+    async def go() -> list:
+        return [rec async for rec in source.produce(caller)]
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def caller(tmp_path: Path, scripted: ScriptedModel) -> Caller:
     log = CallLog(tmp_path / "calls.sqlite")
-    yield Caller({"fake:scripted": scripted}, 8, log, Stats(["questions", "answer", "critique_revise", "export"]))
+    yield make_caller({"fake:scripted": scripted}, log)
     log.close()
 
 

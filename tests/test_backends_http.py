@@ -21,13 +21,6 @@ KEY = "sk-test-SECRET123"
 USER: list[Message] = [{"role": "user", "content": "Name a colour."}]
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDKs back off 0.5 s, 1 s, ... between retries; the retries, not the waiting, are under test."""
-    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", 0.01)
-    monkeypatch.setattr("anthropic._base_client.INITIAL_RETRY_DELAY", 0.01)
-
-
 @pytest.fixture
 def srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPIServer]:
     with FakeAPIServer() as server:
@@ -74,50 +67,60 @@ def test_length_finish_reason(srv: FakeAPIServer, spec: str) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("fault", ["500", "429", "drop"])
-def test_transient_fault_is_retried(srv: FakeAPIServer, spec: str, fault: str) -> None:
+@pytest.mark.parametrize(("fault", "status"), [("500", 500), ("503", 503), ("429", 429), ("408", 408), ("drop", None)])
+def test_transient_fault_is_one_retryable_error(srv: FakeAPIServer, spec: str, fault: str, status: int | None) -> None:
+    """The SDKs' own retries are off: one attempt, one request, an error the caller's retry layer can read."""
     srv.inject(fault)
+    with pytest.raises(ModelCallError) as info:
+        call(load_model(spec))
+    e = info.value
+    assert (e.retryable, e.fatal, e.status) == (True, False, status)
+    assert e.retry_after == (0.0 if fault == "429" else None)  # the server sends Retry-After: 0 with a 429
+    assert len(srv.requests) == 1 and KEY not in str(e)
     assert call(load_model(spec)).text == "Reply to: Name a colour."
-    assert len(srv.requests) == 2
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_persistent_fault_raises_without_the_key(srv: FakeAPIServer, spec: str) -> None:
-    srv.inject("503", "503", "503")
-    message = call_error(load_model(spec))
-    assert "503" in message and "Service Unavailable" in message and spec in message
-    assert KEY not in message
-    assert len(srv.requests) == 3
+def test_client_errors_are_not_retryable(srv: FakeAPIServer, spec: str) -> None:
+    srv.inject("400")
+    with pytest.raises(ModelCallError) as info:
+        call(load_model(spec))
+    assert (info.value.retryable, info.value.fatal, info.value.status) == (False, False, 400)
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_401_is_not_retried_and_the_echoed_key_is_redacted(srv: FakeAPIServer, spec: str) -> None:
+def test_401_is_fatal_and_the_echoed_key_is_redacted(srv: FakeAPIServer, spec: str) -> None:
     srv.inject("401")
-    message = call_error(load_model(spec))
-    assert "HTTP 401" in message and "Incorrect API key" in message
-    assert KEY not in message
+    with pytest.raises(ModelCallError) as info:
+        call(load_model(spec))
+    message = str(info.value)
+    assert "HTTP 401" in message and "Incorrect API key" in message and spec in message
+    assert KEY not in message and info.value.fatal and not info.value.retryable
     assert len(srv.requests) == 1
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_timeout_is_retried(srv: FakeAPIServer, spec: str) -> None:
-    kind, name = spec.split(":")
-    model = {"openai": OpenAIModel, "anthropic": AnthropicModel}[kind](spec, name, timeout=0.3)
-    srv.inject("hang:1")
-    assert call(model).text == "Reply to: Name a colour."
-    assert len(srv.requests) == 2
-
-
-@pytest.mark.parametrize("spec", SPECS)
-def test_unreachable_server_raises(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+def test_unreachable_server_is_retryable(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
     with FakeAPIServer() as stopped:
         url = stopped.url
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-    message = call_error(load_model(spec))
-    assert url in message and "3 attempts" in message
+    with pytest.raises(ModelCallError) as info:
+        call(load_model(spec))
+    assert url in str(info.value) and info.value.retryable and info.value.status is None
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_rate_limit_headers_reach_the_completion(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    with FakeAPIServer(rate_limit_headers=True, rpm=5000, tpm=400000) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        limits = call(load_model(spec)).limits
+    assert limits is not None and (limits.requests_limit, limits.tokens_limit) == (5000, 400000)
 
 
 @pytest.mark.parametrize(("spec", "variable"), [(SPECS[0], "OPENAI_API_KEY"), (SPECS[1], "ANTHROPIC_API_KEY")])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from datasets import load_dataset
 from trl.data_utils import is_conversational
 
@@ -22,6 +23,19 @@ def factory(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def write_prompts(path: Path, prompts: list[str]) -> Path:
     path.write_text("".join(json.dumps({"prompt": p, "topic": i}) + "\n" for i, p in enumerate(prompts)))
+    return path
+
+
+def api_config(tmp_path: Path, **settings) -> Path:
+    """The default pipeline with absolute paths, plus `settings` (e.g. retries, timeouts, prices)."""
+    cfg = yaml.safe_load((ROOT / "pipelines" / "default.yaml").read_text())
+    for key in ("constitution", "prompts_dir"):
+        cfg[key] = str((ROOT / "pipelines" / cfg[key]).resolve())
+    q = cfg["stages"]["questions"]
+    q["seeds"] = [str((ROOT / "pipelines" / s).resolve()) for s in q["seeds"]]
+    cfg.update(settings)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
     return path
 
 
@@ -62,7 +76,8 @@ def test_run_end_to_end_over_http(api, tmp_path: Path, spec: str) -> None:
     c = manifest["constitution"]
     assert all(r["constitution"] == f"{c['label']}:{c['sha256']}" for r in lineage)
     with sqlite3.connect(out / "calls.sqlite") as db:
-        assert db.execute("SELECT count(*) FROM calls WHERE error IS NULL").fetchone()[0] == 15
+        assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 15
+        assert db.execute("SELECT count(*) FROM errors").fetchone()[0] == 0
     # secrets never reach the run directory
     for f in out.rglob("*"):
         if f.is_file():
@@ -82,12 +97,12 @@ def test_run_generates_questions_from_seeds(api, tmp_path: Path) -> None:
 
 
 def test_failed_calls_land_in_failed_jsonl(api, tmp_path: Path) -> None:
-    api.inject("500", "500", "500")  # the first call exhausts the SDK's two retries
+    api.inject("500")  # the first call fails, and has no second attempt
     out = tmp_path / "run"
-    r = factory("run", "--model", "openai:m", "--prompts", write_prompts(tmp_path / "p.jsonl", PROMPTS),
-                "--concurrency", "1", "--out", out)
+    r = factory("run", api_config(tmp_path, retries={"max_attempts": 1}), "--model", "openai:m", "--prompts",
+                write_prompts(tmp_path / "p.jsonl", PROMPTS), "--concurrency", "1", "--out", out)
     assert r.returncode == 1, r.stderr
-    assert "1 record(s) failed" in r.stdout and "Traceback" not in r.stderr
+    assert "1 failure(s)" in r.stdout and "factory retry-failed" in r.stdout and "Traceback" not in r.stderr
     failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
     assert len(failed) == 1 and failed[0]["stage"] == "answer" and "500" in failed[0]["reason"]
     stats = json.loads((out / "stats.json").read_text())
@@ -123,7 +138,7 @@ def test_lint_and_import(tmp_path: Path) -> None:
     assert factory("constitution", "lint", dest).returncode == 0
 
 
-@pytest.mark.parametrize("args", [[], ["run"], ["try"], ["constitution"], ["constitution", "lint"],
+@pytest.mark.parametrize("args", [[], ["run"], ["try"], ["retry-failed"], ["constitution"], ["constitution", "lint"],
                                   ["constitution", "import"]])
 def test_help_everywhere(args: list[str]) -> None:
     r = factory(*args, "--help")

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ScriptedModel, kind_of
-from factory.caller import Caller
+from conftest import ScriptedModel, drain, kind_of, make_caller
 from factory.config import AnswerConfig, CritiqueReviseConfig, QuestionsConfig
 from factory.constitution import load_constitution
 from factory.prompts import load_template
@@ -59,7 +58,7 @@ def test_empty_answers_drop_the_record_with_a_reason(repo, tmp_path):
     from factory.stats import Stats
 
     model = ScriptedModel(lambda m, p: "   ")
-    caller = Caller({M: model}, 4, CallLog(tmp_path / "c.sqlite"), Stats(["answer"]))
+    caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
     rec = answered(repo, caller, candidates=2)
     assert rec.dropped.stage == "answer" and rec.dropped.reason == "empty_answer"
     assert caller.stats["answer"].counters["empty_candidate"] == 2
@@ -134,7 +133,7 @@ def test_questions_generate_dedup_and_count(repo, caller, scripted):
     seeds.append(Record.new("seed prompt number 0, please help", "seed"))  # duplicate after normalising
     stage = QuestionsStage(QuestionsConfig(generate=7, questions_per_call=5, max_seeds=None),
                            tpl(repo, "questions", questions.VARIABLES), M, 0, seeds)
-    recs = asyncio.run(stage.produce(caller))
+    recs = drain(stage, caller)
     st = caller.stats["questions"]
     assert len(recs) == 6 + 7 and st.dropped["duplicate_prompt"] == 1
     generated = [r for r in recs if r.source == "generated"]
@@ -146,10 +145,10 @@ def test_questions_generate_dedup_and_count(repo, caller, scripted):
 def test_questions_limit_and_seed_sample(repo, caller):
     seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(10)]
     t = tpl(repo, "questions", questions.VARIABLES)
-    recs = asyncio.run(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds).produce(caller))
-    again = asyncio.run(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds).produce(caller))
+    recs = drain(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds), caller)
+    again = drain(QuestionsStage(QuestionsConfig(max_seeds=4), t, M, 0, seeds), caller)
     assert len(recs) == 4 and [r.id for r in recs] == [r.id for r in again]
-    recs = asyncio.run(QuestionsStage(QuestionsConfig(generate=5), t, M, 0, seeds, limit=12).produce(caller))
+    recs = drain(QuestionsStage(QuestionsConfig(generate=5), t, M, 0, seeds, limit=12), caller)
     assert len(recs) == 12 and sum(r.source == "generated" for r in recs) == 2
 
 
@@ -162,7 +161,10 @@ def test_export_rows_are_trl_shaped(repo, caller, harmless):
     unchanged = recs[1].candidates[1]  # changed in round 1, changed back in round 2: no pair
     unchanged.rounds.append(unchanged.rounds[0].model_copy(update={"revision": unchanged.answer, "noop": False}))
     st = StageStats()
-    out = rows(recs, harmless, M, st)
+    out = {"sft": [], "prefs": []}
+    for rec in recs:
+        for name, row in rows(rec, harmless, M, st):
+            out[name].append(row)
     assert len(out["sft"]) == 2 and len(out["prefs"]) == 3 and st.dropped["prefs:revision_unchanged"] == 1
     sft = out["sft"][0]
     assert [m["role"] for m in sft["messages"]] == ["user", "assistant"]
@@ -202,7 +204,7 @@ def test_echoed_template_is_not_a_revision(repo, tmp_path, harmless):
         kind = kind_of(messages)
         return {"answer": "Use a pick.", "critique": "Bad.", "revision": "Request: pick a lock\nResponse: Use a pick."}[kind]
 
-    caller = Caller({M: ScriptedModel(script)}, 4, CallLog(tmp_path / "c.sqlite"), Stats(["critique_revise"]))
+    caller = make_caller({M: ScriptedModel(script)}, CallLog(tmp_path / "c.sqlite"))
     rec = answered(repo, caller)
     asyncio.run(critique_stage(repo, harmless).process(rec, caller))
     rnd = rec.candidates[0].rounds[0]
@@ -220,7 +222,7 @@ def test_questions_funnel_adds_up(repo, caller, cfg, limit):
     seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(8)]
     seeds.append(Record.new("seed prompt number 1, please help", "seed"))
     t = tpl(repo, "questions", questions.VARIABLES)
-    recs = asyncio.run(QuestionsStage(cfg, t, M, 0, seeds, limit=limit).produce(caller))
+    recs = drain(QuestionsStage(cfg, t, M, 0, seeds, limit=limit), caller)
     st = caller.stats["questions"]
     generated = st.counters["generated"]
     seed_drops = sum(v for k, v in st.dropped.items() if k in ("duplicate_prompt", "seed_not_sampled",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from factory.errors import FactoryError
 from factory.models.base import Completion, GenParams, Message, Model
 
-__all__ = ["Completion", "GenParams", "Message", "Model", "load_model", "SPEC_FORMS"]
+__all__ = ["SPEC_FORMS", "Completion", "GenParams", "Message", "Model", "load_model"]
 
 SPEC_FORMS = """valid model specs:
   local:smollm2        the embedded SmolLM2-135M-Instruct (default; runs offline)

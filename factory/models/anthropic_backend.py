@@ -3,67 +3,70 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import anthropic
+from anthropic.types import Message as AnthropicMessage
 
-from factory.errors import FactoryError, ModelCallError
+from factory.errors import (
+    FATAL_STATUS,
+    RETRYABLE_STATUS,
+    FactoryError,
+    ModelCallError,
+    retry_after_seconds,
+)
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.openai_backend import redact
+from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
-TIMEOUT_S = 120.0
-FATAL_STATUS = {401, 403, 404}
-MAX_RETRIES = 2  # the SDK's own retries (429, 5xx, connection errors, timeouts) are the one retry layer
+TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+OVERLOADED = 529  # Anthropic's "overloaded": retryable, like a 5xx
 
 
 class AnthropicModel(Model):
     """`anthropic:MODEL`. Reads ANTHROPIC_API_KEY; the SDK reads ANTHROPIC_BASE_URL.
 
     SDK 2.x speaks API version 2026-10-21, which rejects temperature, top_p and top_k (HTTP 400, even
-    at their defaults), so those GenParams are not sent. The API gives no logprobs either.
+    at their defaults), so those GenParams are not sent. The API gives no logprobs either. The SDK's
+    own retries are off: the caller's retry layer is the only one.
     """
 
-    def __init__(self, spec: str, name: str, *, timeout: float = TIMEOUT_S) -> None:
+    provider = "anthropic"
+
+    def __init__(self, spec: str, name: str) -> None:
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise FactoryError(f"{spec} needs the environment variable ANTHROPIC_API_KEY")
-        self.spec, self.name, self.timeout = spec, name, timeout
+        self.spec, self.name = spec, name
         self._key = key
         self._client: anthropic.AsyncAnthropic | None = None
 
-    def _get_client(self) -> anthropic.AsyncAnthropic:
-        # Built on first use, inside the running loop: the aiohttp session binds to it.
+    def client(self) -> anthropic.AsyncAnthropic:
+        """Built on first use, inside the running loop (the aiohttp session binds to it)."""
         if self._client is None:
             self._client = anthropic.AsyncAnthropic(
-                api_key=self._key,
-                max_retries=MAX_RETRIES,
-                timeout=self.timeout,
-                http_client=anthropic.DefaultAioHttpClient(),
+                api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=anthropic.DefaultAioHttpClient()
             )
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        kwargs: dict[str, object] = {}
-        if system:
-            kwargs["system"] = system
-        if params.stop:
-            kwargs["stop_sequences"] = list(params.stop)
         try:
-            response = await self._get_client().messages.create(
-                model=self.name,
-                messages=[m for m in messages if m["role"] != "system"],  # type: ignore[misc]
-                max_tokens=params.max_tokens,
-                **kwargs,  # type: ignore[arg-type]
-            )
+            raw = await self.client().messages.with_raw_response.create(**anthropic_request(self.name, messages, params))
+            response = await raw.parse()
         except anthropic.APIError as exc:
-            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key), fatal=_fatal(exc)) from exc
-        stop_reason = response.stop_reason or "unknown"
-        return Completion(
-            text="".join(block.text for block in response.content if block.type == "text"),
-            prompt_tokens=response.usage.input_tokens,
-            completion_tokens=response.usage.output_tokens,
-            finish_reason=FINISH_REASONS.get(stop_reason, stop_reason),
-        )
+            raise self.error(exc) from exc
+        return completion_from_anthropic(response, parse_anthropic_headers(raw.headers))
+
+    def error(self, exc: anthropic.APIError) -> ModelCallError:
+        """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
+        message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<ANTHROPIC_API_KEY>")
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            retryable = status in RETRYABLE_STATUS or status == OVERLOADED
+            return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=retryable,
+                                  retry_after=retry_after_seconds(exc.response.headers), status=status)
+        return ModelCallError(message, retryable=isinstance(exc, anthropic.APIConnectionError))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -71,18 +74,34 @@ class AnthropicModel(Model):
             self._client = None
 
 
-def _fatal(exc: anthropic.APIError) -> bool:
-    """A rejected key, a forbidden or unknown model: every later call would fail the same way."""
-    return isinstance(exc, anthropic.APIStatusError) and exc.status_code in FATAL_STATUS
+def anthropic_request(model: str, messages: list[Message], params: GenParams) -> dict[str, Any]:
+    """The body of one Messages request (also the `params` of one Message Batches request)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [m for m in messages if m["role"] != "system"],
+        "max_tokens": params.max_tokens,
+    }
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    if system:
+        body["system"] = system
+    if params.stop:
+        body["stop_sequences"] = list(params.stop)
+    return body
+
+
+def completion_from_anthropic(response: AnthropicMessage, limits: LimitInfo | None = None) -> Completion:
+    stop_reason = response.stop_reason or "unknown"
+    return Completion(
+        text="".join(block.text for block in response.content if block.type == "text"),
+        prompt_tokens=response.usage.input_tokens,
+        completion_tokens=response.usage.output_tokens,
+        finish_reason=FINISH_REASONS.get(stop_reason, stop_reason),
+        limits=limits,
+    )
 
 
 def _describe(exc: anthropic.APIError) -> str:
     if isinstance(exc, anthropic.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.api_message or exc.message}"
     # The transport's own error ("Server disconnected", "Connect call failed") says more than the SDK's.
-    return f"no response from {exc.request.url} after {MAX_RETRIES + 1} attempts: {exc.__cause__ or exc.message}"
-
-
-def _redact(message: str, key: str) -> str:
-    """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
-    return message.replace(key, "<ANTHROPIC_API_KEY>") if len(key) >= 8 else message
+    return f"no response from {exc.request.url}: {exc.__cause__ or exc.message}"

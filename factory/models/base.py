@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from factory.ratelimit import LimitInfo
 
 
 class Message(TypedDict):
@@ -33,16 +36,20 @@ class Completion:
     finish_reason: str  # "stop", "length", or the provider's own word
     # log P(token) at the first generated position, for each requested token the backend could score.
     logprobs: dict[str, float] | None = field(default=None)
+    # The endpoint's limits as its response headers gave them (not cached: they describe that moment).
+    limits: LimitInfo | None = field(default=None, compare=False)
 
 
 class Model(ABC):
     """A chat model. Backends implement `complete`; concurrency and caching belong to the runner."""
 
     spec: str
+    provider: str = "local"  # "openai", "anthropic": which price table column and batch API apply
+    batched: bool = False  # a Batch API model: the caller skips in-flight limits, rate limits and timeouts
 
     @abstractmethod
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
-        """Generate one reply. Raises factory.errors.ModelCallError once transport retries are spent."""
+        """Generate one reply. Raises factory.errors.ModelCallError (retryable or not); the caller retries."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release clients, threads or memory."""

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from factory.errors import FactoryError, ModelCallError
+from factory.errors import (
+    FATAL_STATUS,
+    RETRYABLE_STATUS,
+    FactoryError,
+    ModelCallError,
+    retry_after_seconds,
+)
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.ratelimit import LimitInfo, parse_openai_headers
 
-TIMEOUT_S = 120.0
-FATAL_STATUS = {401, 403, 404}
-MAX_RETRIES = 2  # the SDK's own retries (429, 5xx, connection errors, timeouts) are the one retry layer
+TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 TOP_LOGPROBS = 20
 
 
 class OpenAIModel(Model):
-    """`openai:MODEL`. Reads OPENAI_API_KEY; the SDK reads OPENAI_BASE_URL."""
+    """`openai:MODEL`. Reads OPENAI_API_KEY; the SDK reads OPENAI_BASE_URL.
 
-    def __init__(self, spec: str, name: str, *, timeout: float = TIMEOUT_S) -> None:
+    The SDK's own retries are off: the caller's retry layer is the only one, so attempts never multiply.
+    """
+
+    provider = "openai"
+
+    def __init__(self, spec: str, name: str) -> None:
         key = os.environ.get("OPENAI_API_KEY")
         if not key:
             raise FactoryError(
@@ -27,39 +38,34 @@ class OpenAIModel(Model):
                 "server (vLLM, Ollama, llama.cpp) any non-empty value works; point OPENAI_BASE_URL at it, "
                 "e.g. http://localhost:8000/v1"
             )
-        self.spec, self.name, self.timeout = spec, name, timeout
+        self.spec, self.name = spec, name
         self._key = key
         self._client: openai.AsyncOpenAI | None = None
 
-    def _get_client(self) -> openai.AsyncOpenAI:
-        # Built on first use, inside the running loop: the aiohttp session binds to it.
+    def client(self) -> openai.AsyncOpenAI:
+        """Built on first use, inside the running loop (the aiohttp session binds to it)."""
         if self._client is None:
             self._client = openai.AsyncOpenAI(
-                api_key=self._key,
-                max_retries=MAX_RETRIES,
-                timeout=self.timeout,
-                http_client=openai.DefaultAioHttpClient(),
+                api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=openai.DefaultAioHttpClient()
             )
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
         try:
-            response = await self._get_client().chat.completions.create(
-                model=self.name, messages=messages, **_request_params(params)  # type: ignore[arg-type]
-            )
+            raw = await self.client().chat.completions.with_raw_response.create(**openai_request(self.name, messages, params))
+            response = raw.parse()
         except openai.APIError as exc:
-            raise ModelCallError(_redact(f"{self.spec}: {_describe(exc)}", self._key), fatal=_fatal(exc)) from exc
-        if not response.choices:
-            raise ModelCallError(f"{self.spec}: the server returned no choices")
-        choice = response.choices[0]
-        usage = response.usage
-        return Completion(
-            text=choice.message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=choice.finish_reason or "unknown",
-            logprobs=_first_token_logprobs(response, params.logprob_tokens) if params.logprob_tokens else None,
-        )
+            raise self.error(exc) from exc
+        return completion_from_openai(response, params, parse_openai_headers(raw.headers))
+
+    def error(self, exc: openai.APIError) -> ModelCallError:
+        """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
+        message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<OPENAI_API_KEY>")
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=status in RETRYABLE_STATUS,
+                                  retry_after=retry_after_seconds(exc.response.headers), status=status)
+        return ModelCallError(message, retryable=isinstance(exc, openai.APIConnectionError))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -67,20 +73,38 @@ class OpenAIModel(Model):
             self._client = None
 
 
-def _request_params(params: GenParams) -> dict[str, object]:
-    kwargs: dict[str, object] = {
+def openai_request(model: str, messages: list[Message], params: GenParams) -> dict[str, Any]:
+    """The body of one chat completion request (also one line of a Batch API input file)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_tokens": params.max_tokens,
     }
     if params.seed is not None:
-        kwargs["seed"] = params.seed
+        body["seed"] = params.seed
     if params.stop:
-        kwargs["stop"] = list(params.stop)
+        body["stop"] = list(params.stop)
     if params.logprob_tokens:
-        kwargs["logprobs"] = True
-        kwargs["top_logprobs"] = TOP_LOGPROBS
-    return kwargs
+        body["logprobs"] = True
+        body["top_logprobs"] = TOP_LOGPROBS
+    return body
+
+
+def completion_from_openai(response: ChatCompletion, params: GenParams, limits: LimitInfo | None = None) -> Completion:
+    if not response.choices:
+        raise ModelCallError("the server returned no choices", retryable=True)
+    choice = response.choices[0]
+    usage = response.usage
+    return Completion(
+        text=choice.message.content or "",
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason=choice.finish_reason or "unknown",
+        logprobs=_first_token_logprobs(response, params.logprob_tokens) if params.logprob_tokens else None,
+        limits=limits,
+    )
 
 
 def _first_token_logprobs(response: ChatCompletion, wanted: tuple[str, ...]) -> dict[str, float]:
@@ -96,20 +120,15 @@ def _first_token_logprobs(response: ChatCompletion, wanted: tuple[str, ...]) -> 
     return found
 
 
-def _fatal(exc: openai.APIError) -> bool:
-    """A rejected key, a forbidden or unknown model: every later call would fail the same way."""
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in FATAL_STATUS
-
-
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         body = exc.body  # the SDK unwraps {"error": {...}}
         message = body.get("message") if isinstance(body, dict) else body
         return f"HTTP {exc.status_code}: {message or exc.message}"
     # The transport's own error ("Server disconnected", "Connect call failed") says more than the SDK's.
-    return f"no response from {exc.request.url} after {MAX_RETRIES + 1} attempts: {exc.__cause__ or exc.message}"
+    return f"no response from {exc.request.url}: {exc.__cause__ or exc.message}"
 
 
-def _redact(message: str, key: str) -> str:
+def redact(message: str, key: str, placeholder: str) -> str:
     """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
-    return message.replace(key, "<OPENAI_API_KEY>") if len(key) >= 8 else message
+    return message.replace(key, placeholder) if len(key) >= 8 else message

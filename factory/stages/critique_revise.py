@@ -75,11 +75,14 @@ class CritiqueReviseStage(Stage):
                          "examples": self.examples(record, cand.index, rnd)}
             tag = f"[{cand.index}].r{rnd}"
             p = params(self.cfg, derive_seed(self.seed, record.id, "critique", cand.index, rnd))
-            crit, ref = await caller.chat(self.name, "critique" + tag, self.critique, variables, self.model, p)
+            context = {"principle": principle.digest()}  # the part of the constitution this call used
+            crit, ref = await caller.chat(self.name, "critique" + tag, self.critique, variables, self.model, p,
+                                          context=context)
             record.calls.append(ref)
             p = params(self.cfg, derive_seed(self.seed, record.id, "revision", cand.index, rnd))
             variables["critique"] = crit.text.strip()
-            rev, ref = await caller.chat(self.name, "revision" + tag, self.revision, variables, self.model, p)
+            rev, ref = await caller.chat(self.name, "revision" + tag, self.revision, variables, self.model, p,
+                                         context=context)
             record.calls.append(ref)
             revised = clean_revision(rev.text)
             if not revised or _ECHO.match(revised):  # nothing, or the prompt's own format echoed back

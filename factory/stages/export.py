@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
-from datasets import Dataset, Features, List, Value
+from datasets import Features, List, Value
 
 from factory.config import ExportConfig
 from factory.constitution import Constitution
@@ -37,16 +39,50 @@ def split_of(prompt_id: str, test_fraction: float) -> str:
     return "test" if int(prompt_id[:8], 16) / 0x1_0000_0000 < test_fraction else "train"
 
 
-def write_parquet(table: list[dict], features: Features, folder: Path, split: str) -> str:
-    """Write `folder/SPLIT-<content hash>.parquet`. `datasets` caches a local folder by its relative
-    file names and mtimes, so two runs with the same folder name would otherwise share a cache
-    entry and load each other's rows; a content-hashed name makes a cache hit mean identical data."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{split}.parquet.tmp"
-    Dataset.from_list(table, features=features).to_parquet(str(tmp))
-    name = f"{split}-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]}.parquet"
-    tmp.rename(folder / name)
-    return f"{folder.name}/{name}"
+class SplitWriter:
+    """Streams one config's rows into per-split Parquet files, a chunk at a time. Files are named
+    `SPLIT-<content hash>.parquet`: `datasets` caches a local folder by its relative file names and
+    mtimes, so two runs with the same folder name would otherwise load each other's rows."""
+
+    CHUNK = 2000
+
+    def __init__(self, features: Features, folder: Path):
+        self.schema, self.folder = features.arrow_schema, folder
+        self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.counts = dict.fromkeys(SPLITS, 0)
+
+    def add(self, split: str, row: dict) -> None:
+        self.counts[split] += 1
+        self.buffers[split].append(row)
+        if len(self.buffers[split]) >= self.CHUNK:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        if split not in self.writers:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.writers[split] = pq.ParquetWriter(str(self.folder / f"{split}.parquet.tmp"), self.schema)
+        self.writers[split].write_table(pa.Table.from_pylist(self.buffers[split], schema=self.schema))
+        self.buffers[split] = []
+
+    def close(self) -> list[dict]:
+        """The data_files entries of the card, one per non-empty split."""
+        files = []
+        for split in SPLITS:
+            if self.buffers[split]:
+                self._flush(split)
+            if split not in self.writers:
+                continue
+            self.writers[split].close()
+            tmp = self.folder / f"{split}.parquet.tmp"
+            digest = hashlib.sha256()
+            with tmp.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            name = f"{split}-{digest.hexdigest()[:12]}.parquet"
+            tmp.rename(self.folder / name)
+            files.append({"split": split, "path": f"{self.folder.name}/{name}"})
+        return files
 
 
 def size_category(n: int) -> str:
@@ -56,65 +92,62 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def rows(records: list[Record], constitution: Constitution, generator: str, st: StageStats) -> dict[str, list[dict]]:
-    """One SFT row per prompt (its first candidate's final text); one preference pair per candidate
-    whose final text differs from its first answer (revision chosen over initial answer)."""
-    out: dict[str, list[dict]] = {"sft": [], "prefs": []}
-    for rec in sorted(records, key=lambda r: r.id):
-        user = {"role": "user", "content": rec.prompt}
-        for cand in rec.candidates:
-            prov = {
-                "prompt_id": rec.id,
-                "principle_ids": [r.principle_id for r in cand.rounds],
-                "constitution": constitution.label,
-                "constitution_hash": constitution.digest,
-                "generator_model": generator,
-            }
-            if cand.index == rec.candidates[0].index:
-                out["sft"].append({"messages": [user, {"role": "assistant", "content": cand.final}], **prov})
-            if normalise(cand.final) == normalise(cand.answer):
-                st.drop("prefs:revision_unchanged")
-                continue
-            out["prefs"].append({
-                "prompt": [user],
-                "chosen": [{"role": "assistant", "content": cand.final}],
-                "rejected": [{"role": "assistant", "content": cand.answer}],
-                **prov,
-            })
-    return out
+def rows(rec: Record, constitution: Constitution, generator: str, st: StageStats) -> Iterator[tuple[str, dict]]:
+    """(config, row) for one record: one SFT row (its first candidate's final text); one preference
+    pair per candidate whose final text differs from its first answer (revision over initial answer)."""
+    user = {"role": "user", "content": rec.prompt}
+    for cand in rec.candidates:
+        prov = {
+            "prompt_id": rec.id,
+            "principle_ids": [r.principle_id for r in cand.rounds],
+            "constitution": constitution.label,
+            "constitution_hash": constitution.digest,
+            "generator_model": generator,
+        }
+        if cand.index == rec.candidates[0].index:
+            yield "sft", {"messages": [user, {"role": "assistant", "content": cand.final}], **prov}
+        if normalise(cand.final) == normalise(cand.answer):
+            st.drop("prefs:revision_unchanged")
+            continue
+        yield "prefs", {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": cand.final}],
+            "rejected": [{"role": "assistant", "content": cand.answer}],
+            **prov,
+        }
 
 
-def export(records: list[Record], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
+def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
            generator: str, st: StageStats, card: Callable[[dict, dict | None], str]) -> dict[str, dict[str, int]]:
-    """Write Parquet files and README.md atomically (into a temp folder, then moved in place)."""
+    """Stream the records (in a deterministic order) into Parquet files and README.md, written into a
+    temp folder and then moved in place: a reader never sees half a dataset."""
     st.touch()
-    st.records_in = len(records)
-    data = rows(records, constitution, generator, st)
     tmp = run_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    counts: dict[str, dict[str, int]] = {}
+    writers = {name: SplitWriter(features, tmp / name) for name, features in FEATURES.items()}
+    example = None
+    for rec in records:
+        st.records_in += 1
+        for name, row in rows(rec, constitution, generator, st):
+            writers[name].add(split_of(row["prompt_id"], cfg.test_fraction), row)
+            if name == "prefs" and example is None:
+                example = row
     configs = []
-    for name, table in data.items():
-        by_split = {s: [r for r in table if split_of(r["prompt_id"], cfg.test_fraction) == s] for s in SPLITS}
-        counts[name] = {s: len(v) for s, v in by_split.items()}
-        files = []
-        for split, split_rows in by_split.items():
-            if not split_rows:
-                continue
-            files.append({"split": split, "path": write_parquet(split_rows, FEATURES[name], tmp / name, split)})
+    for name, w in writers.items():
+        files = w.close()
         if files:
             configs.append({"config_name": name, "data_files": files})
+    counts = {name: w.counts for name, w in writers.items()}
     header = {
         "configs": configs,
         "license": cfg.license,
         "task_categories": ["text-generation"],
         "tags": ["constitutional-ai", "synthetic", "rlaif", "constitution-factory"],
-        "size_categories": [size_category(len(data["sft"]))],
+        "size_categories": [size_category(sum(counts["sft"].values()))],
     }
-    example = data["prefs"][0] if data["prefs"] else None
-    body = card(counts, example)
-    (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
-    for name in data:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + card(counts, example))
+    for name in FEATURES:
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import AsyncIterator
 
-from factory.caller import Caller, derive_seed, rng
+from factory.caller import Caller, ParseError, derive_seed, rng
 from factory.config import QuestionsConfig
 from factory.errors import ModelCallError
+from factory.inputs import PromptFile
 from factory.prompts import Template
 from factory.records import Record
 from factory.stages import params
@@ -47,80 +49,98 @@ def dedup(records: list[Record], st: StageStats) -> list[Record]:
     return kept
 
 
+def questions_or_retry(text: str) -> tuple[list[str], int]:
+    """The parser for generation calls: an output with no usable line is sampled again."""
+    prompts, rejected = parse_questions(text)
+    if not prompts:
+        raise ParseError(f"no usable question in {len(text.splitlines())} line(s)")
+    return prompts, rejected
+
+
 class QuestionsStage:
-    """Not a per-record stage: it produces the records the other stages consume."""
+    """Not a per-record stage: the source of the records the other stages consume. It streams:
+    seed or file prompts flow on while new ones are still being generated."""
 
     name = NAME
 
     def __init__(self, cfg: QuestionsConfig, template: Template, model: str, seed: int,
-                 seeds: list[Record], from_file: list[Record] | None = None, limit: int | None = None):
+                 seeds: list[Record], from_file: PromptFile | None = None, limit: int | None = None):
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
         self.seeds, self.from_file, self.limit = seeds, from_file, limit
+        self.failures: list[tuple[str, str]] = []  # (generation call, reason): failed calls with no record
 
-    async def produce(self, caller: Caller) -> list[Record]:
+    async def produce(self, caller: Caller) -> AsyncIterator[Record]:
         """Every input prompt is accounted for: `in` minus the counted drops, plus generated, is `out`."""
         st = caller.stats[self.name]
         st.touch()
         if self.from_file is not None:
-            st.records_in = len(self.from_file)
-            records = dedup(self.from_file, st)
+            st.records_in = self.from_file.count
+            for rec, duplicate in self.from_file:
+                if duplicate:
+                    st.drop("duplicate_prompt")
+                    continue
+                st.records_out += 1
+                yield rec
+            return
+        st.records_in = len(self.seeds)
+        records = []
+        if not self.cfg.include_seeds:
+            st.drop("seed_used_as_example_only", len(self.seeds))
         else:
-            st.records_in = len(self.seeds)
-            records = []
-            if not self.cfg.include_seeds:
-                st.drop("seed_used_as_example_only", len(self.seeds))
-            else:
-                records = dedup(self.seeds, st)
-                if self.cfg.max_seeds is not None and len(records) > self.cfg.max_seeds:
-                    st.drop("seed_not_sampled", len(records) - self.cfg.max_seeds)
-                    keep = set(map(id, rng(self.seed, "seed-sample").sample(records, self.cfg.max_seeds)))
-                    records = [r for r in records if id(r) in keep]
-            room = self.cfg.generate if self.limit is None else max(0, min(self.cfg.generate, self.limit - len(records)))
-            records += await self._generate(caller, st, room, {r.id for r in self.seeds})
-        if self.limit is not None and len(records) > self.limit:
-            st.drop("over_limit", len(records) - self.limit)
-            records = records[: self.limit]
-        st.records_out = len(records)
+            records = dedup(self.seeds, st)
+            if self.cfg.max_seeds is not None and len(records) > self.cfg.max_seeds:
+                st.drop("seed_not_sampled", len(records) - self.cfg.max_seeds)
+                keep = set(map(id, rng(self.seed, "seed-sample").sample(records, self.cfg.max_seeds)))
+                records = [r for r in records if id(r) in keep]
+            if self.limit is not None and len(records) > self.limit:
+                st.drop("over_limit", len(records) - self.limit)
+                records = records[: self.limit]
+        for rec in records:
+            st.records_out += 1
+            yield rec
+        room = self.cfg.generate if self.limit is None else max(0, min(self.cfg.generate, self.limit - len(records)))
+        async for rec in self._generate(caller, st, room, {r.id for r in self.seeds}):
+            st.records_out += 1
+            yield rec
         st.touch()
-        return records
 
-    async def _generate(self, caller: Caller, st: StageStats, want: int, taken: set[str]) -> list[Record]:
+    async def _generate(self, caller: Caller, st: StageStats, want: int, taken: set[str]) -> AsyncIterator[Record]:
         if want <= 0 or not self.seeds:
-            return []
+            return
         per_call = self.cfg.questions_per_call
         max_calls = self.cfg.max_calls or 3 * math.ceil(want / per_call)
-        new: list[Record] = []
-        calls = 0
-        while len(new) < want and calls < max_calls:
-            wave = min(max_calls - calls, math.ceil((want - len(new)) / per_call))
+        made = calls = 0
+        while made < want and calls < max_calls:
+            wave = min(max_calls - calls, math.ceil((want - made) / per_call))
             results = await asyncio.gather(*(self._call(caller, calls + i) for i in range(wave)),
                                            return_exceptions=True)
-            calls += wave
-            for res in results:  # in call order, so the result does not depend on timing
-                if isinstance(res, ModelCallError):
+            for i, res in enumerate(results):  # in call order, so the result does not depend on timing
+                if isinstance(res, ModelCallError) and not res.fatal:
                     st.counters["failed_generation_call"] += 1
+                    self.failures.append((f"generate[{calls + i}]", str(res)))
                     continue
                 if isinstance(res, BaseException):
                     raise res
                 for rec in res:
                     if rec.id in taken:
                         st.drop("duplicate_generated")
-                    elif len(new) >= want:
+                    elif made >= want:
                         st.drop("surplus_generated")
                     else:
                         taken.add(rec.id)
-                        new.append(rec)
-        st.counters["generated"] += len(new)
-        if len(new) < want:
-            st.counters["generation_short"] += want - len(new)
-        return new
+                        made += 1
+                        yield rec
+            calls += wave
+        st.counters["generated"] += made
+        if made < want:
+            st.counters["generation_short"] += want - made
 
     async def _call(self, caller: Caller, i: int) -> list[Record]:
         examples = rng(self.seed, "questions", i).sample(self.seeds, min(self.cfg.examples_per_call, len(self.seeds)))
         variables = {"examples": [r.prompt for r in examples], "n": self.cfg.questions_per_call}
         p = params(self.cfg, derive_seed(self.seed, "questions", i))
-        out, ref = await caller.chat(self.name, f"generate[{i}]", self.template, variables, self.model, p)
-        prompts, rejected = parse_questions(out.text)
+        (prompts, rejected), _, ref = await caller.chat_parsed(self.name, f"generate[{i}]", self.template, variables,
+                                                              self.model, p, questions_or_retry)
         if rejected:
             caller.stats[self.name].drop("unparseable_line", rejected)
         records = []

@@ -1,0 +1,611 @@
+"""Batch API backend: a model's calls go through its provider's Batch API, at half the price.
+
+Every request becomes one row with a deterministic custom_id. Rows wait in a queue until there are
+enough for a batch (or no request arrives for `flush_s`); a poller checks unfinished batches every
+`poll_s` and hands each row's result to whoever waits for it. Everything is written to SQLite
+before it is acted on, so a restarted process picks up its batches instead of paying twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anthropic
+import openai
+from anthropic.types import Message as AnthropicMessage
+from openai.types.chat import ChatCompletion
+
+from factory.errors import FactoryError, ModelCallError
+from factory.models.anthropic_backend import (
+    anthropic_request,
+    completion_from_anthropic,
+)
+from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.openai_backend import completion_from_openai, openai_request
+
+__all__ = ["BatchModel", "custom_id"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OPENAI_ENDPOINT = "/v1/chat/completions"
+TOKEN_KEY = "factory_token"  # OpenAI batch metadata: our intent's token, to find the batch after a crash
+CLOCK_SKEW_S = 300.0  # a batch found after a crash may carry a created_at this much before our intent
+MAX_BACKOFF = 16  # poll errors stretch the poll interval up to this factor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    token TEXT PRIMARY KEY,      -- ours, written before the provider's create() call
+    spec TEXT NOT NULL,
+    batch_id TEXT,               -- the provider's, written right after create() returns
+    status TEXT NOT NULL,        -- intent | submitted | ended | rejected
+    created REAL NOT NULL,       -- unix time of the intent
+    rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows (
+    custom_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    body TEXT NOT NULL,          -- the request, to resubmit it
+    batch_token TEXT,            -- the batch of its latest attempt
+    attempt INTEGER NOT NULL,    -- submissions so far
+    status TEXT NOT NULL,        -- submitted | pending (to resubmit) | succeeded | failed
+    response TEXT,               -- the provider's response body, once succeeded
+    error TEXT,                  -- the latest failure
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rows_by_batch ON rows (batch_token);
+CREATE INDEX IF NOT EXISTS rows_by_status ON rows (spec, status);
+"""
+
+
+def custom_id(provider: str, model: str, body: dict[str, Any]) -> str:
+    """The row id of a request: sha256 over provider, model and the exact body (64 hex characters,
+    valid for both providers). The same request always gets the same id, in any process."""
+    payload = json.dumps([provider, model, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:64]
+
+
+@dataclass
+class Outcome:
+    """One row's result: the provider's response body, or why there is none."""
+
+    response: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Ended:
+    """A finished batch: its rows' outcomes, and what happened to rows it has none for."""
+
+    outcomes: dict[str, Outcome]
+    error: str | None = None
+
+
+class BatchAPI(Protocol):
+    """One provider's Batch API, as BatchModel uses it."""
+
+    max_requests: int
+    max_bytes: int
+    overhead: int  # bytes of a batch beyond its rows' sizes
+
+    def request(self, messages: list[Message], params: GenParams) -> dict[str, Any]: ...
+    def size(self, custom_id: str, body: dict[str, Any]) -> int: ...
+    def completion(self, response: dict[str, Any], params: GenParams) -> Completion: ...
+    async def create(self, token: str, rows: list[tuple[str, dict[str, Any]]]) -> str: ...
+    async def check(self, batch_id: str) -> Ended | None: ...
+    async def find(self, token: str, since: float, count: int, known: set[str]) -> str | None: ...
+
+
+class OpenAIBatches:
+    """OpenAI: upload a JSONL file, create a batch on it; results come in an output and an error file.
+    Limits: 50,000 requests or 200 MB per input file."""
+
+    max_requests, max_bytes, overhead = 50_000, 200_000_000, 0
+    ended = frozenset({"completed", "failed", "expired", "cancelled"})
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def request(self, messages: list[Message], params: GenParams) -> dict[str, Any]:
+        return openai_request(self.model.name, messages, params)
+
+    def line(self, custom_id: str, body: dict[str, Any]) -> bytes:
+        row = {"custom_id": custom_id, "method": "POST", "url": OPENAI_ENDPOINT, "body": body}
+        return json.dumps(row, ensure_ascii=False).encode() + b"\n"
+
+    def size(self, custom_id: str, body: dict[str, Any]) -> int:
+        return len(self.line(custom_id, body))
+
+    def completion(self, response: dict[str, Any], params: GenParams) -> Completion:
+        return completion_from_openai(ChatCompletion.model_validate(response), params)
+
+    async def create(self, token: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+        client = self.model.client()
+        content = b"".join(self.line(cid, body) for cid, body in rows)
+        file = await client.files.create(file=(f"factory-{token}.jsonl", content, "application/jsonl"), purpose="batch")
+        batch = await client.batches.create(input_file_id=file.id, endpoint=OPENAI_ENDPOINT, completion_window="24h",
+                                            metadata={TOKEN_KEY: token})
+        return batch.id
+
+    async def check(self, batch_id: str) -> Ended | None:
+        client = self.model.client()
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status not in self.ended:
+            return None
+        outcomes: dict[str, Outcome] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):  # successes, then errored and expired rows
+            if file_id:
+                content = (await client.files.content(file_id)).content
+                for line in content.splitlines():
+                    with contextlib.suppress(ValueError, AttributeError, TypeError):  # a bad line: no outcome
+                        row = json.loads(line)
+                        outcomes[row["custom_id"]] = _openai_outcome(row)
+        if batch.status == "failed":
+            reasons = [e.message or e.code or "" for e in (batch.errors.data or [])] if batch.errors else []
+            return Ended(outcomes, f"batch {batch_id} failed: {'; '.join(filter(None, reasons)) or 'no reason given'}")
+        if batch.status in ("cancelled", "expired"):
+            return Ended(outcomes, f"batch {batch_id} {batch.status} before this request ran")
+        return Ended(outcomes, f"batch {batch_id} returned no result for this request")
+
+    async def find(self, token: str, since: float, count: int, known: set[str]) -> str | None:
+        """The batch created for this token: OpenAI batches carry it in their metadata."""
+        async for batch in self.model.client().batches.list(limit=100):  # newest first
+            if batch.created_at < since - CLOCK_SKEW_S:
+                return None
+            if (batch.metadata or {}).get(TOKEN_KEY) == token:
+                return batch.id
+        return None
+
+
+def _openai_outcome(row: dict[str, Any]) -> Outcome:
+    """One line of an output or error file."""
+    response = row.get("response") or {}
+    body = response.get("body")
+    if response.get("status_code") == 200 and isinstance(body, dict):
+        return Outcome(response=body)
+    if response.get("status_code"):
+        error = (body or {}).get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else body
+        return Outcome(error=f"HTTP {response['status_code']}: {message or 'no message'}")
+    error = row.get("error") or {}
+    return Outcome(error=f"{error.get('code') or 'error'}: {error.get('message') or 'no message'}")
+
+
+class AnthropicBatches:
+    """Anthropic: Message Batches, one request carrying every row; results stream as JSONL.
+    Limits: 100,000 requests or 256 MB per batch."""
+
+    max_requests, max_bytes, overhead = 100_000, 256_000_000, len('{"requests":[]}')
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def request(self, messages: list[Message], params: GenParams) -> dict[str, Any]:
+        return anthropic_request(self.model.name, messages, params)
+
+    def size(self, custom_id: str, body: dict[str, Any]) -> int:
+        return len(json.dumps({"custom_id": custom_id, "params": body}, ensure_ascii=False).encode()) + 1  # and a comma
+
+    def completion(self, response: dict[str, Any], params: GenParams) -> Completion:
+        return completion_from_anthropic(AnthropicMessage.model_validate(response))
+
+    async def create(self, token: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+        requests = [{"custom_id": cid, "params": body} for cid, body in rows]
+        return (await self.model.client().messages.batches.create(requests=requests)).id
+
+    async def check(self, batch_id: str) -> Ended | None:
+        batches = self.model.client().messages.batches
+        batch = await batches.retrieve(batch_id)
+        if batch.processing_status != "ended":
+            return None
+        outcomes: dict[str, Outcome] = {}
+        async for item in await batches.results(batch_id):
+            result = item.result
+            if result.type == "succeeded":
+                outcomes[item.custom_id] = Outcome(response=result.message.model_dump(mode="json"))
+            elif result.type == "errored":
+                error = result.error.error
+                outcomes[item.custom_id] = Outcome(error=f"{error.type}: {error.message}")
+            else:
+                outcomes[item.custom_id] = Outcome(error=f"the request was {result.type} before it ran")
+        return Ended(outcomes, f"batch {batch_id} returned no result for this request")
+
+    async def find(self, token: str, since: float, count: int, known: set[str]) -> str | None:
+        """Message Batches carry no metadata, so the match is a guess: the earliest batch we do not
+        know yet, created after the intent (less CLOCK_SKEW_S), with the same number of requests."""
+        found: str | None = None
+        async for batch in self.model.client().messages.batches.list(limit=100):  # newest first
+            if batch.created_at.timestamp() < since - CLOCK_SKEW_S:
+                break
+            total = sum(batch.request_counts.model_dump().values())
+            if batch.id not in known and total == count:
+                found = batch.id
+        return found
+
+
+PROVIDERS: dict[str, type[OpenAIBatches | AnthropicBatches]] = {
+    "openai": OpenAIBatches,
+    "anthropic": AnthropicBatches,
+}
+
+
+@dataclass
+class _Batch:
+    token: str
+    custom_ids: list[str]
+    created: float
+    batch_id: str | None = None
+    busy: bool = field(default=False)  # a create() call for it is in flight
+
+
+class BatchModel(Model):
+    """Runs another backend's calls through its provider's Batch API (50% cheaper, results within 24 h).
+
+    `complete()` waits until the row's batch has ended. State lives in SQLite at `store`; a new
+    BatchModel on the same store keeps polling the batches an earlier process submitted, and serves
+    results it already has without calling the API. Errored or expired rows are resubmitted up to
+    `max_resubmits` times. `aclose()` leaves the provider's batches running.
+    """
+
+    batched = True
+
+    def __init__(self, inner: Model, store: Path, *, poll_s: float = 30.0, flush_s: float = 2.0,
+                 max_requests: int | None = None, max_bytes: int | None = None, max_resubmits: int = 3) -> None:
+        api_class = PROVIDERS.get(inner.provider)
+        if api_class is None:
+            raise FactoryError(f"--batch needs an openai: or anthropic: model; {inner.spec} has no batch API")
+        self.inner, self.spec, self.provider = inner, inner.spec, inner.provider
+        self.api: BatchAPI = api_class(inner)
+        self.poll_s, self.flush_s, self.max_resubmits = poll_s, flush_s, max_resubmits
+        self.max_requests = min(max_requests or self.api.max_requests, self.api.max_requests)
+        self.max_bytes = min(max_bytes or self.api.max_bytes, self.api.max_bytes)
+        self.store = Path(store)
+        self._conn: sqlite3.Connection | None = None
+        self._pending: dict[str, tuple[dict[str, Any], int]] = {}  # custom_id -> (body, size), oldest first
+        self._pending_bytes = 0
+        self._attempts: dict[str, int] = {}  # submissions so far, of rows not yet done
+        self._open: dict[str, _Batch] = {}  # token -> unfinished batch
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._failed: dict[str, ModelCallError] = {}  # rows that failed for good in this process
+        self._done = 0
+        self._errors = 0
+        self._last_arrival = 0.0
+        self._arrived: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._load()
+        with contextlib.suppress(RuntimeError):  # inside a running loop: start polling what was loaded
+            asyncio.get_running_loop()
+            self._start()
+
+    # --- public --------------------------------------------------------------------------------
+
+    async def complete(self, messages: list[Message], params: GenParams) -> Completion:
+        body = self.api.request(messages, params)
+        response = await self._result(custom_id(self.provider, self.inner.name, body), body)  # type: ignore[attr-defined]
+        return self.api.completion(response, params)
+
+    def snapshot(self) -> dict[str, int]:
+        """Rows waiting to be submitted, rows and batches at the provider, rows done, poll errors."""
+        return {
+            "pending": len(self._pending),
+            "submitted": sum(len(b.custom_ids) for b in self._open.values()),
+            "batches": len(self._open),
+            "done": self._done,
+            "errors": self._errors,
+        }
+
+    async def aclose(self) -> None:
+        """Stop polling and flushing and close the client. Batches keep running at the provider; a
+        BatchModel on the same store picks up their results."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(t for t in tasks if t.get_loop() is loop), return_exceptions=True)
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        await self.inner.aclose()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.store, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # an intent must survive a crash
+            self._conn.execute("PRAGMA busy_timeout=10000")
+            self._conn.executescript(SCHEMA)
+        return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _load(self) -> None:
+        """Unfinished batches, rows waiting for resubmission, and the count of rows done."""
+        db = self.db
+        for token, batch_id, created in db.execute(
+            "SELECT token, batch_id, created FROM batches WHERE spec = ? AND status IN ('intent', 'submitted') "
+            "ORDER BY created", (self.spec,)
+        ).fetchall():
+            rows = db.execute("SELECT custom_id, attempt FROM rows WHERE batch_token = ? AND status = 'submitted'",
+                              (token,)).fetchall()
+            self._attempts.update(rows)
+            self._open[token] = _Batch(token, [cid for cid, _ in rows], created, batch_id)
+        for cid, body, attempt in db.execute(
+            "SELECT custom_id, body, attempt FROM rows WHERE spec = ? AND status = 'pending' ORDER BY updated", (self.spec,)
+        ):
+            self._enqueue(cid, json.loads(body), attempt)
+        self._done = db.execute("SELECT COUNT(*) FROM rows WHERE spec = ? AND status IN ('succeeded', 'failed')",
+                                (self.spec,)).fetchone()[0]
+
+    def _enqueue(self, cid: str, body: dict[str, Any], attempt: int, size: int | None = None) -> None:
+        size = self.api.size(cid, body) if size is None else size
+        self._pending[cid] = (body, size)
+        self._pending_bytes += size
+        self._attempts[cid] = attempt
+        self._last_arrival = time.monotonic()
+        if self._arrived is not None:
+            self._arrived.set()
+
+    async def _result(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The response body for one row: stored, or awaited from the batch that has it."""
+        self._start()
+        if cid in self._failed:
+            raise self._failed[cid]
+        future = self._futures.get(cid)
+        if future is None:
+            row = self.db.execute("SELECT status, response, batch_token FROM rows WHERE custom_id = ?", (cid,)).fetchone()
+            if row is not None and row[0] == "succeeded":
+                return json.loads(row[1])
+            future = asyncio.get_running_loop().create_future()
+            self._futures[cid] = future
+            submitted = row is not None and row[0] == "submitted" and row[2] in self._open
+            if cid not in self._pending and not submitted:  # new, or failed in an earlier process: try afresh
+                size = self.api.size(cid, body)
+                if size + self.api.overhead > self.max_bytes:
+                    del self._futures[cid]
+                    raise ModelCallError(f"{self.spec}: the request is {size} bytes, more than a whole batch may "
+                                         f"hold ({self.max_bytes} bytes); shorten the prompt or run without --batch")
+                self._enqueue(cid, body, 0, size)
+        return await asyncio.shield(future)
+
+    def _resolve(self, cid: str, response: dict[str, Any] | None = None, error: ModelCallError | None = None) -> None:
+        future = self._futures.pop(cid, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(response or {})
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Run the flusher and the poller in the current loop (again, after aclose or in a new loop)."""
+        loop = asyncio.get_running_loop()
+        if self._tasks and all(not t.done() and t.get_loop() is loop for t in self._tasks):
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._futures = {cid: f for cid, f in self._futures.items() if f.get_loop() is loop}
+        self._arrived = asyncio.Event()
+        if self._pending:
+            self._arrived.set()
+        self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._poll_loop())]
+
+    async def _flush_loop(self) -> None:
+        """Submit a batch as soon as one is full, or once no request has arrived for flush_s."""
+        assert self._arrived is not None
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            full = len(self._pending) >= self.max_requests or self._pending_bytes + self.api.overhead > self.max_bytes
+            idle = time.monotonic() - self._last_arrival
+            if not full and idle < self.flush_s:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self.flush_s - idle)
+                continue
+            try:
+                await self._submit(self._chunk())
+            except Exception:  # a bug must not stop the flusher; the poller recovers the batch
+                self._errors += 1
+                log.exception("%s: unexpected error while submitting a batch", self.spec)
+
+    def _chunk(self) -> list[str]:
+        """The oldest pending rows that fit in one batch."""
+        ids: list[str] = []
+        size = self.api.overhead
+        for cid, (_, row) in self._pending.items():
+            if len(ids) >= self.max_requests or (ids and size + row > self.max_bytes):
+                break
+            ids.append(cid)
+            size += row
+        return ids
+
+    async def _submit(self, ids: list[str]) -> None:
+        """Record the intent (a token and its rows), then create the batch and record its id."""
+        taken = [(cid, self._pending.pop(cid)) for cid in ids]
+        self._pending_bytes -= sum(size for _, (_, size) in taken)
+        rows = [(cid, body) for cid, (body, _) in taken]
+        batch = _Batch(uuid.uuid4().hex, ids, time.time())
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT INTO batches (token, spec, batch_id, status, created, rows) VALUES (?, ?, NULL, "
+                           "'intent', ?, ?)", (batch.token, self.spec, batch.created, len(ids)))
+                for cid, body in rows:
+                    self._attempts[cid] = self._attempts.get(cid, 0) + 1
+                    db.execute(
+                        "INSERT INTO rows (custom_id, spec, body, batch_token, attempt, status, updated) "
+                        "VALUES (?, ?, ?, ?, ?, 'submitted', ?) ON CONFLICT (custom_id) DO UPDATE SET "
+                        "batch_token = excluded.batch_token, attempt = excluded.attempt, status = 'submitted', "
+                        "updated = excluded.updated",
+                        (cid, self.spec, json.dumps(body), batch.token, self._attempts[cid], batch.created),
+                    )
+        except sqlite3.Error as exc:
+            for cid in ids:
+                self._resolve(cid, error=ModelCallError(f"{self.spec}: could not record the batch in {self.store}: {exc}"))
+            return
+        self._open[batch.token] = batch
+        with contextlib.suppress(ModelCallError):  # logged and counted; the poller tries again
+            await self._create(batch, rows)
+
+    async def _create(self, batch: _Batch, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Create the batch at the provider. A transient error raises (the poller retries it later);
+        a rejection fails its rows for good."""
+        batch.busy = True
+        try:
+            batch.batch_id = await self._call(self.api.create(batch.token, rows), f"creating a batch of {len(rows)}")
+        except ModelCallError as exc:
+            if exc.retryable:
+                raise
+            self._reject(batch, exc)
+            return
+        finally:
+            batch.busy = False
+        with self._transaction() as db:
+            db.execute("UPDATE batches SET batch_id = ?, status = 'submitted' WHERE token = ?", (batch.batch_id, batch.token))
+
+    def _reject(self, batch: _Batch, exc: ModelCallError) -> None:
+        """The provider refused the batch (bad request, bad key): its rows fail."""
+        with self._transaction() as db:
+            db.execute("UPDATE batches SET status = 'rejected' WHERE token = ?", (batch.token,))
+            for cid in batch.custom_ids:
+                db.execute("UPDATE rows SET status = 'failed', error = ?, updated = ? WHERE custom_id = ?",
+                           (str(exc), time.time(), cid))
+        del self._open[batch.token]
+        for cid in batch.custom_ids:
+            error = ModelCallError(str(exc), fatal=exc.fatal, retryable=False, status=exc.status)
+            self._failed[cid] = error
+            self._attempts.pop(cid, None)
+            self._done += 1
+            self._resolve(cid, error=error)
+
+    async def _poll_loop(self) -> None:
+        """Check every unfinished batch, then wait poll_s (longer after errors, up to MAX_BACKOFF times)."""
+        failures = 0
+        while True:
+            ok = await self._poll_once()
+            failures = 0 if ok else failures + 1
+            await asyncio.sleep(self.poll_s * min(2**failures, MAX_BACKOFF))
+
+    async def _poll_once(self) -> bool:
+        ok = True
+        for batch in sorted(self._open.values(), key=lambda b: b.created):
+            if batch.busy or batch.token not in self._open:
+                continue
+            try:
+                if batch.batch_id is None:
+                    await self._recover(batch)
+                    continue
+                ended = await self._call(self.api.check(batch.batch_id), f"checking batch {batch.batch_id}")
+            except ModelCallError as exc:
+                ok = False
+                if exc.status == 404 and batch.batch_id is not None:  # the provider no longer knows it
+                    self._settle(batch, Ended({}, f"batch {batch.batch_id} is gone: {exc}"))
+                elif exc.fatal:  # a rejected key: fail the waiters; the batch stays open for a later run
+                    for cid in batch.custom_ids:
+                        self._resolve(cid, error=exc)
+                continue
+            except Exception:  # a bug must not stop the poller: every waiter would hang
+                ok = False
+                self._errors += 1
+                log.exception("%s: unexpected error while polling batch %s", self.spec, batch.batch_id)
+                continue
+            if ended is not None:
+                self._settle(batch, ended)
+        return ok
+
+    async def _recover(self, batch: _Batch) -> None:
+        """An intent with no batch id: the process died in create(), or create() failed. Find the batch
+        the provider may have made for it; create it only if there is none."""
+        known = {bid for (bid,) in self.db.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL")}
+        found = await self._call(self.api.find(batch.token, batch.created, len(batch.custom_ids), known),
+                                 "listing batches")
+        if found is not None:
+            batch.batch_id = found
+            with self._transaction() as db:
+                db.execute("UPDATE batches SET batch_id = ?, status = 'submitted' WHERE token = ?", (found, batch.token))
+            log.info("%s: found batch %s for intent %s", self.spec, found, batch.token)
+            return
+        placeholders = ",".join("?" * len(batch.custom_ids))
+        bodies = dict(self.db.execute(f"SELECT custom_id, body FROM rows WHERE custom_id IN ({placeholders})",
+                                      batch.custom_ids).fetchall())
+        await self._create(batch, [(cid, json.loads(bodies[cid])) for cid in batch.custom_ids])
+
+    def _settle(self, batch: _Batch, ended: Ended) -> None:
+        """Store every row's outcome, resolve its waiters, and queue failed rows for another attempt."""
+        now = time.time()
+        done: list[tuple[str, dict[str, Any] | None, ModelCallError | None]] = []
+        retry: list[str] = []
+        with self._transaction() as db:
+            for cid in batch.custom_ids:
+                outcome = ended.outcomes.get(cid) or Outcome(error=ended.error)
+                if outcome.response is not None:
+                    db.execute("UPDATE rows SET status = 'succeeded', response = ?, error = NULL, updated = ? "
+                               "WHERE custom_id = ?", (json.dumps(outcome.response), now, cid))
+                    done.append((cid, outcome.response, None))
+                    continue
+                attempt = self._attempts.get(cid, 1)
+                if attempt <= self.max_resubmits:
+                    db.execute("UPDATE rows SET status = 'pending', error = ?, updated = ? WHERE custom_id = ?",
+                               (outcome.error, now, cid))
+                    retry.append(cid)
+                    continue
+                db.execute("UPDATE rows SET status = 'failed', error = ?, updated = ? WHERE custom_id = ?",
+                           (outcome.error, now, cid))
+                message = f"{self.spec}: the batch request failed {attempt} times; the last error: {outcome.error}"
+                done.append((cid, None, ModelCallError(message, retryable=False)))
+            db.execute("UPDATE batches SET status = 'ended' WHERE token = ?", (batch.token,))
+        del self._open[batch.token]
+        for cid, response, error in done:
+            self._attempts.pop(cid, None)
+            self._done += 1
+            if error is not None:
+                self._failed[cid] = error
+            self._resolve(cid, response, error)
+        if retry:
+            placeholders = ",".join("?" * len(retry))
+            bodies = dict(self.db.execute(f"SELECT custom_id, body FROM rows WHERE custom_id IN ({placeholders})",
+                                          retry).fetchall())
+            for cid in retry:
+                self._enqueue(cid, json.loads(bodies[cid]), self._attempts.get(cid, 1))
+            log.info("%s: resubmitting %d rows of batch %s", self.spec, len(retry), batch.batch_id)
+
+    async def _call(self, call: Awaitable[T], what: str) -> T:
+        """An SDK call, its errors as ModelCallError; transient ones are logged and counted."""
+        try:
+            return await call
+        except (openai.APIError, anthropic.APIError) as exc:
+            error = self.inner.error(exc)  # type: ignore[attr-defined]
+        except (openai.OpenAIError, anthropic.AnthropicError, ValueError) as exc:
+            error = ModelCallError(f"{self.spec}: {exc}", retryable=True)
+        self._errors += 1
+        log.warning("%s: %s failed%s: %s", self.spec, what, " (trying again later)" if error.retryable else "", error)
+        raise error

@@ -1,0 +1,140 @@
+"""One model endpoint as the runner sees it: an in-flight limit shared by every stage, a rate
+limiter, timeouts from observed latency, the one retry layer, and cost against the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from factory.config import RetriesConfig, TimeoutsConfig
+from factory.errors import ModelCallError
+from factory.models import Completion, GenParams, Message, Model
+from factory.prices import Budget, PriceTable, estimate_tokens
+from factory.ratelimit import RateLimiter
+from factory.stats import StageStats
+
+MIN_SAMPLES = 20  # latencies observed before the timeout adapts
+FIRST_BACKOFF_S = 0.5
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ModelCallError) and exc.retryable
+
+
+class Timeouts:
+    """Per template: `multiplier` x the p95 of recent latencies, within [min, max]; `initial` until
+    enough calls were seen. A hung request is cut at a few times what a slow one takes, not a minute."""
+
+    def __init__(self, cfg: TimeoutsConfig):
+        self.cfg = cfg
+        self._seen: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=256))
+        self._current: dict[str, float] = {}
+
+    def observe(self, template: str, seconds: float) -> None:
+        seen = self._seen[template]
+        seen.append(seconds)
+        if len(seen) >= MIN_SAMPLES and len(seen) % 8 == 0:  # re-sorting 256 floats every 8 calls is cheap
+            p95 = sorted(seen)[int(0.95 * (len(seen) - 1))]
+            self._current[template] = min(self.cfg.max, max(self.cfg.min, self.cfg.multiplier * p95))
+
+    def __call__(self, template: str) -> float:
+        return self._current.get(template, self.cfg.initial)
+
+
+class Endpoint:
+    def __init__(self, model: Model, concurrency: int, limiter: RateLimiter, retries: RetriesConfig,
+                 timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget):
+        self.model, self.limiter, self.retries, self.prices, self.budget = model, limiter, retries, prices, budget
+        self.name = model.spec.partition(":")[2]
+        # In-process models have no network to hang on, and a cut call would only waste the work.
+        self.timeouts = Timeouts(timeouts) if model.provider != "local" else None
+        self.counts: Counter[str] = Counter()  # attempts, retries, rate_limited, timeouts
+        self._slots = asyncio.Semaphore(concurrency)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        usd = self.prices.cost(self.model.provider, self.name, prompt_tokens, completion_tokens, self.model.batched)
+        return usd or 0.0
+
+    async def call(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
+                   on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
+        """(completion, cost in USD). Retries what is retryable; `on_error(error, seconds, cost)` sees
+        every failed attempt. Raises the last ModelCallError, or BudgetExceeded before any spending."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.counts["retries"] += 1
+            st.retries += 1
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.retries.max_attempts), wait=self._wait,
+                                 retry=retry_if_exception(_retryable), before_sleep=before_sleep, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(messages, params, template, st, on_error)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with full jitter; a server's Retry-After is a floor."""
+        cap = min(self.retries.max_wait, FIRST_BACKOFF_S * 2 ** (state.attempt_number - 1))
+        backoff = random.uniform(0, cap)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        return max(backoff, retry_after) if retry_after is not None else backoff
+
+    async def _attempt(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
+                       on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
+        prompt_est = estimate_tokens(sum(len(m["content"]) for m in messages))
+        worst = self.cost(prompt_est, params.max_tokens)
+        self.budget.reserve(worst)  # raises BudgetExceeded: nothing is sent
+        self.counts["attempts"] += 1
+        spent, start = 0.0, time.monotonic()
+        try:
+            if self.model.batched:  # the Batch API queues it; no in-flight slot, rate limit or timeout
+                result = await self.model.complete(messages, params)
+            else:
+                result = await self._online(messages, params, template, st, prompt_est)
+            spent = self.cost(result.prompt_tokens, result.completion_tokens)
+            return result, spent
+        except ModelCallError as e:
+            if e.status is None and e.retryable and "no response after" in str(e):
+                spent = self.cost(prompt_est, 0)  # a cut request may still have been billed for its input
+            on_error(e, time.monotonic() - start, spent)
+            raise
+        finally:
+            self.budget.settle(worst, spent)
+
+    async def _online(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
+                      prompt_est: int) -> Completion:
+        async with self._slots:
+            tokens = prompt_est + params.max_tokens
+            await self.limiter.acquire(tokens)
+            st.in_flight += 1
+            start = time.monotonic()
+            timeout = self.timeouts(template) if self.timeouts else None
+            try:
+                result = await asyncio.wait_for(self.model.complete(messages, params), timeout)
+            except TimeoutError:
+                self.counts["timeouts"] += 1
+                raise ModelCallError(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "
+                                     "observed latency; see `timeouts` in the pipeline config)", retryable=True) from None
+            except ModelCallError as e:
+                if e.status == 429:
+                    self.counts["rate_limited"] += 1
+                    st.rate_limited += 1
+                    self.limiter.on_rate_limited(e.retry_after)
+                raise
+            finally:
+                st.in_flight -= 1
+            if self.timeouts:
+                self.timeouts.observe(template, time.monotonic() - start)
+            self.limiter.settle(tokens, result.prompt_tokens + result.completion_tokens)
+            self.limiter.on_success(result.limits)
+            return result

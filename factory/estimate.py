@@ -1,0 +1,89 @@
+"""`factory run --dry-run`: calls, tokens and cost before anything is spent.
+
+Input tokens are counted from the real rendered prompts (on a sample of up to SAMPLE records,
+scaled up), at about 4 characters a token; outputs are counted at each stage's max_tokens, so
+output tokens and the cost are upper bounds."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from factory.pipeline import Pipeline
+from factory.prices import estimate_tokens
+from factory.records import Record
+
+SAMPLE = 1000
+
+
+@dataclass
+class Line:
+    stage: str
+    model: str
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float | None = 0.0
+
+
+def _chars(messages: list) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
+    st, t = pipe.cfg.stages, pipe.templates
+    if pipe.from_file is not None:
+        n_records = pipe.from_file.count - pipe.from_file.duplicates
+        sample = [rec for rec, dup in itertools.islice(pipe.from_file, SAMPLE) if not dup]
+    else:
+        seeds = {r.id: r for r in pipe.seeds}.values() if st.questions.include_seeds else []
+        n_seeds = min(len(seeds), st.questions.max_seeds if st.questions.max_seeds is not None else len(seeds))
+        n_records = n_seeds + st.questions.generate
+        if pipe.limit is not None:
+            n_records = min(n_records, pipe.limit)
+        sample = list(seeds)[:SAMPLE] or list(pipe.seeds)[:SAMPLE]
+    lines = []
+    if pipe.generating:
+        q = st.questions
+        calls = math.ceil(q.generate / q.questions_per_call)
+        variables = {"examples": [r.prompt for r in pipe.seeds[: q.examples_per_call]], "n": q.questions_per_call}
+        lines.append(Line("questions", pipe.specs["questions"], calls,
+                          calls * estimate_tokens(_chars(t["questions"].render(**variables))), calls * q.max_tokens))
+    answer, cr = st.answer, st.critique_revise
+    critique_stage = pipe.stages()[1]
+    placeholder = "x" * (4 * answer.max_tokens)  # an answer as long as it may be
+    a_in = c_in = r_in = 0
+    for rec in sample or [Record.new("placeholder", "file")]:
+        a_in += estimate_tokens(_chars(t["answer"].render(prompt=rec.prompt)))
+        variables = {"prompt": rec.prompt, "response": placeholder, "principle": pipe.constitution.principles[0],
+                     "examples": critique_stage.examples(rec, 0, 1)}
+        c_in += estimate_tokens(_chars(t["critique"].render(**variables)))
+        r_in += estimate_tokens(_chars(t["revision"].render(**variables, critique="x" * 4 * cr.max_tokens)))
+    k = n_records / max(1, len(sample))
+    per = answer.candidates
+    lines.append(Line("answer", pipe.specs["answer"], n_records * per, round(a_in * k * per),
+                      n_records * per * answer.max_tokens))
+    rounds = per * cr.rounds
+    lines.append(Line("critique_revise", pipe.specs["critique_revise"], n_records * rounds * 2,
+                      round((c_in + r_in) * k * rounds), n_records * rounds * 2 * cr.max_tokens))
+    for line in lines:
+        provider, _, name = line.model.partition(":")
+        line.usd = pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens, batch)
+    return lines
+
+
+def estimate_table(lines: list[Line], batch: bool) -> Table:
+    table = Table(title="Dry run: nothing was called" + (" (Batch API prices)" if batch else ""))
+    for col in ("stage", "model", "calls", "input tokens (est.)", "output tokens (max)", "USD (max)"):
+        table.add_column(col, justify="left" if col in ("stage", "model") else "right")
+    for line in lines:
+        usd = "no price" if line.usd is None else f"{line.usd:.4f}"
+        table.add_row(line.stage, line.model, f"{line.calls:,}", f"{line.input_tokens:,}", f"{line.output_tokens:,}", usd)
+    known = [line.usd for line in lines if line.usd is not None]
+    total = f"{sum(known):.4f}" + (" + unpriced" if len(known) < len(lines) else "")
+    table.add_row("total", "", f"{sum(x.calls for x in lines):,}", f"{sum(x.input_tokens for x in lines):,}",
+                  f"{sum(x.output_tokens for x in lines):,}", total, style="bold")
+    return table

@@ -1,0 +1,204 @@
+"""A pipeline, validated: config plus command-line overrides, the constitution, the templates and
+the input, all checked before anything is created or loaded. It builds the models and the caller."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory.caller import Caller
+from factory.calllog import CallLog
+from factory.config import LimitsConfig, PipelineConfig
+from factory.constitution import Constitution, load_constitution
+from factory.endpoint import Endpoint
+from factory.errors import FactoryError
+from factory.inputs import PromptFile, read_prompts
+from factory.models import Model, load_model
+from factory.prices import Budget, PriceTable, load_prices, require_prices
+from factory.prompts import Template, load_template
+from factory.ratelimit import RateLimiter
+from factory.records import Record
+from factory.rundir import command_line, git_commit, now, package_versions
+from factory.stages import Stage, answer, critique_revise, questions
+from factory.stages.answer import AnswerStage
+from factory.stages.critique_revise import CritiqueReviseStage
+from factory.stages.questions import QuestionsStage
+from factory.stats import Stats
+
+RECORD_STAGES = ["answer", "critique_revise"]
+STAGES = ["questions", *RECORD_STAGES, "export"]
+
+
+@dataclass
+class Overrides:
+    """Command-line flags that override the pipeline config."""
+
+    prompts: Path | None = None
+    limit: int | None = None
+    model: str | None = None
+    concurrency: int | None = None
+    seed: int | None = None
+    rounds: int | None = None
+    max_cost: float | None = None
+    cache_dir: Path | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+
+    def apply(self, cfg: PipelineConfig) -> PipelineConfig:
+        cfg = cfg.model_copy(deep=True)
+        if self.model:  # one model for every stage
+            cfg.model = self.model
+            for stage in (cfg.stages.questions, cfg.stages.answer, cfg.stages.critique_revise):
+                stage.model = None
+        for name in ("concurrency", "seed", "max_cost"):
+            if getattr(self, name) is not None:
+                setattr(cfg, name, getattr(self, name))
+        if self.cache_dir is not None:
+            cfg.cache_dir = str(self.cache_dir.resolve())
+        if self.rounds is not None:
+            cfg.stages.critique_revise.rounds = self.rounds
+        if self.rpm is not None or self.tpm is not None:
+            st = cfg.stages
+            for spec in {cfg.model_for(s) for s in (st.questions, st.answer, st.critique_revise)}:
+                old = cfg.limits.get(spec, LimitsConfig())
+                cfg.limits[spec] = LimitsConfig(rpm=self.rpm or old.rpm, tpm=self.tpm or old.tpm)
+        return cfg
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Pipeline:
+    cfg: PipelineConfig
+    constitution_path: Path
+    constitution: Constitution
+    templates: dict[str, Template]
+    seeds: list[Record]
+    from_file: PromptFile | None
+    limit: int | None
+    prices: PriceTable
+    prompts_path: Path | None = None
+    models: dict[str, Model] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, cfg: PipelineConfig, ov: Overrides, needs_seeds: bool = True) -> Pipeline:
+        if ov.limit is not None and ov.limit < 1:
+            raise FactoryError("--limit must be at least 1")
+        cfg = ov.apply(cfg)
+        st = cfg.stages
+        cpath = cfg.path(cfg.constitution)
+        constitution = load_constitution(cpath)
+        pdir = cfg.path(cfg.prompts_dir)
+        templates = {
+            "questions": load_template(pdir, st.questions.template, questions.VARIABLES),
+            "answer": load_template(pdir, st.answer.template, answer.VARIABLES),
+            "critique": load_template(pdir, st.critique_revise.critique_template, critique_revise.CRITIQUE_VARIABLES),
+            "revision": load_template(pdir, st.critique_revise.revision_template, critique_revise.REVISION_VARIABLES),
+        }
+        prompts = ov.prompts.resolve() if ov.prompts else None
+        from_file = PromptFile(prompts, "file", ov.limit) if prompts else None
+        seeds = []
+        if from_file is None and needs_seeds:
+            if not st.questions.seeds:
+                raise FactoryError("the pipeline config lists no seed files (stages.questions.seeds); "
+                                   "add some or pass --prompts FILE.jsonl")
+            for path in st.questions.seeds:
+                seeds += read_prompts(cfg.path(path), "seed")
+        prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
+        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts)
+        if cfg.max_cost is not None:
+            require_prices(prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.used_specs()],
+                           "--max-cost")
+        return pipe
+
+    @property
+    def specs(self) -> dict[str, str]:
+        st = self.cfg.stages
+        return {
+            "questions": self.cfg.model_for(st.questions),
+            "answer": self.cfg.model_for(st.answer),
+            "critique_revise": self.cfg.model_for(st.critique_revise),
+        }
+
+    @property
+    def generating(self) -> bool:
+        return self.from_file is None and self.cfg.stages.questions.generate > 0
+
+    def used_specs(self) -> list[str]:
+        stages = (["questions"] if self.generating else []) + RECORD_STAGES
+        return list(dict.fromkeys(self.specs[s] for s in stages))
+
+    def load_models(self) -> None:
+        """Build every backend the run uses (a missing API key fails here, before any output)."""
+        for spec in self.used_specs():
+            if spec not in self.models:
+                self.models[spec] = load_model(spec)
+
+    def caller(self, log: CallLog, stats: Stats, budget: Budget, **kwargs) -> Caller:
+        cfg = self.cfg
+        endpoints = {}
+        for spec, model in self.models.items():
+            limits = cfg.limits.get(spec, LimitsConfig())
+            endpoints[spec] = Endpoint(model, cfg.concurrency, RateLimiter(limits.rpm, limits.tpm), cfg.retries,
+                                       cfg.timeouts, self.prices, budget)
+        return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts, **kwargs)
+
+    def stages(self) -> list[Stage]:
+        cfg, t, seed = self.cfg, self.templates, self.cfg.seed
+        return [
+            AnswerStage(cfg.stages.answer, t["answer"], self.specs["answer"], seed),
+            CritiqueReviseStage(cfg.stages.critique_revise, self.constitution, t["critique"], t["revision"],
+                                self.specs["critique_revise"], seed),
+        ]
+
+    def source(self) -> QuestionsStage:
+        cfg = self.cfg
+        return QuestionsStage(cfg.stages.questions, self.templates["questions"], self.specs["questions"],
+                              cfg.seed, self.seeds, self.from_file, self.limit)
+
+    async def aclose(self) -> None:
+        for m in self.models.values():
+            await m.aclose()
+
+    def inputs(self) -> dict:
+        """Digests of every input that decides which records a run has and what they say."""
+        return {
+            "constitution": self.constitution.digest,
+            "templates": {k: t.digest for k, t in self.templates.items()},
+            "prompts_file": file_digest(self.prompts_path) if self.prompts_path else None,
+            "seed_files": {p: file_digest(self.cfg.path(p)) for p in self.cfg.stages.questions.seeds}
+            if self.seeds else {},
+        }
+
+    def manifest(self, run_dir: Path, batch: bool) -> dict:
+        return {
+            "run_dir": str(run_dir),
+            "status": "running",
+            "started": now(),
+            "command": command_line(),
+            "config": self.cfg.model_dump(mode="json"),
+            "config_dir": str(self.cfg.path(".")),
+            "prompts": str(self.prompts_path) if self.prompts_path else None,
+            "limit": self.limit,
+            "batch": batch,
+            "constitution": {
+                "path": str(self.constitution_path),
+                "label": self.constitution.label,
+                "sha256": self.constitution.digest,
+                "principles": {p.id: p.digest() for p in self.constitution.principles},
+            },
+            "templates": {k: {"name": t.name, "path": str(t.path), "sha256": t.digest} for k, t in self.templates.items()},
+            "inputs": self.inputs(),
+            "models": sorted(set(self.specs.values())),
+            "stage_models": self.specs,
+            "seed": self.cfg.seed,
+            "packages": package_versions(),
+            "git_commit": git_commit(),
+        }

@@ -1,0 +1,86 @@
+"""Cost: a price table (prices.yaml, USD per million tokens) and a budget that stops new calls
+before spending could pass `--max-cost`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from factory.config import ROOT, Strict
+from factory.errors import FactoryError
+from factory.yamlfile import load_yaml
+
+DEFAULT_PRICES = ROOT / "prices.yaml"
+CHARS_PER_TOKEN = 4  # for estimates before a call; usage figures replace them after
+
+
+class Price(Strict):
+    input: float = Field(ge=0, description="USD per million input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+
+
+class PriceTable(Strict):
+    batch_discount: float = Field(default=0.5, gt=0, le=1)
+    openai: dict[str, Price] = Field(default_factory=dict)
+    anthropic: dict[str, Price] = Field(default_factory=dict)
+
+    def price(self, provider: str, model: str) -> Price | None:
+        """The model's price; a dated snapshot (gpt-4o-mini-2024-07-18) matches its family's
+        longest prefix. Local models are free; None means the table does not know the model."""
+        if provider == "local":
+            return Price(input=0, output=0)
+        table: dict[str, Price] = getattr(self, provider, {})
+        if model in table:
+            return table[model]
+        prefixes = [name for name in table if model.startswith(name + "-")]
+        return table[max(prefixes, key=len)] if prefixes else None
+
+    def cost(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int,
+             batch: bool = False) -> float | None:
+        p = self.price(provider, model)
+        if p is None:
+            return None
+        usd = (prompt_tokens * p.input + completion_tokens * p.output) / 1e6
+        return usd * self.batch_discount if batch else usd
+
+
+def load_prices(path: Path | None = None) -> PriceTable:
+    return load_yaml(path or DEFAULT_PRICES, PriceTable)
+
+
+def estimate_tokens(text_chars: int) -> int:
+    return text_chars // CHARS_PER_TOKEN + 1
+
+
+class BudgetExceeded(Exception):
+    """Raised instead of making a call that could take spending past --max-cost. Not a failure:
+    the record stays unfinished and `factory run --resume` picks it up (with a larger budget)."""
+
+
+class Budget:
+    """Spent so far plus what calls in flight could still cost (their worst case: max_tokens out).
+    A call is refused when its worst case would pass the limit, so the limit is never crossed."""
+
+    def __init__(self, limit: float | None, spent: float = 0.0):
+        self.limit, self.spent, self.reserved = limit, spent, 0.0
+        self.exceeded = False
+
+    def reserve(self, worst_case: float) -> None:
+        if self.limit is not None and self.spent + self.reserved + worst_case > self.limit:
+            self.exceeded = True
+            raise BudgetExceeded(f"the next call could take spending past --max-cost {self.limit:.2f} USD "
+                                 f"(spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
+        self.reserved += worst_case
+
+    def settle(self, worst_case: float, actual: float) -> None:
+        self.reserved -= worst_case
+        self.spent += actual
+
+
+def require_prices(table: PriceTable, models: list[tuple[str, str, str]], what: str) -> None:
+    """`models`: (spec, provider, name). A budget needs a price for every model it spends on."""
+    missing = [spec for spec, provider, name in models if table.price(provider, name) is None]
+    if missing:
+        raise FactoryError(f"{what} needs a price for {', '.join(missing)}; add it to prices.yaml "
+                           "(USD per million input and output tokens) or point the pipeline's `prices:` at your table")

@@ -1,0 +1,222 @@
+"""Per-endpoint rate limiting: token buckets for requests and tokens per minute, with limits
+taken from config or the providers' response headers, and AIMD adaptation to 429s.
+
+Adaptation policy: a 429 multiplies the allowed rate by DECREASE (at most once per cooldown of
+COOLDOWN_S, or retry_after if longer), down to a floor of FLOOR of the cap (and >= 1 rpm). After
+the cooldown, each successful response grows the factor additively by the clean time elapsed
+divided by RECOVERY_S, so the endpoint is back at full rate after at most RECOVERY_S of clean
+responses (18 s after a single 429). Nothing ever pauses for a fixed time; only the rate changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+BURST_S = 1.0  # bucket capacity, in seconds of the current rate
+DECREASE = 0.7  # multiplicative decrease on a 429
+FLOOR = 0.02  # the factor never goes below this fraction of the cap
+COOLDOWN_S = 1.0  # 429s within this window of the last decrease do not decrease again
+RECOVERY_S = 60.0  # clean seconds to grow the factor from 0 back to 1
+WINDOW_S = 30.0  # sliding window for the observed completion rate
+FALLBACK_RPM = 60.0  # cap after a 429 when no limit is known and nothing was observed
+MAX_NAP_S = 1.0  # waiters re-check at least this often, so rate changes take effect
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class LimitInfo:
+    """What a provider's response headers say about the endpoint's limits (per minute)."""
+
+    requests_limit: int | None = None
+    tokens_limit: int | None = None
+    requests_remaining: int | None = None
+    tokens_remaining: int | None = None
+
+
+def _number(value: object) -> int | None:
+    """A non-negative integer header value, or None for anything else."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number >= 0 else None
+
+
+def _parse(headers: Mapping[str, str], names: dict[str, tuple[str, ...]]) -> LimitInfo | None:
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    fields: dict[str, int | None] = {}
+    for field, candidates in names.items():
+        found = (_number(lower[name]) for name in candidates if name in lower)
+        fields[field] = next((n for n in found if n is not None), None)
+    return LimitInfo(**fields) if any(v is not None for v in fields.values()) else None
+
+
+def parse_openai_headers(headers: Mapping[str, str]) -> LimitInfo | None:
+    """Limits from OpenAI's x-ratelimit-* headers; None when there are none."""
+    return _parse(headers, {
+        "requests_limit": ("x-ratelimit-limit-requests",),
+        "tokens_limit": ("x-ratelimit-limit-tokens",),
+        "requests_remaining": ("x-ratelimit-remaining-requests",),
+        "tokens_remaining": ("x-ratelimit-remaining-tokens",),
+    })
+
+
+def parse_anthropic_headers(headers: Mapping[str, str]) -> LimitInfo | None:
+    """Limits from Anthropic's anthropic-ratelimit-* headers; None when there are none."""
+    p = "anthropic-ratelimit-"
+    return _parse(headers, {
+        "requests_limit": (p + "requests-limit",),
+        "tokens_limit": (p + "tokens-limit", p + "input-tokens-limit"),
+        "requests_remaining": (p + "requests-remaining",),
+        "tokens_remaining": (p + "tokens-remaining", p + "input-tokens-remaining"),
+    })
+
+
+def _capacity(per_min: float) -> float:
+    return max(1.0, per_min / 60 * BURST_S)
+
+
+def _min(*values: float | None) -> float | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+class RateLimiter:
+    """Token buckets for requests and tokens per minute, for one endpoint, with AIMD adaptation."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        self._rpm, self._tpm = rpm, tpm  # configured explicitly
+        self._header_rpm: float | None = None
+        self._header_tpm: float | None = None
+        self._derived_rpm: float | None = None  # from the observed rate, after a 429
+        self._clock, self._sleep = clock, sleep
+        self._lock = asyncio.Lock()
+        self._factor = 1.0
+        self._rate_limited = 0
+        self._cooldown_until = -math.inf  # no decrease before this; recovery counts from here
+        self._started = self._updated = clock()
+        self._done: deque[float] = deque()  # completion times within WINDOW_S
+        self._req: float | None = None  # bucket levels; None while that limit is unknown
+        self._tok: float | None = None
+
+    @property
+    def _rpm_cap(self) -> float | None:
+        return _min(self._rpm, self._header_rpm) or self._derived_rpm
+
+    @property
+    def _tpm_cap(self) -> float | None:
+        return _min(self._tpm, self._header_tpm)
+
+    @property
+    def effective_rpm(self) -> float | None:
+        """Requests per minute allowed now (cap x factor); None means unlimited."""
+        cap = self._rpm_cap
+        return None if cap is None else cap * self._factor
+
+    @property
+    def effective_tpm(self) -> float | None:
+        """Tokens per minute allowed now (cap x factor); None means unlimited."""
+        cap = self._tpm_cap
+        return None if cap is None else cap * self._factor
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        return {"rpm": self.effective_rpm, "tpm": self.effective_tpm,
+                "factor": self._factor, "rate_limited": self._rate_limited}
+
+    def _sync(self) -> None:
+        """Refill both buckets up to now at the current rates and clamp them to capacity."""
+        now = self._clock()
+        elapsed, self._updated = max(0.0, now - self._updated), now
+
+        def refill(level: float | None, per_min: float | None) -> float | None:
+            if per_min is None:
+                return None
+            cap = _capacity(per_min)
+            return cap if level is None else min(cap, level + per_min / 60 * elapsed)
+
+        self._req = refill(self._req, self.effective_rpm)
+        self._tok = refill(self._tok, self.effective_tpm)
+
+    def _try_take(self, tokens: int) -> float:
+        """Take one request and `tokens` tokens if available (0.0), else the seconds to wait."""
+        self._sync()
+        wait = 0.0
+        for level, per_min, need in ((self._req, self.effective_rpm, 1),
+                                     (self._tok, self.effective_tpm, tokens)):
+            if level is not None and per_min is not None:
+                need_now = min(need, _capacity(per_min))  # oversize: wait for a full bucket
+                if level < need_now - _EPS:
+                    wait = max(wait, (need_now - level) * 60 / per_min)
+        if wait == 0.0:
+            self._req = None if self._req is None else self._req - 1
+            self._tok = None if self._tok is None else self._tok - tokens
+        return wait
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait (FIFO) until one request and `tokens` tokens are available, then take them."""
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if self.effective_rpm is None and self.effective_tpm is None:
+            return
+        async with self._lock:
+            while (wait := self._try_take(tokens)) > 0:
+                await self._sleep(min(wait, MAX_NAP_S))
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct the token bucket once the real usage is known (refund or charge)."""
+        self._sync()
+        if self._tok is not None:
+            self._tok -= actual - estimated
+            self._sync()  # clamp a refund to capacity
+
+    def _observed_rpm(self, now: float) -> float:
+        while self._done and self._done[0] < now - WINDOW_S:
+            self._done.popleft()
+        span = max(1.0, min(WINDOW_S, now - self._started))
+        return len(self._done) * 60 / span
+
+    def on_success(self, info: LimitInfo | None = None) -> None:
+        """Record a completion, adopt header limits and recover the factor toward 1."""
+        self._sync()
+        now = self._clock()
+        self._done.append(now)
+        self._observed_rpm(now)  # prunes the window
+        if info is not None:
+            if info.requests_limit:
+                self._header_rpm = float(info.requests_limit)
+            if info.tokens_limit:
+                self._header_tpm = float(info.tokens_limit)
+        if now > self._cooldown_until:
+            self._factor = min(1.0, self._factor + (now - self._cooldown_until) / RECOVERY_S)
+            self._cooldown_until = now
+        self._sync()
+
+    def on_rate_limited(self, retry_after: float | None = None) -> None:
+        """A 429: decrease the allowed rate multiplicatively, at most once per cooldown."""
+        self._rate_limited += 1
+        now = self._clock()
+        if now < self._cooldown_until:
+            return
+        self._sync()
+        if self._rpm_cap is None:
+            observed = self._observed_rpm(now)
+            self._derived_rpm = observed / self._factor if observed > 0 else FALLBACK_RPM
+        floor = min(1.0, max(FLOOR, 1.0 / self._rpm_cap)) if self._rpm_cap else FLOOR
+        self._factor = max(floor, self._factor * DECREASE)
+        self._cooldown_until = now + max(COOLDOWN_S, retry_after or 0.0)
+        self._sync()
