@@ -16,15 +16,13 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anthropic
 import openai
-from anthropic.types import Message as AnthropicMessage
-from openai.types.chat import ChatCompletion
 
 from factory.errors import FactoryError, ModelCallError
 from factory.models.anthropic_backend import (
@@ -128,7 +126,7 @@ class OpenAIBatches:
         return len(self.line(custom_id, body))
 
     def completion(self, response: dict[str, Any], params: GenParams) -> Completion:
-        return completion_from_openai(ChatCompletion.model_validate(response), params)
+        return completion_from_openai(response, params)
 
     async def create(self, token: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
         client = self.model.client()
@@ -198,7 +196,7 @@ class AnthropicBatches:
         return len(json.dumps({"custom_id": custom_id, "params": body}, ensure_ascii=False).encode()) + 1  # and a comma
 
     def completion(self, response: dict[str, Any], params: GenParams) -> Completion:
-        return completion_from_anthropic(AnthropicMessage.model_validate(response))
+        return completion_from_anthropic(response)
 
     async def create(self, token: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
         requests = [{"custom_id": cid, "params": body} for cid, body in rows]
@@ -246,7 +244,7 @@ class _Batch:
     custom_ids: list[str]
     created: float
     batch_id: str | None = None
-    busy: bool = field(default=False)  # a create() call for it is in flight
+    busy: bool = False  # a create() call for it is in flight
 
 
 class BatchModel(Model):
@@ -256,6 +254,9 @@ class BatchModel(Model):
     BatchModel on the same store keeps polling the batches an earlier process submitted, and serves
     results it already has without calling the API. Errored or expired rows are resubmitted up to
     `max_resubmits` times. `aclose()` leaves the provider's batches running.
+
+    A process that dies inside create() leaves an intent with no batch id; the next one looks for the
+    batch among the provider's (see `find` of each provider) and creates it only when none matches.
     """
 
     batched = True
@@ -335,7 +336,7 @@ class BatchModel(Model):
         return self._conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Any:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -525,6 +526,8 @@ class BatchModel(Model):
                     await self._recover(batch)
                     continue
                 ended = await self._call(self.api.check(batch.batch_id), f"checking batch {batch.batch_id}")
+                if ended is not None:
+                    self._settle(batch, ended)
             except ModelCallError as exc:
                 ok = False
                 if exc.status == 404 and batch.batch_id is not None:  # the provider no longer knows it
@@ -537,9 +540,6 @@ class BatchModel(Model):
                 ok = False
                 self._errors += 1
                 log.exception("%s: unexpected error while polling batch %s", self.spec, batch.batch_id)
-                continue
-            if ended is not None:
-                self._settle(batch, ended)
         return ok
 
     async def _recover(self, batch: _Batch) -> None:
@@ -554,9 +554,7 @@ class BatchModel(Model):
                 db.execute("UPDATE batches SET batch_id = ?, status = 'submitted' WHERE token = ?", (found, batch.token))
             log.info("%s: found batch %s for intent %s", self.spec, found, batch.token)
             return
-        placeholders = ",".join("?" * len(batch.custom_ids))
-        bodies = dict(self.db.execute(f"SELECT custom_id, body FROM rows WHERE custom_id IN ({placeholders})",
-                                      batch.custom_ids).fetchall())
+        bodies = dict(self.db.execute("SELECT custom_id, body FROM rows WHERE batch_token = ?", (batch.token,)))
         await self._create(batch, [(cid, json.loads(bodies[cid])) for cid in batch.custom_ids])
 
     def _settle(self, batch: _Batch, ended: Ended) -> None:
@@ -591,9 +589,8 @@ class BatchModel(Model):
                 self._failed[cid] = error
             self._resolve(cid, response, error)
         if retry:
-            placeholders = ",".join("?" * len(retry))
-            bodies = dict(self.db.execute(f"SELECT custom_id, body FROM rows WHERE custom_id IN ({placeholders})",
-                                          retry).fetchall())
+            bodies = dict(self.db.execute("SELECT custom_id, body FROM rows WHERE batch_token = ? AND status = 'pending'",
+                                          (batch.token,)))
             for cid in retry:
                 self._enqueue(cid, json.loads(bodies[cid]), self._attempts.get(cid, 1))
             log.info("%s: resubmitting %d rows of batch %s", self.spec, len(retry), batch.batch_id)

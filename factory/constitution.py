@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 import json
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class Constitution(Strict):
                 raise ValueError(f"examples[{i}] names unknown principle {ex.principle!r}")
         return self
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Content hash: changes with any principle or example, not with comments or layout."""
         return _digest(self.model_dump())

@@ -133,6 +133,7 @@ def test_batches_split_at_max_bytes(srv: FakeAPIServer, store: Path, spec: str) 
     sizes = {f"q{i}": model.api.size(custom_id(PROVIDER[spec], "x", {}), model.api.request(m, GenParams()))
              for i, m in enumerate(prompts(7))}
     limit = model.api.overhead + 2 * max(sizes.values())  # two rows fit, never three
+    asyncio.run(model.aclose())
     results = run(batch_model(spec, store, max_bytes=limit), prompts(7))
     assert texts(results) == [f"Reply to: q{i}" for i in range(7)]
     assert srv.rows_per_batch() == [2, 2, 2, 1]
@@ -247,6 +248,17 @@ def test_a_failed_create_is_retried_once_the_provider_has_no_batch(srv: FakeAPIS
     results = run(batch_model(spec, store), prompts(2))
     assert texts(results) == ["Reply to: q0", "Reply to: q1"]
     assert srv.batch_count() == 1
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_a_rejected_batch_fails_its_rows(srv: FakeAPIServer, store: Path, spec: str) -> None:
+    srv.inject("401")  # the server echoes the key; the error must not
+    with pytest.raises(ModelCallError) as info:
+        run(batch_model(spec, store), prompts(2))
+    assert info.value.fatal and not info.value.retryable
+    assert "HTTP 401" in str(info.value) and KEY not in str(info.value)
+    assert not srv.created_batches
+    assert [status for _, _, status in stored_batches(store)] == ["rejected"]
 
 
 # --- persistence and restarts ----------------------------------------------------------------
@@ -368,10 +380,12 @@ def test_only_openai_and_anthropic_models_batch(store: Path) -> None:
 
 
 def test_limits_never_exceed_the_providers(srv: FakeAPIServer, store: Path) -> None:
-    model = batch_model("anthropic:claude-test", store, max_requests=10**9, max_bytes=10**12)
-    assert (model.max_requests, model.max_bytes) == (100_000, 256_000_000)
-    model = batch_model("openai:gpt-test", store, max_requests=10)
-    assert (model.max_requests, model.max_bytes) == (10, 200_000_000)
+    anthropic_model = batch_model("anthropic:claude-test", store, max_requests=10**9, max_bytes=10**12)
+    openai_model = batch_model("openai:gpt-test", store, max_requests=10)
+    assert (anthropic_model.max_requests, anthropic_model.max_bytes) == (100_000, 256_000_000)
+    assert (openai_model.max_requests, openai_model.max_bytes) == (10, 200_000_000)
+    for model in (anthropic_model, openai_model):
+        asyncio.run(model.aclose())
 
 
 # --- the server itself -----------------------------------------------------------------------
@@ -438,17 +452,15 @@ def test_server_latency_jitter_and_seeded_faults() -> None:
 
 
 def test_server_runs_as_a_process() -> None:
-    server = Path(__file__).with_name("server.py")
-    process = subprocess.Popen([sys.executable, str(server), "--port", "0", "--latency", "0.01", "--seed", "1"],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        url = process.stdout.readline().strip()  # type: ignore[union-attr]
-        assert url.startswith("http://127.0.0.1:")
-        body = json.dumps({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hello"}]}).encode()
-        request = urllib.request.Request(url + "/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert json.loads(response.read())["choices"][0]["message"]["content"] == "Reply to: hello"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
+    command = [sys.executable, str(Path(__file__).with_name("server.py")), "--port", "0", "--latency", "0.01"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            url = process.stdout.readline().strip()  # type: ignore[union-attr]
+            assert url.startswith("http://127.0.0.1:")
+            body = json.dumps({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hello"}]})
+            request = urllib.request.Request(url + "/v1/chat/completions", body.encode(), {"Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert json.loads(response.read())["choices"][0]["message"]["content"] == "Reply to: hello"
+        finally:
+            process.terminate()
+    assert process.returncode == 0  # SIGTERM ends it cleanly

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import anthropic
-from anthropic.types import Message as AnthropicMessage
+from anthropic._constants import ANTHROPIC_API_VERSION
 
 from factory.errors import (
     FATAL_STATUS,
@@ -17,11 +17,11 @@ from factory.errors import (
 )
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.openai_backend import redact
+from factory.models.transport import OVERLOADED, JSONClient
 from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
 TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-OVERLOADED = 529  # Anthropic's "overloaded": retryable, like a 5xx
 
 
 class AnthropicModel(Model):
@@ -29,7 +29,8 @@ class AnthropicModel(Model):
 
     SDK 2.x speaks API version 2026-10-21, which rejects temperature, top_p and top_k (HTTP 400, even
     at their defaults), so those GenParams are not sent. The API gives no logprobs either. The SDK's
-    own retries are off: the caller's retry layer is the only one.
+    own retries are off: the caller's retry layer is the only one. Online calls go through
+    factory.models.transport, with the SDK's API version; the SDK client serves Message Batches.
     """
 
     provider = "anthropic"
@@ -41,9 +42,12 @@ class AnthropicModel(Model):
         self.spec, self.name = spec, name
         self._key = key
         self._client: anthropic.AsyncAnthropic | None = None
+        base_url = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_API_VERSION}
+        self._http = JSONClient(spec, base_url, headers, key, "<ANTHROPIC_API_KEY>")
 
     def client(self) -> anthropic.AsyncAnthropic:
-        """Built on first use, inside the running loop (the aiohttp session binds to it)."""
+        """The SDK client, for Message Batches. Built on first use, inside the running loop."""
         if self._client is None:
             self._client = anthropic.AsyncAnthropic(
                 api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=anthropic.DefaultAioHttpClient()
@@ -51,12 +55,8 @@ class AnthropicModel(Model):
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
-        try:
-            raw = await self.client().messages.with_raw_response.create(**anthropic_request(self.name, messages, params))
-            response = await raw.parse()
-        except anthropic.APIError as exc:
-            raise self.error(exc) from exc
-        return completion_from_anthropic(response, parse_anthropic_headers(raw.headers))
+        body, headers = await self._http.post("/v1/messages", anthropic_request(self.name, messages, params))
+        return completion_from_anthropic(body, parse_anthropic_headers(headers))
 
     def error(self, exc: anthropic.APIError) -> ModelCallError:
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
@@ -69,6 +69,7 @@ class AnthropicModel(Model):
         return ModelCallError(message, retryable=isinstance(exc, anthropic.APIConnectionError))
 
     async def aclose(self) -> None:
+        await self._http.aclose()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -89,12 +90,14 @@ def anthropic_request(model: str, messages: list[Message], params: GenParams) ->
     return body
 
 
-def completion_from_anthropic(response: AnthropicMessage, limits: LimitInfo | None = None) -> Completion:
-    stop_reason = response.stop_reason or "unknown"
+def completion_from_anthropic(body: dict[str, Any], limits: LimitInfo | None = None) -> Completion:
+    """A Messages JSON body (an online response, or one batch result's message) as a Completion."""
+    stop_reason = body.get("stop_reason") or "unknown"
+    usage = body.get("usage") or {}
     return Completion(
-        text="".join(block.text for block in response.content if block.type == "text"),
-        prompt_tokens=response.usage.input_tokens,
-        completion_tokens=response.usage.output_tokens,
+        text="".join(block.get("text", "") for block in body.get("content") or [] if block.get("type") == "text"),
+        prompt_tokens=usage.get("input_tokens") or 0,
+        completion_tokens=usage.get("output_tokens") or 0,
         finish_reason=FINISH_REASONS.get(stop_reason, stop_reason),
         limits=limits,
     )

@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from factory.errors import (
     FATAL_STATUS,
@@ -16,6 +15,7 @@ from factory.errors import (
     retry_after_seconds,
 )
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.transport import JSONClient
 from factory.ratelimit import LimitInfo, parse_openai_headers
 
 TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
@@ -26,6 +26,9 @@ class OpenAIModel(Model):
     """`openai:MODEL`. Reads OPENAI_API_KEY; the SDK reads OPENAI_BASE_URL.
 
     The SDK's own retries are off: the caller's retry layer is the only one, so attempts never multiply.
+    Online calls go through factory.models.transport (plain aiohttp: the SDK's typed path costs too much
+    CPU at high concurrency); the SDK client serves the Batch API. OPENAI_ORG_ID and
+    OPENAI_PROJECT_ID are sent as the SDK would.
     """
 
     provider = "openai"
@@ -41,9 +44,15 @@ class OpenAIModel(Model):
         self.spec, self.name = spec, name
         self._key = key
         self._client: openai.AsyncOpenAI | None = None
+        headers = {"authorization": f"Bearer {key}"}
+        for variable, header in (("OPENAI_ORG_ID", "openai-organization"), ("OPENAI_PROJECT_ID", "openai-project")):
+            if os.environ.get(variable):
+                headers[header] = os.environ[variable]
+        base_url = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self._http = JSONClient(spec, base_url, headers, key, "<OPENAI_API_KEY>")
 
     def client(self) -> openai.AsyncOpenAI:
-        """Built on first use, inside the running loop (the aiohttp session binds to it)."""
+        """The SDK client, for the Batch API. Built on first use, inside the running loop."""
         if self._client is None:
             self._client = openai.AsyncOpenAI(
                 api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=openai.DefaultAioHttpClient()
@@ -51,12 +60,8 @@ class OpenAIModel(Model):
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
-        try:
-            raw = await self.client().chat.completions.with_raw_response.create(**openai_request(self.name, messages, params))
-            response = raw.parse()
-        except openai.APIError as exc:
-            raise self.error(exc) from exc
-        return completion_from_openai(response, params, parse_openai_headers(raw.headers))
+        body, headers = await self._http.post("/chat/completions", openai_request(self.name, messages, params))
+        return completion_from_openai(body, params, parse_openai_headers(headers))
 
     def error(self, exc: openai.APIError) -> ModelCallError:
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
@@ -68,6 +73,7 @@ class OpenAIModel(Model):
         return ModelCallError(message, retryable=isinstance(exc, openai.APIConnectionError))
 
     async def aclose(self) -> None:
+        await self._http.aclose()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -92,31 +98,33 @@ def openai_request(model: str, messages: list[Message], params: GenParams) -> di
     return body
 
 
-def completion_from_openai(response: ChatCompletion, params: GenParams, limits: LimitInfo | None = None) -> Completion:
-    if not response.choices:
+def completion_from_openai(body: dict[str, Any], params: GenParams, limits: LimitInfo | None = None) -> Completion:
+    """A chat.completion JSON body (an online response, or one row of a batch's output) as a Completion."""
+    choices = body.get("choices") or []
+    if not choices:
         raise ModelCallError("the server returned no choices", retryable=True)
-    choice = response.choices[0]
-    usage = response.usage
+    choice = choices[0]
+    usage = body.get("usage") or {}
     return Completion(
-        text=choice.message.content or "",
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        finish_reason=choice.finish_reason or "unknown",
-        logprobs=_first_token_logprobs(response, params.logprob_tokens) if params.logprob_tokens else None,
+        text=(choice.get("message") or {}).get("content") or "",
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        finish_reason=choice.get("finish_reason") or "unknown",
+        logprobs=_first_token_logprobs(choice, params.logprob_tokens) if params.logprob_tokens else None,
         limits=limits,
     )
 
 
-def _first_token_logprobs(response: ChatCompletion, wanted: tuple[str, ...]) -> dict[str, float]:
+def _first_token_logprobs(choice: dict[str, Any], wanted: tuple[str, ...]) -> dict[str, float]:
     """log P of each wanted token among the first generated token's candidates, matched without whitespace."""
-    logprobs = response.choices[0].logprobs
-    if logprobs is None or not logprobs.content:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
         return {}
     found: dict[str, float] = {}
-    for candidate in logprobs.content[0].top_logprobs:
+    for candidate in content[0].get("top_logprobs") or []:
         for token in wanted:
-            if candidate.token.strip() == token.strip():
-                found[token] = max(found.get(token, candidate.logprob), candidate.logprob)
+            if candidate["token"].strip() == token.strip():
+                found[token] = max(found.get(token, candidate["logprob"]), candidate["logprob"])
     return found
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from datasets import Features, List, Value
 
 from factory.config import ExportConfig
 from factory.constitution import Constitution
@@ -19,17 +18,19 @@ from factory.records import Record, normalise
 from factory.stats import StageStats
 
 NAME = "export"
-_TURN = {"role": Value("string"), "content": Value("string")}
-_PROVENANCE = {
-    "prompt_id": Value("string"),
-    "principle_ids": List(Value("string")),
-    "constitution": Value("string"),
-    "constitution_hash": Value("string"),
-    "generator_model": Value("string"),
-}
-FEATURES = {
-    "sft": Features({"messages": List(_TURN), **_PROVENANCE}),
-    "prefs": Features({"prompt": List(_TURN), "chosen": List(_TURN), "rejected": List(_TURN), **_PROVENANCE}),
+# Plain Arrow types, which `datasets` reads as List({"role": Value("string"), "content": Value("string")})
+# and so on. (Importing `datasets` here would add about 80 MB to every run's memory.)
+_TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_PROVENANCE = [
+    ("prompt_id", pa.string()),
+    ("principle_ids", pa.list_(pa.string())),
+    ("constitution", pa.string()),
+    ("constitution_hash", pa.string()),
+    ("generator_model", pa.string()),
+]
+SCHEMAS = {
+    "sft": pa.schema([("messages", _TURNS), *_PROVENANCE]),
+    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_PROVENANCE]),
 }
 SPLITS = ("train", "test")
 
@@ -46,8 +47,8 @@ class SplitWriter:
 
     CHUNK = 2000
 
-    def __init__(self, features: Features, folder: Path):
-        self.schema, self.folder = features.arrow_schema, folder
+    def __init__(self, schema: pa.Schema, folder: Path):
+        self.schema, self.folder = schema, folder
         self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.counts = dict.fromkeys(SPLITS, 0)
@@ -124,7 +125,7 @@ def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitu
     st.touch()
     tmp = run_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    writers = {name: SplitWriter(features, tmp / name) for name, features in FEATURES.items()}
+    writers = {name: SplitWriter(schema, tmp / name) for name, schema in SCHEMAS.items()}
     example = None
     for rec in records:
         st.records_in += 1
@@ -147,7 +148,7 @@ def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitu
     }
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + card(counts, example))
-    for name in FEATURES:
+    for name in SCHEMAS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)
