@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from factory.calllog import CallLog, call_key
+from factory.calllog import CallLog, call_key, request_json
 from factory.endpoint import Endpoint
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message
@@ -49,7 +49,8 @@ class Caller:
             params = replace(params, stop=tuple(dict.fromkeys(params.stop + template.stop)))
         if sample:  # a fresh sample of the same request: another seed, another cache entry
             params = replace(params, seed=derive_seed(params.seed or 0, "sample", sample))
-        key = call_key(model, messages, params, template.name, template.digest, context, sample)
+        request = request_json(messages, params)
+        key = call_key(model, request, template.name, template.digest, context, sample)
         st = self.stats[stage]
         st.touch()
         result, cached, latency, cost = self._cached(key), True, 0.0, 0.0
@@ -69,9 +70,9 @@ class Caller:
             finally:
                 del self.active[call_id]
             latency = time.monotonic() - start
-            self.log.put(key, stage, model, template.name, template.digest, messages, params, result, latency, cost)
+            self.log.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
             if self.shared is not None:
-                self.shared.put(key, stage, model, template.name, template.digest, messages, params, result, latency, cost)
+                self.shared.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
             if self.debug is not None:
                 self.debug(f"{stage} {purpose}", messages, params, result)
         self.last_done = time.monotonic()

@@ -9,7 +9,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from factory.models import Completion, GenParams, Message
@@ -44,19 +44,20 @@ COLUMNS = "key, stage, model, template, template_hash, request, response, prompt
           "finish_reason, latency, cost, created"
 
 
-def call_key(model: str, messages: list[Message], params: GenParams, template: str, template_hash: str,
-             context: dict | None = None, sample: int = 0) -> str:
-    """A hash of everything that shapes the request: backend and model, the rendered messages, the
-    parameters, the template and its hash, what of the constitution the call used (`context`, e.g.
-    the principle's hash) and the sample index. Editing one principle changes only the keys of the
-    calls that used it."""
-    blob = json.dumps(
-        {"model": model, "messages": messages, "params": asdict(params), "template": template, "hash": template_hash,
-         "context": context or {}, "sample": sample},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+def request_json(messages: list[Message], params: GenParams) -> str:
+    """The request as logged: the rendered messages and every parameter."""
+    fields = {f.name: getattr(params, f.name) for f in dataclass_fields(params)}
+    return json.dumps({"messages": messages, "params": fields}, sort_keys=True, ensure_ascii=False)
+
+
+def call_key(model: str, request: str, template: str, template_hash: str, context: dict | None = None,
+             sample: int = 0) -> str:
+    """A hash of everything that shapes the request: backend and model, the rendered messages and
+    parameters (`request`, from request_json), the template and its hash, what of the constitution
+    the call used (`context`, e.g. the principle's hash) and the sample index. Editing one
+    principle changes only the keys of the calls that used it."""
+    extra = json.dumps([model, template, template_hash, context or {}, sample], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(f"{extra}\n{request}".encode()).hexdigest()
 
 
 class CallLog:
@@ -82,9 +83,8 @@ class CallLog:
         if row is not None:
             self.db.execute(f"INSERT OR IGNORE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})", row)
 
-    def put(self, key: str, stage: str, model: str, template: str, template_hash: str, messages: list[Message],
-            params: GenParams, result: Completion, latency: float, cost: float) -> None:
-        request = json.dumps({"messages": messages, "params": asdict(params)}, ensure_ascii=False)
+    def put(self, key: str, stage: str, model: str, template: str, template_hash: str, request: str,
+            result: Completion, latency: float, cost: float) -> None:
         response = json.dumps({"text": result.text, "logprobs": result.logprobs}, ensure_ascii=False)
         self.db.execute(
             f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",

@@ -120,7 +120,8 @@ class Endpoint:
             start = time.monotonic()
             timeout = self.timeouts(template) if self.timeouts else None
             try:
-                result = await asyncio.wait_for(self.model.complete(messages, params), timeout)
+                async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
+                    result = await self.model.complete(messages, params)
             except TimeoutError:
                 self.counts["timeouts"] += 1
                 raise ModelCallError(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "

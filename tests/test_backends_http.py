@@ -261,3 +261,24 @@ def test_server_requires_a_key(srv: FakeAPIServer, path: str, error: dict) -> No
 def test_server_rejects_unknown_faults() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         FakeAPIServer().inject("boom")
+
+
+def test_anthropic_api_version_is_the_sdks() -> None:
+    from anthropic._constants import ANTHROPIC_API_VERSION
+
+    from factory.models.anthropic_backend import API_VERSION
+
+    assert API_VERSION == ANTHROPIC_API_VERSION
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_online_calls_do_not_import_the_sdk(srv: FakeAPIServer, spec: str) -> None:
+    """The SDKs cost memory and start-up time; only the Batch API needs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asyncio; from factory.models import load_model, GenParams; m = load_model(%r); "
+            "asyncio.run(m.complete([{'role': 'user', 'content': 'hi'}], GenParams())); "
+            "print(sorted({'openai', 'anthropic'} & set(sys.modules)))" % spec)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

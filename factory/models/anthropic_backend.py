@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import anthropic
-from anthropic._constants import ANTHROPIC_API_VERSION
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import (
     FATAL_STATUS,
@@ -20,7 +17,11 @@ from factory.models.openai_backend import redact
 from factory.models.transport import OVERLOADED, JSONClient
 from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
+if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
+    import anthropic
+
 TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
+API_VERSION = "2026-10-21"  # what the anthropic SDK 2.11 sends (a test checks they agree)
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -43,12 +44,14 @@ class AnthropicModel(Model):
         self._key = key
         self._client: anthropic.AsyncAnthropic | None = None
         base_url = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-        headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_API_VERSION}
+        headers = {"x-api-key": key, "anthropic-version": API_VERSION}
         self._http = JSONClient(spec, base_url, headers, key, "<ANTHROPIC_API_KEY>")
 
     def client(self) -> anthropic.AsyncAnthropic:
         """The SDK client, for Message Batches. Built on first use, inside the running loop."""
         if self._client is None:
+            import anthropic
+
             self._client = anthropic.AsyncAnthropic(
                 api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=anthropic.DefaultAioHttpClient()
             )
@@ -60,6 +63,8 @@ class AnthropicModel(Model):
 
     def error(self, exc: anthropic.APIError) -> ModelCallError:
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
+        import anthropic
+
         message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<ANTHROPIC_API_KEY>")
         if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
@@ -104,6 +109,8 @@ def completion_from_anthropic(body: dict[str, Any], limits: LimitInfo | None = N
 
 
 def _describe(exc: anthropic.APIError) -> str:
+    import anthropic
+
     if isinstance(exc, anthropic.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.api_message or exc.message}"
     # The transport's own error ("Server disconnected", "Connect call failed") says more than the SDK's.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import (
     FATAL_STATUS,
@@ -17,6 +15,9 @@ from factory.errors import (
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.transport import JSONClient
 from factory.ratelimit import LimitInfo, parse_openai_headers
+
+if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
+    import openai
 
 TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 TOP_LOGPROBS = 20
@@ -54,6 +55,8 @@ class OpenAIModel(Model):
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client, for the Batch API. Built on first use, inside the running loop."""
         if self._client is None:
+            import openai
+
             self._client = openai.AsyncOpenAI(
                 api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=openai.DefaultAioHttpClient()
             )
@@ -65,6 +68,8 @@ class OpenAIModel(Model):
 
     def error(self, exc: openai.APIError) -> ModelCallError:
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
+        import openai
+
         message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<OPENAI_API_KEY>")
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -129,6 +134,8 @@ def _first_token_logprobs(choice: dict[str, Any], wanted: tuple[str, ...]) -> di
 
 
 def _describe(exc: openai.APIError) -> str:
+    import openai
+
     if isinstance(exc, openai.APIStatusError):
         body = exc.body  # the SDK unwraps {"error": {...}}
         message = body.get("message") if isinstance(body, dict) else body
