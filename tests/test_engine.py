@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,48 @@ def test_shared_cache_lets_a_new_run_reuse_old_calls(api, tmp_path: Path) -> Non
     assert not api.requests
     stats = json.loads((tmp_path / "b" / "stats.json").read_text())
     assert stats["stages"]["answer"]["cached_calls"] == 5 and stats["run_totals"]["answer"]["calls"] == 5
+
+
+def many_calls(caller, spec: str, n: int) -> float:
+    template = load_template(Path(__file__).parent.parent / "prompts", "answer", answer.VARIABLES)
+
+    async def go() -> None:
+        try:
+            await asyncio.gather(*(caller.chat("answer", f"a{i}", template, {"prompt": f"question {i}"}, spec,
+                                               GenParams(max_tokens=20)) for i in range(n)))
+        finally:
+            for e in caller.endpoints.values():
+                await e.model.aclose()
+
+    start = time.monotonic()
+    asyncio.run(go())
+    return time.monotonic() - start
+
+
+def test_limits_from_the_providers_headers_pace_requests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with FakeAPIServer(rate_limit_headers=True, rpm=600, tpm=10**7) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        caller = make_caller({"openai:m": load_model("openai:m")}, CallLog(tmp_path / "c.sqlite"), concurrency=64)
+        many_calls(caller, "openai:m", 1)  # learns 600 requests per minute from the headers
+        assert caller.endpoints["openai:m"].limiter.effective_rpm == 600
+        elapsed = many_calls(caller, "openai:m", 40)
+    assert 2.0 < elapsed < 6.0  # 10 per second after a one-second burst, not all 40 at once
+
+
+def test_429s_slow_the_endpoint_down_smoothly_and_every_call_completes(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    with FakeAPIServer(enforce_rpm=20, window_s=1.0) as server:  # at most 20 requests a second
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        caller = make_caller({"openai:m": load_model("openai:m")}, CallLog(tmp_path / "c.sqlite"), concurrency=32,
+                             retries={"max_attempts": 20})
+        elapsed = many_calls(caller, "openai:m", 100)
+        statuses = server.counts
+    endpoint = caller.endpoints["openai:m"]
+    st = caller.stats["answer"]
+    assert st.calls == 100 and st.rate_limited > 0
+    assert endpoint.limiter.effective_rpm is not None  # a cap was learned from the 429s
+    assert st.rate_limited < 60  # the endpoint slowed down instead of hammering the server
+    assert elapsed < 15  # 100 calls at 20 a second take 5 s at best
+    assert statuses.get("ok") == 100

@@ -210,3 +210,37 @@ def test_keys_never_reach_the_run_directory_even_in_debug(api, tmp_path: Path) -
         if f.is_file():
             assert b"SECRET" not in f.read_bytes(), f
     assert os.environ["OPENAI_API_KEY"].endswith("SECRET123")
+
+
+@pytest.mark.parametrize("spec", ["openai:m", "anthropic:m"])
+def test_batch_mode_runs_each_stage_as_batches_and_matches_online(api, tmp_path: Path, spec: str) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    online = tmp_path / "online"
+    assert factory("run", "--model", spec, "--prompts", prompts, "--out", online).returncode == 0
+    api.requests.clear()
+    api.batch_delay = 0.2
+    out = tmp_path / "batch"
+    cfg = api_config(tmp_path, batch={"poll_s": 0.1, "flush_s": 0.3})
+    r = factory("run", cfg, "--model", spec, "--prompts", prompts, "--batch", "--out", out)
+    assert r.returncode == 0, r.stderr
+    provider = spec.split(":")[0]
+    assert api.rows_per_batch(provider) == [5, 5, 5]  # answers, then critiques, then revisions
+    assert not [q for q in api.requests if q["path"] in ("/v1/chat/completions", "/v1/messages")]
+    assert dataset_files(out) == dataset_files(online)
+    assert json.loads((out / "manifest.json").read_text())["batch"] is True
+
+
+def test_batch_run_killed_while_waiting_resumes_without_submitting_again(api, tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    api.batch_delay = 2.0
+    out = tmp_path / "run"
+    cfg = api_config(tmp_path, batch={"poll_s": 0.1, "flush_s": 0.3})
+    proc = start("run", cfg, "--model", "openai:m", "--prompts", prompts, "--batch", "--out", out)
+    wait_for(lambda: api.batch_count("openai") == 1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = factory("run", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    assert api.rows_per_batch("openai") == [5, 5, 5]  # the answer batch was picked up, not sent twice
+    assert sum(1 for _ in (out / "records.jsonl").open()) == 5
