@@ -1,11 +1,15 @@
 """Per-endpoint rate limiting: token buckets for requests and tokens per minute, with limits
 taken from config or the providers' response headers, and AIMD adaptation to 429s.
 
-Adaptation policy: a 429 multiplies the allowed rate by DECREASE (at most once per cooldown of
-COOLDOWN_S, or retry_after if longer), down to a floor of FLOOR of the cap (and >= 1 rpm). After
-the cooldown, each successful response grows the factor additively by the clean time elapsed
-divided by RECOVERY_S, so the endpoint is back at full rate after at most RECOVERY_S of clean
-responses (18 s after a single 429). Nothing ever pauses for a fixed time; only the rate changes.
+Adaptation policy (AIMD, once a second): the allowed rate is cap x factor. Every ADJUST_S the
+factor is multiplied by (1 - the fraction of that second's answers that were 429s), cut at most to
+MAX_CUT, and grows by GROWTH per second, up to 1. So a burst of 429s from requests already in flight
+halves the rate at most once; a steady trickle of stray 429s (2% of answers) barely moves it; a
+real overload (most answers 429) brings it down within seconds; and after it the endpoint is back
+at full rate within 1/GROWTH seconds. With no known cap (no config, no headers), the first 429
+sets one at the rate that got through; such a derived cap also grows with the factor and is
+forgotten once it is far above what the endpoint achieves. Nothing ever pauses for a fixed time.
+Retry-After is honoured by the retry of the request that got it, not here.
 """
 
 from __future__ import annotations
@@ -13,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 BURST_S = 1.0  # bucket capacity, in seconds of the current rate
-DECREASE = 0.7  # multiplicative decrease on a 429
+ADJUST_S = 1.0  # the factor is adjusted once per this many seconds, from their answers
+MAX_CUT = 0.5  # one adjustment at most halves the rate
+GROWTH = 0.05  # the factor regains this much per second (half to full in 10 s)
 FLOOR = 0.02  # the factor never goes below this fraction of the cap
-COOLDOWN_S = 1.0  # 429s within this window of the last decrease do not decrease again
-RECOVERY_S = 60.0  # clean seconds to grow the factor from 0 back to 1
-WINDOW_S = 30.0  # sliding window for the observed completion rate
-FALLBACK_RPM = 60.0  # cap after a 429 when no limit is known and nothing was observed
+FORGET = 4.0  # a derived cap this many times above the achieved rate is dropped
+FALLBACK_RPM = 60.0  # cap after a 429 when no limit is known and nothing got through
 MAX_NAP_S = 1.0  # waiters re-check at least this often, so rate changes take effect
 _EPS = 1e-9
 
@@ -108,9 +111,8 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._factor = 1.0
         self._rate_limited = 0
-        self._cooldown_until = -math.inf  # no decrease before this; recovery counts from here
-        self._started = self._updated = clock()
-        self._done: deque[float] = deque()  # completion times within WINDOW_S
+        self._window_start = self._updated = clock()
+        self._ok = self._limited = 0  # answers in the current adjustment window
         self._req: float | None = None  # bucket levels; None while that limit is unknown
         self._tok: float | None = None
 
@@ -184,39 +186,40 @@ class RateLimiter:
             self._tok -= actual - estimated
             self._sync()  # clamp a refund to capacity
 
-    def _observed_rpm(self, now: float) -> float:
-        while self._done and self._done[0] < now - WINDOW_S:
-            self._done.popleft()
-        span = max(1.0, min(WINDOW_S, now - self._started))
-        return len(self._done) * 60 / span
-
     def on_success(self, info: LimitInfo | None = None) -> None:
-        """Record a completion, adopt header limits and recover the factor toward 1."""
-        self._sync()
-        now = self._clock()
-        self._done.append(now)
-        self._observed_rpm(now)  # prunes the window
+        """Record an answer and adopt the limits its headers state."""
         if info is not None:
             if info.requests_limit:
                 self._header_rpm = float(info.requests_limit)
             if info.tokens_limit:
                 self._header_tpm = float(info.tokens_limit)
-        if now > self._cooldown_until:
-            self._factor = min(1.0, self._factor + (now - self._cooldown_until) / RECOVERY_S)
-            self._cooldown_until = now
-        self._sync()
+        self._ok += 1
+        self._adjust()
 
     def on_rate_limited(self, retry_after: float | None = None) -> None:
-        """A 429: decrease the allowed rate multiplicatively, at most once per cooldown."""
+        """Record a 429; the rate comes down at the next adjustment. Never sleeps."""
         self._rate_limited += 1
+        self._limited += 1
+        self._adjust()
+
+    def _adjust(self) -> None:
         now = self._clock()
-        if now < self._cooldown_until:
+        seconds = now - self._window_start
+        if seconds < ADJUST_S - _EPS:
             return
         self._sync()
-        if self._rpm_cap is None:
-            observed = self._observed_rpm(now)
-            self._derived_rpm = observed / self._factor if observed > 0 else FALLBACK_RPM
-        floor = min(1.0, max(FLOOR, 1.0 / self._rpm_cap)) if self._rpm_cap else FLOOR
-        self._factor = max(floor, self._factor * DECREASE)
-        self._cooldown_until = now + max(COOLDOWN_S, retry_after or 0.0)
+        got_through = self._ok * 60 / seconds  # requests per minute answered in this window
+        if self._limited:
+            if self._rpm_cap is None:  # no known limit: start from the rate that got through
+                self._derived_rpm, self._factor = max(FALLBACK_RPM, got_through), 1.0
+            self._factor *= max(MAX_CUT, 1 - self._limited / (self._ok + self._limited))
+        self._factor += GROWTH * seconds
+        derived = self._derived_rpm is not None and _min(self._rpm, self._header_rpm) is None
+        if derived and self._factor > 1:
+            self._derived_rpm, self._factor = self._derived_rpm * self._factor, 1.0
+            if not self._limited and self._derived_rpm > FORGET * max(got_through, FALLBACK_RPM):
+                self._derived_rpm = None  # far above what the endpoint achieves: no longer a limit
+        cap = self._rpm_cap
+        self._factor = max(min(1.0, max(FLOOR, 1.0 / cap)) if cap else FLOOR, min(1.0, self._factor))
+        self._window_start, self._ok, self._limited = now, 0, 0
         self._sync()

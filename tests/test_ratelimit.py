@@ -164,97 +164,97 @@ def test_explicit_config_wins_when_lower():
     assert rl.effective_tpm == 30000  # provider's real limit is lower: wins
 
 
-def test_429_decreases_rate_once_per_cooldown():
+def answers(t: FakeTime, rl: RateLimiter, seconds: float, ok: int, limited: int) -> None:
+    """`ok` answers and `limited` 429s, spread evenly over `seconds` of simulated time."""
+    events = ["ok"] * ok + ["429"] * limited
+    events.sort(key=lambda e: e == "429")  # 429s last, as when a limit is hit mid-second
+    for e in events:
+        t.now += seconds / len(events)
+        rl.on_success() if e == "ok" else rl.on_rate_limited()
+
+
+def test_a_burst_of_429s_cuts_the_rate_at_most_in_half():
     t = FakeTime()
     rl = make(t, rpm=600)
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(420)
-    for _ in range(10):  # a burst from requests already in flight
-        t.now += 0.05
-        rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(420)
-    assert rl.snapshot()["rate_limited"] == 11
-    t.now = 1.5
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(294)
+    answers(t, rl, 1.0, ok=0, limited=64)  # everything in flight came back 429
+    assert rl.effective_rpm == pytest.approx(600 * (0.5 + 0.05))
+    assert rl.snapshot()["rate_limited"] == 64
     assert t.slept == []  # never sleeps itself
 
 
-def test_429_slows_admission_immediately():
+def test_stray_429s_barely_move_the_rate():
+    t = FakeTime()
+    rl = make(t, rpm=6000)
+    for _ in range(30):  # 2% of answers are 429s, for 30 s
+        answers(t, rl, 1.0, ok=98, limited=2)
+    assert rl.effective_rpm > 0.95 * 6000
+
+
+def test_a_real_overload_brings_the_rate_down_within_seconds():
     t = FakeTime()
     rl = make(t, rpm=600)
-    count_in(t, rl, 1.0)
-    rl.on_rate_limited()
-    n = count_in(t, rl, 10.0)
-    assert abs(n - 70) <= 2  # 7/s, not 10/s and not a freeze
+    answers(t, rl, 1.0, ok=4, limited=6)  # 60% refused
+    assert rl.effective_rpm == pytest.approx(600 * (0.5 + 0.05))
+    answers(t, rl, 1.0, ok=8, limited=2)  # 20% refused
+    assert rl.effective_rpm == pytest.approx(600 * ((0.55 * 0.8) + 0.05))
 
 
-def test_retry_after_extends_cooldown():
+def test_429_slows_admission_immediately_after_the_adjustment():
     t = FakeTime()
     rl = make(t, rpm=600)
-    rl.on_rate_limited(retry_after=5)
-    t.now = 3.0
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(420)
-    t.now = 6.0
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(294)
+    answers(t, rl, 1.0, ok=5, limited=5)  # factor 0.55
+    n = count_in(t, rl, 2.0)
+    assert 10 <= n <= 17  # a 5-request burst, then about 5.5 a second; at full rate it would be 30
 
 
-def test_floor():
+def test_a_total_outage_settles_at_a_trickle_not_a_freeze():
     t = FakeTime()
     rl = make(t, rpm=600)
-    for _ in range(50):
-        t.now += 2
-        rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(12)  # 2% of the cap
-    slow = make(t, rpm=10)
-    for _ in range(50):
-        t.now += 2
-        slow.on_rate_limited()
-    assert slow.effective_rpm == pytest.approx(1)  # at least one request per minute
+    for _ in range(20):  # every answer a 429: halved each second, 5% back each second
+        answers(t, rl, 1.0, ok=0, limited=10)
+    assert rl.effective_rpm == pytest.approx(60, rel=0.01)  # 10% of the cap keeps probing
+    slow = make(t, rpm=5)
+    for _ in range(20):
+        answers(t, slow, 1.0, ok=0, limited=10)
+    assert slow.effective_rpm == pytest.approx(1)  # never below one request per minute
 
 
 def test_recovery_is_gradual_and_time_based():
     t = FakeTime()
     rl = make(t, rpm=600)
-    rl.on_rate_limited()  # factor 0.7, cooldown until t=1
-    t.now = 0.5
-    rl.on_success()
-    assert rl.snapshot()["factor"] == pytest.approx(0.7)  # no recovery inside the cooldown
-    t.now = 10.0
-    rl.on_success()
-    assert rl.snapshot()["factor"] == pytest.approx(0.7 + 9 / 60)
-    for _ in range(30):
-        t.now += 1
-        rl.on_success()
-    assert rl.snapshot()["factor"] == 1.0
-    assert rl.effective_rpm == 600
+    answers(t, rl, 1.0, ok=0, limited=10)  # factor 0.55
+    answers(t, rl, 4.0, ok=40, limited=0)
+    assert rl.snapshot()["factor"] == pytest.approx(0.55 + 4 * 0.05)
+    answers(t, rl, 10.0, ok=100, limited=0)
+    assert rl.snapshot()["factor"] == 1.0 and rl.effective_rpm == 600
 
 
-def test_429_without_cap_derives_one_from_observed_rate():
+def test_429_without_a_cap_starts_from_the_rate_that_got_through():
     t = FakeTime()
     rl = make(t)
-    for _ in range(20):  # 20 completions in 10 s: 120 rpm
-        t.now += 0.5
-        rl.on_success()
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(84)  # 120 x 0.7
+    assert rl.effective_rpm is None
+    answers(t, rl, 1.0, ok=9, limited=1)  # 540 rpm got through, 10% refused
+    assert rl.effective_rpm == pytest.approx(540 * (0.9 + 0.05))
     assert rl.effective_tpm is None
 
 
-def test_429_with_nothing_observed_falls_back_to_small_cap():
+def test_a_derived_cap_grows_and_is_forgotten_when_far_above_the_achieved_rate():
     t = FakeTime()
     rl = make(t)
-    rl.on_rate_limited()
-    assert rl.effective_rpm == pytest.approx(42)  # 60 x 0.7
+    answers(t, rl, 1.0, ok=9, limited=1)  # cap 540 x 0.9 + growth
+    first = rl.effective_rpm
+    answers(t, rl, 1.0, ok=8, limited=0)
+    assert rl.effective_rpm == pytest.approx(first * 1.05, rel=0.01)  # probes upward
+    for _ in range(60):  # the endpoint only manages 60 rpm, and never refuses
+        answers(t, rl, 1.0, ok=1, limited=0)
+    assert rl.effective_rpm is None  # unlimited again
 
-    async def go():
-        await rl.acquire(1)
-        await rl.acquire(1)
 
-    asyncio.run(go())  # now paced: the second request waits for one
-    assert t.now == pytest.approx(60 / 42)
+def test_429_with_nothing_through_falls_back_to_a_small_cap():
+    t = FakeTime()
+    rl = make(t)
+    answers(t, rl, 1.0, ok=0, limited=1)
+    assert rl.effective_rpm == pytest.approx(60 * (0.5 + 0.05))
 
 
 def test_waiters_served_in_arrival_order():
