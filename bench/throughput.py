@@ -64,7 +64,11 @@ def use_sdk(transport: str) -> None:
     import openai
 
     from factory.models import openai_backend
-    from factory.models.openai_backend import completion_from_openai, openai_request, parse_openai_headers
+    from factory.models.openai_backend import (
+        completion_from_openai,
+        openai_request,
+        parse_openai_headers,
+    )
 
     def client(self):
         if self._client is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from functools import cached_property
 import json
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -14,8 +14,6 @@ from server import FakeAPIServer, Reply
 
 from factory.errors import FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message, Model, load_model
-from factory.models.anthropic_backend import AnthropicModel
-from factory.models.openai_backend import OpenAIModel
 
 KEY = "sk-test-SECRET123"
 USER: list[Message] = [{"role": "user", "content": "Name a colour."}]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_cli import ROOT, factory
 
 CONSTITUTION = (ROOT / "constitutions" / "harmless.yaml").read_text()

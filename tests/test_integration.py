@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
+from test_cli import factory, write_prompts
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational, maybe_apply_chat_template
-
-from test_cli import factory, write_prompts
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from conftest import ScriptedModel, drain, kind_of, make_caller
+
 from factory.config import AnswerConfig, CritiqueReviseConfig, QuestionsConfig
 from factory.constitution import load_constitution
 from factory.prompts import load_template
@@ -55,7 +55,6 @@ def test_answer_makes_candidates_with_distinct_seeds_and_lineage(repo, caller, s
 
 def test_empty_answers_drop_the_record_with_a_reason(repo, tmp_path):
     from factory.calllog import CallLog
-    from factory.stats import Stats
 
     model = ScriptedModel(lambda m, p: "   ")
     caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
@@ -198,7 +197,6 @@ def test_template_stop_sequences_reach_the_model(repo, caller, harmless, scripte
 
 def test_echoed_template_is_not_a_revision(repo, tmp_path, harmless):
     from factory.calllog import CallLog
-    from factory.stats import Stats
 
     def script(messages, params):
         kind = kind_of(messages)
