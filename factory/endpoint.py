@@ -27,6 +27,10 @@ MIN_SAMPLES = 20  # latencies observed before the timeout adapts
 FIRST_BACKOFF_S = 0.5
 
 
+class CallTimeout(ModelCallError):
+    """A request cut by the timeout. The server may have read (and billed) its input."""
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ModelCallError) and exc.retryable
 
@@ -104,7 +108,7 @@ class Endpoint:
             spent = self.cost(result.prompt_tokens, result.completion_tokens)
             return result, spent
         except ModelCallError as e:
-            if e.status is None and e.retryable and "no response after" in str(e):
+            if isinstance(e, CallTimeout):
                 spent = self.cost(prompt_est, 0)  # a cut request may still have been billed for its input
             on_error(e, time.monotonic() - start, spent)
             raise
@@ -124,7 +128,7 @@ class Endpoint:
                     result = await self.model.complete(messages, params)
             except TimeoutError:
                 self.counts["timeouts"] += 1
-                raise ModelCallError(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "
+                raise CallTimeout(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "
                                      "observed latency; see `timeouts` in the pipeline config)", retryable=True) from None
             except ModelCallError as e:
                 if e.status == 429:

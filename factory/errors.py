@@ -41,8 +41,19 @@ class ModelCallError(Exception):
         self.fatal, self.retryable, self.retry_after, self.status = fatal, retryable, retry_after, status
 
 
-RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # 5xx includes Anthropic's 529
 FATAL_STATUS = frozenset({401, 403, 404})
+
+
+def http_error(message: str, status: int, headers: object) -> ModelCallError:
+    """A ModelCallError for an HTTP error answer: fatal, retryable or neither, with its Retry-After."""
+    return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=status in RETRYABLE_STATUS,
+                          retry_after=retry_after_seconds(headers), status=status)
+
+
+def redact(message: str, key: str, placeholder: str) -> str:
+    """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
+    return message.replace(key, placeholder) if len(key) >= 8 else message
 
 
 def retry_after_seconds(headers: object) -> float | None:

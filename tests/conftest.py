@@ -130,3 +130,19 @@ def api(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-SECRET456")
         yield srv
+
+
+KEY = "sk-test-SECRET123"
+
+
+@pytest.fixture
+def srv(monkeypatch: pytest.MonkeyPatch):
+    """The real local HTTP server with its default responder, and the env both SDKs read."""
+    from server import FakeAPIServer
+
+    with FakeAPIServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        yield server

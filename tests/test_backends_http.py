@@ -7,26 +7,15 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
+from conftest import KEY
 from server import FakeAPIServer, Reply
 
 from factory.errors import FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message, Model, load_model
 
-KEY = "sk-test-SECRET123"
 USER: list[Message] = [{"role": "user", "content": "Name a colour."}]
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPIServer]:
-    with FakeAPIServer() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        yield server
 
 
 def call(model: Model, messages: list[Message] = USER, params: GenParams = GenParams()) -> Completion:

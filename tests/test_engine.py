@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ScriptedModel, make_caller
+from conftest import KEY, ScriptedModel, make_caller
 from server import FakeAPIServer
 from test_cli import PROMPTS, factory, write_prompts
 
@@ -23,22 +23,10 @@ from factory.prices import Budget, BudgetExceeded, load_prices
 from factory.prompts import load_template
 from factory.stages import answer
 
-KEY = "sk-test-SECRET123"
-
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("factory.endpoint.FIRST_BACKOFF_S", 0.01)
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch):
-    with FakeAPIServer() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        yield server
 
 
 def answer_call(caller, spec: str, prompt: str = "Name a colour."):

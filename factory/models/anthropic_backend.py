@@ -5,16 +5,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from factory.errors import (
-    FATAL_STATUS,
-    RETRYABLE_STATUS,
-    FactoryError,
-    ModelCallError,
-    retry_after_seconds,
-)
+from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
-from factory.models.openai_backend import redact
-from factory.models.transport import OVERLOADED, JSONClient
+from factory.models.transport import JSONClient
 from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
@@ -67,10 +60,7 @@ class AnthropicModel(Model):
 
         message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<ANTHROPIC_API_KEY>")
         if isinstance(exc, anthropic.APIStatusError):
-            status = exc.status_code
-            retryable = status in RETRYABLE_STATUS or status == OVERLOADED
-            return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=retryable,
-                                  retry_after=retry_after_seconds(exc.response.headers), status=status)
+            return http_error(message, exc.status_code, exc.response.headers)
         return ModelCallError(message, retryable=isinstance(exc, anthropic.APIConnectionError))
 
     async def aclose(self) -> None:

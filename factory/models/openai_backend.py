@@ -5,13 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from factory.errors import (
-    FATAL_STATUS,
-    RETRYABLE_STATUS,
-    FactoryError,
-    ModelCallError,
-    retry_after_seconds,
-)
+from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.transport import JSONClient
 from factory.ratelimit import LimitInfo, parse_openai_headers
@@ -72,9 +66,7 @@ class OpenAIModel(Model):
 
         message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<OPENAI_API_KEY>")
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=status in RETRYABLE_STATUS,
-                                  retry_after=retry_after_seconds(exc.response.headers), status=status)
+            return http_error(message, exc.status_code, exc.response.headers)
         return ModelCallError(message, retryable=isinstance(exc, openai.APIConnectionError))
 
     async def aclose(self) -> None:
@@ -143,7 +135,3 @@ def _describe(exc: openai.APIError) -> str:
     # The transport's own error ("Server disconnected", "Connect call failed") says more than the SDK's.
     return f"no response from {exc.request.url}: {exc.__cause__ or exc.message}"
 
-
-def redact(message: str, key: str, placeholder: str) -> str:
-    """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
-    return message.replace(key, placeholder) if len(key) >= 8 else message

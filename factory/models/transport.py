@@ -14,14 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from factory.errors import (
-    FATAL_STATUS,
-    RETRYABLE_STATUS,
-    ModelCallError,
-    retry_after_seconds,
-)
-
-OVERLOADED = 529  # Anthropic's "overloaded": retryable, like a 5xx
+from factory.errors import ModelCallError, http_error, redact
 
 
 class JSONClient:
@@ -57,17 +50,13 @@ class JSONClient:
         except ValueError:
             data = None
         if status >= 400:
-            raise ModelCallError(self.redact(f"{self.spec}: HTTP {status}: {_message(data, raw, status)}"),
-                                 fatal=status in FATAL_STATUS,
-                                 retryable=status in RETRYABLE_STATUS or status == OVERLOADED,
-                                 retry_after=retry_after_seconds(headers), status=status)
+            raise http_error(self.redact(f"{self.spec}: HTTP {status}: {_message(data, raw, status)}"), status, headers)
         if not isinstance(data, dict):
             raise ModelCallError(f"{self.spec}: the server sent a body that is not a JSON object", retryable=True)
         return data, headers
 
     def redact(self, message: str) -> str:
-        """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
-        return message.replace(self._secret, self._placeholder) if len(self._secret) >= 8 else message
+        return redact(message, self._secret, self._placeholder)
 
     async def aclose(self) -> None:
         if self._session is not None:
