@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvloop
 from rich.console import Console
 
 from factory.calllog import CallLog
@@ -251,7 +252,9 @@ def _invoke(run: Run, manifest: dict) -> Outcome:
             await run.pipe.aclose()
 
     try:
-        asyncio.run(main())
+        # uvloop: the event loop in C, about 10% less CPU per call with many requests in flight
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
     except FactoryError as e:
         write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
         run.close()
@@ -300,3 +303,4 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
     manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1, "config": pipe.cfg.model_dump(mode="json")}
     write_json(manifest_path, manifest)
     return _invoke(run, manifest)
+
