@@ -45,6 +45,8 @@ class Caller:
         """Render, call (or serve from the cache), log. Raises ModelCallError when the call fails
         after its retries, BudgetExceeded when it would pass --max-cost."""
         messages = template.render(**variables)
+        if template.prefill and not self.endpoints[model].model.prefill:
+            messages = messages[:-1]  # this backend cannot continue a started reply
         if template.stop:
             params = replace(params, stop=tuple(dict.fromkeys(params.stop + template.stop)))
         if sample:  # a fresh sample of the same request: another seed, another cache entry

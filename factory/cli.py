@@ -157,6 +157,36 @@ def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int 
     try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
 
 
+@cli.command("judge-check")
+@click.option("--model", required=True, help="The judge's model spec, e.g. local:smollm2 or openai:gpt-4o-mini.")
+@click.option("--pairs", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL of {prompt, better, worse, criterion} (default: evals/judge_check.jsonl, 24 pairs).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pipeline config whose stages.judge settings to use (default: the default pipeline's).")
+@click.option("--method", type=click.Choice(["choice", "cot", "score"]), help="Override the judging method.")
+@click.option("--samples", type=click.IntRange(1, 16), help="Verdicts sampled where the backend gives no logprobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def judge_check_(model: str, pairs: Path | None, config: Path | None, method: str | None, samples: int | None,
+                 as_json: bool) -> None:
+    """How good is a judge? Accuracy and position consistency on pairs with a clearly better answer,
+    each judged in both orders, before you pay for a run. Calls are cached between checks."""
+    from rich.table import Table
+
+    from factory.judgecheck import DEFAULT_SET, judge_check, to_json
+
+    report = judge_check(model, pairs or DEFAULT_SET, config=config, method=method, samples=samples)
+    if as_json:
+        stdout.print(to_json(report), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"Judge check: {model}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        table.add_row(key.replace("_", " "), "-" if shown is None else str(shown))
+    stdout.print(table)
+
+
 @cli.group()
 def constitution() -> None:
     """Check and convert constitution files."""

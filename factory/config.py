@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from factory.yamlfile import load_yaml
 
@@ -58,9 +59,47 @@ class CritiqueReviseConfig(Sampling):
     revision_template: str = "revision"
 
 
+class TeacherConfig(Strict):
+    scorer: str = Field(description="vader:positive, vader:negative or hf:PATH:LABEL")
+    mentions: list[str] = Field(default_factory=list, description="apply only to answers naming one of these")
+    regex: str | None = Field(default=None, description="or matching this regular expression")
+    scale: float = Field(default=5.0, gt=0, description="P(i better) = sigmoid(scale x (score_i - score_j))")
+
+
+class JudgeConfig(Sampling):
+    """The judge: compares answers under principles drawn from the constitution's `judge` texts."""
+
+    compare: Literal["initial", "final", "both"] = Field(
+        default="both", description="which texts of each candidate are options: first answers, revisions, or both")
+    method: Literal["choice", "cot", "score"] = Field(
+        default="choice", description="(A)/(B) choice, chain of thought (clamped to [0.4, 0.6]), or a 1-10 score")
+    principles: int = Field(default=1, ge=1, le=8, description="principles drawn per comparison (an ensemble)")
+    samples: int = Field(default=1, ge=1, le=16, description="verdicts sampled where the backend gives no logprobs")
+    pairs: Literal["best_worst", "all_pairs"] = "best_worst"
+    ranking: Literal["bradley_terry", "wins"] = "bradley_terry"
+    teacher: TeacherConfig | None = Field(default=None, description="a classifier that ranks the answers it applies to")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=8, ge=1, description="choice and score need a few tokens; cot needs hundreds")
+    template: str = "judge"
+    cot_template: str = "judge_cot"
+    score_template: str = "judge_score"
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0 (greedy verdicts are all the same)")
+        if self.method == "cot" and self.max_tokens < 64:
+            raise ValueError("method 'cot' needs max_tokens of at least 64 for the reasoning")
+        return self
+
+
 class ExportConfig(Strict):
     test_fraction: float = Field(default=0.1, ge=0, le=1)
     license: str = Field(default="other", description="license field of the dataset card")
+    min_margin: float = Field(default=0.0, ge=0, le=1, description="judged pairs: drop those with 2p-1 below this")
+    consistent_only: bool = Field(default=False, description="judged pairs: keep only position-consistent ones")
+    kto: bool = Field(default=False, description="also write a `kto` config: prompt, completion, label")
+    reward: bool = Field(default=False, description="also write a `reward` config: implicit prompts and a margin")
 
 
 class LimitsConfig(Strict):
@@ -92,7 +131,12 @@ class StagesConfig(Strict):
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     critique_revise: CritiqueReviseConfig = Field(default_factory=CritiqueReviseConfig)
+    judge: JudgeConfig | None = Field(default=None, description="rank answers with a judge (default: revision wins)")
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def sampling(self) -> list[Sampling]:
+        """The stages that call a model."""
+        return [s for s in (self.questions, self.answer, self.critique_revise, self.judge) if s is not None]
 
 
 class PipelineConfig(Strict):

@@ -20,14 +20,15 @@ from factory.prompts import Template, load_template
 from factory.ratelimit import RateLimiter
 from factory.records import Record
 from factory.rundir import command_line, git_commit, now, package_versions
-from factory.stages import Stage, answer, critique_revise, questions
+from factory.judging import Scorer, load_scorer
+from factory.stages import Stage, answer, critique_revise, judge, questions
 from factory.stages.answer import AnswerStage
 from factory.stages.critique_revise import CritiqueReviseStage
+from factory.stages.judge import JudgeStage
 from factory.stages.questions import QuestionsStage
 from factory.stats import Stats
 
-RECORD_STAGES = ["answer", "critique_revise"]
-STAGES = ["questions", *RECORD_STAGES, "export"]
+RECORD_STAGES = ["answer", "critique_revise", "judge"]  # in order; judge only where the config has one
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Overrides:
         cfg = cfg.model_copy(deep=True)
         if self.model:  # one model for every stage
             cfg.model = self.model
-            for stage in (cfg.stages.questions, cfg.stages.answer, cfg.stages.critique_revise):
+            for stage in cfg.stages.sampling():
                 stage.model = None
         for name in ("concurrency", "seed", "max_cost"):
             if getattr(self, name) is not None:
@@ -59,8 +60,7 @@ class Overrides:
         if self.rounds is not None:
             cfg.stages.critique_revise.rounds = self.rounds
         if self.rpm is not None or self.tpm is not None:
-            st = cfg.stages
-            for spec in {cfg.model_for(s) for s in (st.questions, st.answer, st.critique_revise)}:
+            for spec in {cfg.model_for(s) for s in cfg.stages.sampling()}:
                 old = cfg.limits.get(spec, LimitsConfig())
                 cfg.limits[spec] = LimitsConfig(rpm=self.rpm or old.rpm, tpm=self.tpm or old.tpm)
         return cfg
@@ -85,6 +85,7 @@ class Pipeline:
     limit: int | None
     prices: PriceTable
     prompts_path: Path | None = None
+    teacher: Scorer | None = None
     models: dict[str, Model] = field(default_factory=dict)
 
     @classmethod
@@ -102,6 +103,14 @@ class Pipeline:
             "critique": load_template(pdir, st.critique_revise.critique_template, critique_revise.CRITIQUE_VARIABLES),
             "revision": load_template(pdir, st.critique_revise.revision_template, critique_revise.REVISION_VARIABLES),
         }
+        teacher = None
+        if st.judge is not None:
+            j = st.judge
+            name, variables = {"choice": (j.template, judge.CHOICE_VARIABLES), "cot": (j.cot_template, judge.CHOICE_VARIABLES),
+                               "score": (j.score_template, judge.SCORE_VARIABLES)}[j.method]
+            templates["judge"] = load_template(pdir, name, variables)
+            if j.teacher is not None:
+                teacher = load_scorer(j.teacher.scorer)
         prompts = ov.prompts.resolve() if ov.prompts else None
         from_file = PromptFile(prompts, "file", ov.limit) if prompts else None
         seeds = []
@@ -112,7 +121,7 @@ class Pipeline:
             for path in st.questions.seeds:
                 seeds += read_prompts(cfg.path(path), "seed")
         prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
-        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts)
+        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, teacher=teacher)
         if cfg.max_cost is not None:
             require_prices(prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.used_specs()],
                            "--max-cost")
@@ -125,14 +134,19 @@ class Pipeline:
             "questions": self.cfg.model_for(st.questions),
             "answer": self.cfg.model_for(st.answer),
             "critique_revise": self.cfg.model_for(st.critique_revise),
+            **({"judge": self.cfg.model_for(st.judge)} if st.judge else {}),
         }
+
+    @property
+    def record_stages(self) -> list[str]:
+        return [s for s in RECORD_STAGES if s != "judge" or self.cfg.stages.judge is not None]
 
     @property
     def generating(self) -> bool:
         return self.from_file is None and self.cfg.stages.questions.generate > 0
 
     def used_specs(self) -> list[str]:
-        stages = (["questions"] if self.generating else []) + RECORD_STAGES
+        stages = (["questions"] if self.generating else []) + self.record_stages
         return list(dict.fromkeys(self.specs[s] for s in stages))
 
     def load_models(self) -> None:
@@ -152,11 +166,15 @@ class Pipeline:
 
     def stages(self) -> list[Stage]:
         cfg, t, seed = self.cfg, self.templates, self.cfg.seed
-        return [
+        stages: list[Stage] = [
             AnswerStage(cfg.stages.answer, t["answer"], self.specs["answer"], seed),
             CritiqueReviseStage(cfg.stages.critique_revise, self.constitution, t["critique"], t["revision"],
                                 self.specs["critique_revise"], seed),
         ]
+        if cfg.stages.judge is not None:
+            stages.append(JudgeStage(cfg.stages.judge, self.constitution, t["judge"], self.specs["judge"], seed,
+                                     self.teacher))
+        return stages
 
     def source(self) -> QuestionsStage:
         cfg = self.cfg

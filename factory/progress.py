@@ -75,3 +75,15 @@ def summary_table(stats: Stats) -> Table:
                       str(st.failed_calls), str(st.retries), f"{st.prompt_tokens}/{st.completion_tokens}",
                       f"{st.cost:.4f}", f"{d['seconds']:.1f}")
     return table
+
+
+def judge_table(report: dict) -> Table:
+    """The judge quality report (stats.json `judge_quality`): how far to trust the preference labels."""
+    table = Table(title="Judge quality")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    return table

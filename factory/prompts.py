@@ -27,6 +27,7 @@ class TemplateFile(BaseModel):
     description: str = ""
     system: str | None = None
     user: str
+    prefill: str | None = Field(default=None, description="the start of the reply, for backends that can continue one")
     stop: list[str] = Field(default_factory=list, max_length=4, description="stop sequences (OpenAI allows 4)")
 
 
@@ -38,6 +39,8 @@ class Template:
     system: jinja2.Template | None
     user: jinja2.Template
     stop: tuple[str, ...] = ()
+    prefill: str | None = None  # plain text, not a template: the reply starts with it where the backend allows
+
 
     def render(self, **variables: object) -> list[Message]:
         try:
@@ -45,6 +48,8 @@ class Template:
             if self.system is not None:
                 messages.append({"role": "system", "content": self.system.render(**variables).strip()})
             messages.append({"role": "user", "content": self.user.render(**variables).strip()})
+            if self.prefill:
+                messages.append({"role": "assistant", "content": self.prefill})
         except jinja2.UndefinedError as e:
             raise InputError(self.path, f"template uses something undefined: {e.message}") from None
         return messages
@@ -80,6 +85,7 @@ def load_template(prompts_dir: Path, name: str, provided: set[str]) -> Template:
         system=compiled.get("system"),
         user=compiled["user"],
         stop=tuple(spec.stop),
+        prefill=spec.prefill,
     )
 
 

@@ -48,6 +48,60 @@ class Candidate(Typed):
         return self.rounds[-1].revision if self.rounds else self.answer
 
 
+class Option(Typed):
+    """One text the judge compares: a candidate's initial answer or its final revision."""
+
+    candidate: int
+    kind: Literal["initial", "final"]
+    text: str
+
+
+class Verdict(Typed):
+    """One judge call: options `a` and `b` shown as (A) and (B) under one principle."""
+
+    a: int
+    b: int
+    p_a: float | None  # P((A) is better); None when the verdict could not be read
+    source: Literal["logprobs", "votes", "parsed", "cot", "unparseable"]
+    reply: str = ""
+
+
+class Comparison(Typed):
+    """Options i and j under one principle, both orders combined (or one direct score each)."""
+
+    i: int
+    j: int
+    principle_id: str
+    p_i: float | None  # P(option i is better); None when neither order could be read
+    consistent: bool | None  # both orders preferred the same option; None where orders do not apply
+    by: Literal["judge", "score", "teacher"]
+    verdicts: list[Verdict] = Field(default_factory=list)
+
+
+class Pair(Typed):
+    judge_model: str  # the model spec, or the teacher's name where a teacher decided the pair
+    chosen: int
+    rejected: int
+    p_chosen: float
+    score_chosen: float
+    score_rejected: float
+    consistent: bool | None
+    principle_ids: list[str]
+
+
+class Judgement(Typed):
+    """How the record's preference pairs were decided: every option, comparison and score."""
+
+    judge_model: str
+    method: Literal["choice", "cot", "score"]
+    options: list[Option]
+    comparisons: list[Comparison] = Field(default_factory=list)
+    scores: list[float] = Field(default_factory=list)  # per option: ranking strength (see JudgeConfig.ranking)
+    direct_scores: dict[int, float] = Field(default_factory=dict)  # score method: mean 1-10 score per option
+    teacher_scores: dict[int, float] = Field(default_factory=dict)  # per option the teacher applied to
+    pairs: list[Pair] = Field(default_factory=list)
+
+
 class Drop(Typed):
     stage: str
     reason: str
@@ -62,6 +116,7 @@ class Record(Typed):
     constitution: str | None = None  # name@version:sha256 of the constitution that shaped it
     candidates: list[Candidate] = Field(default_factory=list)
     calls: list[CallRef] = Field(default_factory=list)
+    judgement: Judgement | None = None
     dropped: Drop | None = None
 
     @classmethod

@@ -21,9 +21,10 @@ from factory.card import card_body
 from factory.config import PipelineConfig
 from factory.errors import FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message
-from factory.pipeline import RECORD_STAGES, STAGES, Overrides, Pipeline
+from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget, BudgetExceeded
-from factory.progress import Display, summary_table
+from factory.judging.report import JudgeReport
+from factory.progress import Display, judge_table, summary_table
 from factory.records import Record
 from factory.rundir import create_run_dir, now, write_json
 from factory.stages import Stage
@@ -60,11 +61,12 @@ class Run:
             shared_dir = pipe.cfg.path(pipe.cfg.cache_dir)
             shared_dir.mkdir(parents=True, exist_ok=True)
             self.shared = CallLog(shared_dir / "calls.sqlite")
-        self.stats = Stats(STAGES)
+        self.stats = Stats(["questions", *pipe.record_stages, "export"])
         for name, counters in (self.state.get_meta("counters") or {}).items():  # an earlier invocation's
             self.stats[name].counters.update(counters)
         self.budget = Budget(pipe.cfg.max_cost, spent=self.log.spent())
         self.stopped: str | None = None
+        self.judge_quality: dict | None = None
         self.resumed = 0
 
     def use_batch_apis(self) -> None:
@@ -166,11 +168,12 @@ class Run:
         """Counts from the state (exact over every invocation), then datasets, lineage and failures,
         each written whole and moved in place."""
         pipe = self.pipe
-        for name, (n_in, n_out, dropped) in self.state.stage_counts(RECORD_STAGES).items():
+        for name, (n_in, n_out, dropped) in self.state.stage_counts(pipe.record_stages).items():
             st = self.stats[name]
             st.records_in, st.records_out, st.dropped = n_in, n_out, dropped
         failed = self.write_lineage()
         counts: dict = {}
+        report = JudgeReport() if pipe.cfg.stages.judge is not None else None
         if self.stopped:
             status = "stopped_at_budget"
         else:
@@ -181,9 +184,11 @@ class Run:
 
             done = (rec for _, _, _, rec in self.state.records("done"))
             counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
-                            self.stats["export"], card)
+                            self.stats["export"], card, report)
         stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
                                         "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6)}
+        if report is not None:
+            self.judge_quality = stats["judge_quality"] = report.to_dict()
         write_json(self.dir / "stats.json", stats)
         manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"])
         write_json(self.dir / "manifest.json", manifest)
@@ -265,6 +270,8 @@ def _invoke(run: Run, manifest: dict) -> Outcome:
         raise
     outcome = run.finish(manifest)
     run.console.print(summary_table(run.stats))
+    if run.judge_quality is not None:
+        run.console.print(judge_table(run.judge_quality))
     return outcome
 
 

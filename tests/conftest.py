@@ -4,6 +4,8 @@ end to end uses the real local HTTP server (tests/server.py) or the real embedde
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -114,9 +116,28 @@ def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch:
         monkeypatch.setenv("FACTORY_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def server_script(messages: list[dict], body: dict) -> str:
-    """The scripted model, served over HTTP by the real test server."""
-    return default_script(messages, GenParams(seed=body.get("seed")))
+JUDGE_OPTIONS = re.compile(r"\(A\) <<<(.*?)>>>\s*\(B\) <<<(.*?)>>>", re.DOTALL)
+
+
+def judge_reply(messages: list[dict], body: dict, better: Callable[[str], bool]):
+    """A judge over HTTP: (A) or (B), whichever `better` accepts, with logprobs when asked; None if
+    the request is not a judge's."""
+    from server import Reply
+
+    found = JUDGE_OPTIONS.search(messages[-1]["content"])
+    if not found:
+        return None
+    a, b = (better(t) for t in found.groups())
+    p_a = 0.5 if a == b else 0.9 if a else 0.1
+    return Reply("A" if p_a >= 0.5 else "B", logprobs={"A": math.log(p_a), "B": math.log(1 - p_a)}
+                 if body.get("logprobs") else None)
+
+
+def server_script(messages: list[dict], body: dict):
+    """The scripted model, served over HTTP by the real test server. Its judge prefers the scripted
+    revisions ("A careful, kind answer")."""
+    verdict = judge_reply(messages, body, lambda text: "careful" in text)
+    return verdict or default_script(messages, GenParams(seed=body.get("seed")))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import ScriptedModel, drain, kind_of, make_caller
 
-from factory.config import AnswerConfig, CritiqueReviseConfig, QuestionsConfig
+from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
 from factory.constitution import load_constitution
 from factory.prompts import load_template
 from factory.records import Record
@@ -162,7 +162,7 @@ def test_export_rows_are_trl_shaped(repo, caller, harmless):
     st = StageStats()
     out = {"sft": [], "prefs": []}
     for rec in recs:
-        for name, row in rows(rec, harmless, M, st):
+        for name, row in rows(rec, harmless, M, ExportConfig(), st):
             out[name].append(row)
     assert len(out["sft"]) == 2 and len(out["prefs"]) == 3 and st.dropped["prefs:revision_unchanged"] == 1
     sft = out["sft"][0]

@@ -45,6 +45,7 @@ class Model(ABC):
 
     spec: str
     provider: str = "local"  # "openai", "anthropic": which price table column and batch API apply
+    prefill: bool = True  # continues a final assistant turn; where False the caller leaves that turn out
     batched: bool = False  # a Batch API model: the caller skips in-flight limits, rate limits and timeouts
 
     @abstractmethod

@@ -183,14 +183,15 @@ class LocalModel(Model):
         return _Row(prompt, params, generator)
 
     def _logprobs(self, row: _Row, logits: torch.Tensor) -> dict[str, float] | None:
-        """log P(first token of each requested string) at the first generated position."""
+        """log P(each requested string) at the first generated position, for the strings that are one
+        token (a longer one, such as "10" where digits split, is left out as an API's top-k would)."""
         if not row.params.logprob_tokens:
             return None
         logprobs = torch.log_softmax(logits, dim=-1)
         result = {}
         for s in row.params.logprob_tokens:
             ids = self.tokenizer.encode(s, add_special_tokens=False)
-            if ids:
+            if len(ids) == 1:
                 result[s] = logprobs[ids[0]].item()
         return result
 

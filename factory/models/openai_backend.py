@@ -27,6 +27,7 @@ class OpenAIModel(Model):
     """
 
     provider = "openai"
+    prefill = False  # the Chat Completions API answers after a final assistant turn; it does not continue it
 
     def __init__(self, spec: str, name: str) -> None:
         key = os.environ.get("OPENAI_API_KEY")

@@ -14,6 +14,7 @@ import yaml
 
 from factory.config import ExportConfig
 from factory.constitution import Constitution
+from factory.judging.report import JudgeReport
 from factory.records import Record, normalise
 from factory.stats import StageStats
 
@@ -28,9 +29,21 @@ _PROVENANCE = [
     ("constitution_hash", pa.string()),
     ("generator_model", pa.string()),
 ]
+# How a pair was judged; null where no judge ran (the revision is then assumed better).
+_JUDGED = [
+    ("score_chosen", pa.float64()),
+    ("score_rejected", pa.float64()),
+    ("p_chosen", pa.float64()),
+    ("margin", pa.float64()),
+    ("position_consistent", pa.bool_()),
+    ("judge_model", pa.string()),
+    ("judge_principle_ids", pa.list_(pa.string())),
+]
 SCHEMAS = {
     "sft": pa.schema([("messages", _TURNS), *_PROVENANCE]),
-    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_PROVENANCE]),
+    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_JUDGED, *_PROVENANCE]),
+    "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_()), *_PROVENANCE]),
+    "reward": pa.schema([("chosen", _TURNS), ("rejected", _TURNS), ("margin", pa.float64()), *_PROVENANCE]),
 }
 SPLITS = ("train", "test")
 
@@ -93,43 +106,89 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def rows(rec: Record, constitution: Constitution, generator: str, st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record: one SFT row (its first candidate's final text); one preference
-    pair per candidate whose final text differs from its first answer (revision over initial answer)."""
-    user = {"role": "user", "content": rec.prompt}
-    for cand in rec.candidates:
-        prov = {
-            "prompt_id": rec.id,
-            "principle_ids": [r.principle_id for r in cand.rounds],
-            "constitution": constitution.label,
-            "constitution_hash": constitution.digest,
-            "generator_model": generator,
-        }
-        if cand.index == rec.candidates[0].index:
-            yield "sft", {"messages": [user, {"role": "assistant", "content": cand.final}], **prov}
-        if normalise(cand.final) == normalise(cand.answer):
-            st.drop("prefs:revision_unchanged")
+def _provenance(rec: Record, principle_ids: list[str], constitution: Constitution, generator: str) -> dict:
+    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": constitution.label,
+            "constitution_hash": constitution.digest, "generator_model": generator}
+
+
+def _turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
+         st: StageStats) -> Iterator[tuple[str, dict]]:
+    """(config, row) for one record. Unjudged: one SFT row (the first candidate's final text) and one
+    pair per candidate whose revision changed it (revision over first answer). Judged: the SFT row
+    is the top-ranked option, and the pairs are the judge's, filtered by margin and consistency."""
+    if rec.judgement is None:
+        for cand in rec.candidates:
+            prov = _provenance(rec, [r.principle_id for r in cand.rounds], constitution, generator)
+            if cand.index == rec.candidates[0].index:
+                yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *_turn(cand.final)], **prov}
+            if normalise(cand.final) == normalise(cand.answer):
+                st.drop("prefs:revision_unchanged")
+                continue
+            yield "prefs", {"prompt": [{"role": "user", "content": rec.prompt}], "chosen": _turn(cand.final),
+                            "rejected": _turn(cand.answer), **prov}
+        return
+    yield from _judged_rows(rec, constitution, generator, cfg, st)
+
+
+def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
+                 st: StageStats) -> Iterator[tuple[str, dict]]:
+    j = rec.judgement
+    assert j is not None
+    user = [{"role": "user", "content": rec.prompt}]
+    rounds = {c.index: [r.principle_id for r in c.rounds] for c in rec.candidates}
+    best = max(range(len(j.options)), key=lambda i: (j.scores[i], -i)) if j.scores else 0
+    opt = j.options[best]
+    yield "sft", {"messages": [*user, *_turn(opt.text)],
+                  **_provenance(rec, rounds[opt.candidate] if opt.kind == "final" else [], constitution, generator)}
+    if not j.pairs:
+        reason = "single_option" if len(j.options) < 2 else "unjudged" if not j.scores else "tie"
+        st.drop(f"prefs:{reason}")
+    labelled: set[int] = set()
+    for pair in j.pairs:
+        margin = round(2 * pair.p_chosen - 1, 6)
+        if margin < cfg.min_margin:
+            st.drop("prefs:below_min_margin")
             continue
-        yield "prefs", {
-            "prompt": [user],
-            "chosen": [{"role": "assistant", "content": cand.final}],
-            "rejected": [{"role": "assistant", "content": cand.answer}],
-            **prov,
-        }
+        if cfg.consistent_only and pair.consistent is False:
+            st.drop("prefs:position_inconsistent")
+            continue
+        chosen, rejected = j.options[pair.chosen], j.options[pair.rejected]
+        prov = _provenance(rec, sorted(set(rounds[chosen.candidate] + rounds[rejected.candidate])), constitution,
+                           generator)
+        yield "prefs", {"prompt": user, "chosen": _turn(chosen.text), "rejected": _turn(rejected.text),
+                        "score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected,
+                        "p_chosen": pair.p_chosen, "margin": margin, "position_consistent": pair.consistent,
+                        "judge_model": pair.judge_model, "judge_principle_ids": pair.principle_ids, **prov}
+        if cfg.reward:
+            yield "reward", {"chosen": [*user, *_turn(chosen.text)], "rejected": [*user, *_turn(rejected.text)],
+                             "margin": margin, **prov}
+        if cfg.kto:
+            for index, label in ((pair.chosen, True), (pair.rejected, False)):
+                if index not in labelled:
+                    labelled.add(index)
+                    yield "kto", {"prompt": user, "completion": _turn(j.options[index].text), "label": label, **prov}
 
 
 def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
-           generator: str, st: StageStats, card: Callable[[dict, dict | None], str]) -> dict[str, dict[str, int]]:
+           generator: str, st: StageStats, card: Callable[[dict, dict | None], str],
+           report: JudgeReport | None = None) -> dict[str, dict[str, int]]:
     """Stream the records (in a deterministic order) into Parquet files and README.md, written into a
     temp folder and then moved in place: a reader never sees half a dataset."""
     st.touch()
     tmp = run_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    writers = {name: SplitWriter(schema, tmp / name) for name, schema in SCHEMAS.items()}
+    names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
+    writers = {name: SplitWriter(SCHEMAS[name], tmp / name) for name in names}
     example = None
     for rec in records:
         st.records_in += 1
-        for name, row in rows(rec, constitution, generator, st):
+        if report is not None and rec.judgement is not None:
+            report.add(rec.judgement)
+        for name, row in rows(rec, constitution, generator, cfg, st):
             writers[name].add(split_of(row["prompt_id"], cfg.test_fraction), row)
             if name == "prefs" and example is None:
                 example = row
@@ -148,7 +207,7 @@ def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitu
     }
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + card(counts, example))
-    for name in SCHEMAS:
+    for name in SCHEMAS:  # every config, so one left by an earlier export with other settings goes too
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)

@@ -1,0 +1,197 @@
+"""`judge`: rank each prompt's answers and choose preference pairs, as RLAIF does.
+
+Options are the candidates' first answers, their revisions, or both. Every pair of options is
+compared under principles drawn per comparison from the constitution's `judge` texts, in both
+orders, as a multiple-choice question; the soft label comes from the log-probabilities of "A" and
+"B", or from parsed (and optionally sampled) verdicts where the backend gives none. A teacher
+(classifier) replaces the judge for pairs it applies to. The pairwise results rank the options
+(Bradley-Terry or win counts) and give the pairs. Everything lands in `record.judgement`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from factory.caller import Caller, derive_seed, rng
+from factory.config import JudgeConfig
+from factory.constitution import Constitution, Principle
+from factory.errors import FactoryError
+from factory.judging import (
+    AppliesWhen,
+    Scorer,
+    choice_probability,
+    clamp_cot,
+    combine_orders,
+    expected_score,
+    parse_choice,
+    parse_score,
+    score_where,
+    select_pairs,
+    sigmoid,
+    vote_probability,
+)
+from factory.judging.ranking import scores as ranking_scores
+from factory.models import GenParams
+from factory.prompts import Template
+from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, normalise
+from factory.stages import Stage
+
+CHOICE_VARIABLES = {"prompt", "principle", "a", "b"}
+SCORE_VARIABLES = {"prompt", "principle", "response"}
+SCALE = tuple(str(i) for i in range(1, 11))
+
+
+class JudgeStage(Stage):
+    name = "judge"
+
+    def __init__(self, cfg: JudgeConfig, constitution: Constitution, template: Template, model: str, seed: int,
+                 teacher: Scorer | None = None):
+        self.cfg, self.template, self.model, self.seed, self.teacher = cfg, template, model, seed, teacher
+        self.principles = [p for p in constitution.principles if p.judge]
+        if not self.principles:
+            raise FactoryError(f"constitution {constitution.label} has no principle with a `judge:` instruction; "
+                               "add one, or remove stages.judge from the pipeline config")
+        t = cfg.teacher
+        self.when = AppliesWhen(mentions=t.mentions, regex=t.regex) if t else None
+
+    def options(self, record: Record) -> list[Option]:
+        """The texts to rank: per candidate its first answer and/or its final revision, each text once."""
+        kinds = ("initial", "final") if self.cfg.compare == "both" else (self.cfg.compare,)
+        out, seen = [], set()
+        for cand in record.candidates:
+            for kind in kinds:
+                text = cand.answer if kind == "initial" else cand.final
+                if normalise(text) not in seen:
+                    seen.add(normalise(text))
+                    out.append(Option(candidate=cand.index, kind=kind, text=text))
+        return out
+
+    def draw(self, record: Record, *parts: object) -> list[Principle]:
+        k = min(self.cfg.principles, len(self.principles))
+        return rng(self.seed, record.id, "judge", *parts).sample(self.principles, k)
+
+    async def process(self, record: Record, caller: Caller) -> None:
+        st = caller.stats[self.name]
+        opts = self.options(record)
+        j = Judgement(judge_model=self.model, method=self.cfg.method, options=opts)
+        record.judgement = j
+        if len(opts) < 2:
+            st.counters["single_option"] += 1
+            return
+        if self.teacher is not None:
+            found = await asyncio.to_thread(score_where, self.teacher, [o.text for o in opts], self.when)
+            j.teacher_scores = {i: s for i, s in enumerate(found) if s is not None}
+        pairs = list(itertools.combinations(range(len(opts)), 2))
+        if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):
+            principles = self.draw(record, "score")
+            per = await asyncio.gather(*(self._score(record, caller, i, p) for i in range(len(opts)) for p in principles))
+            for i in range(len(opts)):
+                got = [s for s in per[i * len(principles):(i + 1) * len(principles)] if s is not None]
+                if got:
+                    j.direct_scores[i] = sum(got) / len(got)
+        found = await asyncio.gather(*(self._pair(record, caller, a, b) for a, b in pairs))
+        j.comparisons = [c for cs in found for c in cs]
+        results = [(c.i, c.j, c.p_i) for c in j.comparisons if c.p_i is not None]
+        if not results:
+            st.counters["unjudged"] += 1
+            return
+        j.scores = [round(s, 6) for s in ranking_scores(len(opts), results, self.cfg.ranking)]
+        for chosen, rejected, p in select_pairs(len(opts), results, self.cfg.pairs, self.cfg.ranking):
+            used = [c for c in j.comparisons if {c.i, c.j} == {chosen, rejected} and c.p_i is not None]
+            flags = [c.consistent for c in used if c.consistent is not None]
+            by_teacher = all(c.by == "teacher" for c in used)
+            j.pairs.append(Pair(judge_model=self.teacher.name if by_teacher and self.teacher else self.model,
+                                chosen=chosen, rejected=rejected, p_chosen=round(p, 6),
+                                score_chosen=j.scores[chosen], score_rejected=j.scores[rejected],
+                                consistent=all(flags) if flags else None,
+                                principle_ids=sorted({c.principle_id for c in used})))
+
+    def _taught(self, j: Judgement, a: int, b: int) -> bool:
+        return a in j.teacher_scores and b in j.teacher_scores
+
+    async def _pair(self, record: Record, caller: Caller, a: int, b: int) -> list[Comparison]:
+        j = record.judgement
+        assert j is not None
+        if self._taught(j, a, b):
+            assert self.cfg.teacher is not None and self.teacher is not None
+            p = sigmoid(self.cfg.teacher.scale * (j.teacher_scores[a] - j.teacher_scores[b]))
+            return [Comparison(i=a, j=b, principle_id=f"teacher:{self.teacher.name}", p_i=round(p, 6),
+                               consistent=None, by="teacher")]
+        if self.cfg.method == "score":
+            if a not in j.direct_scores or b not in j.direct_scores:
+                return [Comparison(i=a, j=b, principle_id="score", p_i=None, consistent=None, by="score")]
+            p = sigmoid(j.direct_scores[a] - j.direct_scores[b])
+            return [Comparison(i=a, j=b, principle_id="score", p_i=round(p, 6), consistent=None, by="score")]
+        return list(await asyncio.gather(*(self._compare(record, caller, a, b, p) for p in self.draw(record, a, b))))
+
+    async def _compare(self, record: Record, caller: Caller, a: int, b: int, principle: Principle) -> Comparison:
+        """Options a and b under one principle, in both orders."""
+        first, swapped = await asyncio.gather(self._verdict(record, caller, a, b, principle),
+                                              self._verdict(record, caller, b, a, principle))
+        if first.p_a is not None and swapped.p_a is not None:
+            p, consistent = combine_orders(first.p_a, swapped.p_a)
+        elif first.p_a is not None or swapped.p_a is not None:  # one order could not be read
+            p, consistent = first.p_a if first.p_a is not None else 1 - swapped.p_a, False
+        else:
+            p, consistent = None, None
+        if consistent is False:
+            caller.stats[self.name].counters["position_inconsistent"] += 1
+        return Comparison(i=a, j=b, principle_id=principle.id, p_i=None if p is None else round(p, 6),
+                          consistent=consistent, by="judge", verdicts=[first, swapped])
+
+    async def _verdict(self, record: Record, caller: Caller, a: int, b: int, principle: Principle) -> Verdict:
+        """One order: (A) = option a, (B) = option b. Log-probs if the backend gives them, else parsed
+        verdicts (`samples` of them); an unreadable one is sampled afresh up to `parse_attempts` times."""
+        st = caller.stats[self.name]
+        opts = record.judgement.options  # type: ignore[union-attr]
+        texts = [opts[a].text, opts[b].text]
+        cot = self.cfg.method == "cot"
+        variables = {"prompt": record.prompt, "principle": principle, "a": texts[0], "b": texts[1]}
+        params = GenParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
+                           seed=derive_seed(self.seed, record.id, "judge", a, b, principle.id),
+                           logprob_tokens=() if cot else ("A", "B"))
+        verdicts: list[str] = []
+        sample, unreadable, reply = 0, 0, ""
+        while len(verdicts) < self.cfg.samples and unreadable < caller.parse_attempts:
+            out, ref = await caller.chat(self.name, f"judge[{a},{b}]", self.template, variables, self.model, params,
+                                         context={"principle": principle.digest()}, sample=sample)
+            record.calls.append(ref)
+            sample, reply = sample + 1, out.text.strip()[:500]
+            if not cot and not verdicts and (p := choice_probability(out.logprobs)) is not None:
+                st.counters["verdict:logprobs"] += 1
+                return Verdict(a=a, b=b, p_a=round(p, 6), source="logprobs", reply=reply)
+            verdict = parse_choice(out.text, texts)
+            if verdict is None:
+                unreadable += 1
+                st.counters["verdict_retry"] += 1
+            else:
+                verdicts.append(verdict)
+        p = vote_probability(verdicts)
+        if p is None:
+            st.counters["unparseable_verdict"] += 1
+            return Verdict(a=a, b=b, p_a=None, source="unparseable", reply=reply)
+        source = "cot" if cot else "votes" if self.cfg.samples > 1 else "parsed"
+        st.counters[f"verdict:{source}"] += 1
+        return Verdict(a=a, b=b, p_a=round(clamp_cot(p) if cot else p, 6), source=source, reply=reply)
+
+    async def _score(self, record: Record, caller: Caller, i: int, principle: Principle) -> float | None:
+        """A 1-10 score for one option: the expected score from log-probs, else a parsed one."""
+        st = caller.stats[self.name]
+        text = record.judgement.options[i].text  # type: ignore[union-attr]
+        variables = {"prompt": record.prompt, "principle": principle, "response": text}
+        params = GenParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
+                           seed=derive_seed(self.seed, record.id, "score", i, principle.id), logprob_tokens=SCALE)
+        for sample in range(caller.parse_attempts):
+            out, ref = await caller.chat(self.name, f"score[{i}]", self.template, variables, self.model, params,
+                                         context={"principle": principle.digest()}, sample=sample)
+            record.calls.append(ref)
+            value = expected_score(out.logprobs)
+            if value is None and (parsed := parse_score(out.text, candidates=[text])) is not None:
+                value = float(parsed)
+            if value is not None:
+                st.counters["score:logprobs" if out.logprobs else "score:parsed"] += 1
+                return value
+            st.counters["verdict_retry"] += 1
+        st.counters["unparseable_score"] += 1
+        return None
