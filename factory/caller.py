@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from factory.calllog import CallLog, call_key, request_json
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from factory.calllog import CallLog, call_key, request_json, search_key
 from factory.endpoint import Endpoint
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message
 from factory.prompts import Template
 from factory.records import CallRef
-from factory.stats import Stats
+from factory.search import Passage, SearchBackend
+from factory.stats import StageStats, Stats
 
 T = TypeVar("T")
 
@@ -33,9 +36,10 @@ class ParseFailure(ModelCallError):
 
 class Caller:
     def __init__(self, endpoints: dict[str, Endpoint], log: CallLog, stats: Stats, *, shared: CallLog | None = None,
-                 parse_attempts: int = 3, debug: Callable[[str, list[Message], GenParams, Completion], None] | None = None):
+                 parse_attempts: int = 3, search_attempts: int = 6,
+                 debug: Callable[[str, list[Message], GenParams, Completion], None] | None = None):
         self.endpoints, self.log, self.stats, self.shared = endpoints, log, stats, shared
-        self.parse_attempts, self.debug = parse_attempts, debug
+        self.parse_attempts, self.search_attempts, self.debug = parse_attempts, search_attempts, debug
         self.active: dict[int, tuple[str, str, float]] = {}  # call -> (stage, purpose, started): for the watchdog
         self.last_done = time.monotonic()
         self._ids = itertools.count()
@@ -107,6 +111,54 @@ class Caller:
                 reason = str(e)
         raise ParseFailure(f"{model}: {template.name} output did not parse after {self.parse_attempts} samples: {reason}")
 
+    async def search(self, stage: str, backend: SearchBackend, query: str, k: int) -> list[Passage]:
+        """At most k passages for `query`: from the call log (or the shared cache) when the same
+        backend, collection, query and k were searched before; else from the backend, retrying
+        what is retryable. Counted as `searches` and `cached_searches` in the stage's counters."""
+        st, name = self.stats[stage], backend.key()
+        st.touch()
+        key = search_key(name, query, k)
+        found = self.log.get_search(key)
+        if found is None and self.shared is not None and (found := self.shared.get_search(key)) is not None:
+            self.log.put_search(key, name, query, k, found, 0.0)
+        st.counters["searches"] += 1
+        if found is not None:
+            st.counters["cached_searches"] += 1
+            return [Passage(**p) for p in found]
+        call_id = next(self._ids)
+        self.active[call_id] = (stage, f"search {query[:60]!r}", time.monotonic())
+        start = time.monotonic()
+        try:
+            passages = await self._search(stage, backend, query, k, st)
+        finally:
+            del self.active[call_id]
+        latency, found = time.monotonic() - start, [p.model_dump() for p in passages]
+        for log in (self.log, self.shared):
+            if log is not None:
+                log.put_search(key, name, query, k, found, latency)
+        self.last_done = time.monotonic()
+        st.touch()
+        return passages
+
+    async def _search(self, stage: str, backend: SearchBackend, query: str, k: int, st: StageStats) -> list[Passage]:
+        def before_sleep(state: RetryCallState) -> None:
+            st.retries += 1
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.search_attempts), wait=_backoff, reraise=True,
+                                 retry=retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable),
+                                 before_sleep=before_sleep)
+        async for attempt in retrying:
+            with attempt:
+                start = time.monotonic()
+                try:
+                    return await backend.search(query, k)
+                except ModelCallError as e:
+                    st.failed_calls += 1
+                    self.log.put_error(search_key(backend.key(), query, k), stage, backend.key(), str(e),
+                                       time.monotonic() - start, 0.0)
+                    raise
+        raise AssertionError("unreachable: tenacity reraises")
+
     def _cached(self, key: str) -> Completion | None:
         result = self.log.get(key)
         if result is None and self.shared is not None:
@@ -114,6 +166,14 @@ class Caller:
             if result is not None:
                 self.log.copy_from(self.shared, key)
         return result
+
+
+def _backoff(state: RetryCallState) -> float:
+    """Exponential backoff with full jitter (0.5 s, 1 s, ... up to 30 s); a Retry-After is a floor."""
+    exc = state.outcome.exception() if state.outcome else None
+    backoff = random.uniform(0, min(30.0, 0.5 * 2 ** (state.attempt_number - 1)))
+    retry_after = getattr(exc, "retry_after", None)
+    return max(backoff, retry_after) if retry_after is not None else backoff
 
 
 def derive_seed(seed: int, *parts: object) -> int:

@@ -1,7 +1,8 @@
 """The call log: every model call in SQLite (WAL), with its request, response, usage, latency and
-cost, and every failed attempt with its error. It is also the cache: a call whose key is already
-there is served from it and costs nothing. A shared cache folder (`cache_dir`) holds one more log
-that every run reads and writes, so new runs reuse old calls."""
+cost, every failed attempt with its error, and every search with its passages. It is also the
+cache: a call or search whose key is already there is served from it and costs nothing. A shared
+cache folder (`cache_dir`) holds one more log that every run reads and writes, so new runs reuse
+old calls."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ CREATE TABLE IF NOT EXISTS calls (
     finish_reason TEXT NOT NULL,
     latency REAL NOT NULL,
     cost REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS searches (
+    key TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    query TEXT NOT NULL,
+    k INTEGER NOT NULL,
+    results TEXT NOT NULL,
+    latency REAL NOT NULL,
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS errors (
@@ -58,6 +68,11 @@ def call_key(model: str, request: str, template: str, template_hash: str, contex
     principle changes only the keys of the calls that used it."""
     extra = json.dumps([model, template, template_hash, context or {}, sample], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(f"{extra}\n{request}".encode()).hexdigest()
+
+
+def search_key(backend: str, query: str, k: int) -> str:
+    """A search is the backend (with what it searches: a collection digest or a URL), the query and k."""
+    return hashlib.sha256(json.dumps([backend, query, k], ensure_ascii=False).encode()).hexdigest()
 
 
 class CallLog:
@@ -91,6 +106,15 @@ class CallLog:
             (key, stage, model, template, template_hash, request, response, result.prompt_tokens,
              result.completion_tokens, result.finish_reason, latency, cost, time.time()),
         )
+
+    def get_search(self, key: str) -> list[dict] | None:
+        """The passages (as dicts) of a logged search, or None."""
+        row = self.db.execute("SELECT results FROM searches WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_search(self, key: str, backend: str, query: str, k: int, results: list[dict], latency: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO searches VALUES (?,?,?,?,?,?,?)",
+                        (key, backend, query, k, json.dumps(results, ensure_ascii=False), latency, time.time()))
 
     def put_error(self, key: str, stage: str, model: str, error: str, latency: float, cost: float) -> None:
         self.db.execute("INSERT INTO errors VALUES (?,?,?,?,?,?,?)",

@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from factory.constitution import Constitution
+
+
+def usage(name: str, counts: dict) -> list[str]:
+    """How to load each config, and its rows per split (named as in the H4 datasets: `train_sft`, ...)."""
+    lines = ["```python", "from datasets import load_dataset"]
+    lines += [f'{config} = load_dataset("{name}", "{config}")  # splits: {", ".join(c)}' for config, c in counts.items()]
+    lines += ["```", "", "## Rows", "", "| config | split | rows |", "|---|---|---|"]
+    lines += [f"| {config} | {split} | {n} |" for config, c in counts.items() for split, n in c.items()]
+    return lines
+
+
+def drops_table(stats: dict) -> list[str]:
+    lines = ["| stage | in | out | dropped |", "|---|---|---|---|"]
+    for name, st in stats["stages"].items():
+        dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "none"
+        lines.append(f"| {name} | {st['in']} | {st['out']} | {dropped} |")
+    return lines
 
 
 def card_body(run_name: str, manifest: dict, constitution: Constitution, counts: dict, stats: dict,
@@ -17,18 +35,8 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
         " revised. `sft` trains on the prompt and the final revision (TRL conversational `messages`); `prefs`"
         " prefers the final revision over the initial answer (TRL explicit-prompt `prompt`/`chosen`/`rejected`).",
         "",
-        "```python",
-        "from datasets import load_dataset",
-        f'sft = load_dataset("{run_name}", "sft")',
-        f'prefs = load_dataset("{run_name}", "prefs")',
-        "```",
-        "",
-        "## Rows",
-        "",
-        "| config | " + " | ".join(next(iter(counts.values()), {}).keys()) + " |",
-        "|---|" + "---|" * len(next(iter(counts.values()), {})),
+        *usage(run_name, counts),
     ]
-    lines += [f"| {name} | " + " | ".join(str(n) for n in c.values()) + " |" for name, c in counts.items()]
     lines += [
         "",
         "## Constitution",
@@ -45,19 +53,18 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
         "## Generation",
         "",
         f"- models: {', '.join(f'`{m}`' for m in manifest['models'])}",
-        f"- seed: {manifest['seed']}; critique/revision rounds: {cfg['stages']['critique_revise']['rounds']};"
+        f"- seed: {manifest['seed']}; critique/revision rounds: {(cfg['stages']['critique_revise'] or {}).get('rounds', 0)};"
         f" candidates per prompt: {cfg['stages']['answer']['candidates']}",
         f"- stage parameters: `{json.dumps({k: v for k, v in cfg['stages'].items() if k != 'export'})}`",
         f"- factory commit: `{manifest.get('git_commit')}`; packages: `{json.dumps(manifest['packages'])}`",
         "",
         "## Drops",
         "",
-        "| stage | in | out | dropped |",
-        "|---|---|---|---|",
+        *drops_table(stats),
+        "",
+        "Export drops: quality filters, dedup (`dedup.jsonl` names each kept row and its dropped twins) and"
+        " decontamination (`decontam.jsonl` gives the overlapping n-gram).",
     ]
-    for name, st in stats["stages"].items():
-        dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "none"
-        lines.append(f"| {name} | {st['in']} | {st['out']} | {dropped} |")
     lines += [
         "",
         "Full per-record lineage (every call, template hash, principle, critique and revision) is in"
@@ -68,6 +75,22 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
         "Generated text follows the terms of the generator model(s) above; the shipped embedded model"
         " (SmolLM2-135M-Instruct) is Apache-2.0.",
     ]
+    if example:
+        lines += ["", "## Example `prefs` row", "", "```json", json.dumps(example, indent=2, ensure_ascii=False), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def merged_card(name: str, runs: list[tuple[Path, dict]], counts: dict, stats: dict, example: dict | None) -> str:
+    """The card of `factory merge`: every source run with its constitution and models, then rows and drops."""
+    lines = [f"# {name}", "", "Constitutional-AI data merged by Constitution Factory from the runs below, deduplicated"
+             " across them (the first run listed wins). Each row's `constitution` and `generator_model` columns"
+             " name its own origin.", "", *usage(name, counts), "", "## Source runs", "",
+             "| run | constitution | sha256 | models | rows |", "|---|---|---|---|---|"]
+    for run_dir, m in runs:
+        rows = ", ".join(f"{k}: {sum(v.values())}" for k, v in m.get("datasets", {}).items())
+        lines.append(f"| `{run_dir.name}` | `{m['constitution']['label']}` | `{m['constitution']['sha256'][:12]}` | "
+                     f"{', '.join(m['models'])} | {rows} |")
+    lines += ["", "## Drops", "", *drops_table({"stages": {"merge": stats}})]
     if example:
         lines += ["", "## Example `prefs` row", "", "```json", json.dumps(example, indent=2, ensure_ascii=False), "```"]
     return "\n".join(lines) + "\n"

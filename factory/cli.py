@@ -38,8 +38,12 @@ def cli() -> None:
     """
 
 
-def _print_outcome(outcome) -> None:
+def _print_outcome(outcome, hub_repo: str | None = None) -> None:
     run_dir, counts = outcome.run_dir, outcome.counts
+    if hub_repo and counts:
+        from factory.hub import push
+
+        stdout.print(f"pushed to {push(run_dir, hub_repo)}", markup=False, highlight=False)
     shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
     if outcome.status == "stopped_at_budget":
         stdout.print(f"[yellow]stopped before passing the budget[/yellow]; no datasets yet. Continue with: "
@@ -86,9 +90,11 @@ def _print_outcome(outcome) -> None:
                                             "(and kept in RUN_DIR/debug.log).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="The run directory, exactly (must not exist or be empty). Default: outputs/<timestamp>.")
+@click.option("--push-to-hub", "hub_repo", metavar="REPO", help="Then push the datasets and card to this Hugging Face "
+              "dataset repo (private; needs HF_TOKEN or `hf auth login`).")
 def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
         rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
-        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None) -> None:
+        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None) -> None:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 
     CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
@@ -102,6 +108,10 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 
     if debug:
         concurrency = 1
+    if hub_repo:
+        from factory.hub import require_token
+
+        require_token()  # before any work, not after it
     if resume_dir is not None:
         given = {"CONFIG": config, "--prompts": prompts, "--limit": limit, "--model": model, "--seed": seed,
                  "--batch": batch or None, "--out": out, "--dry-run": dry_run or None}
@@ -110,7 +120,7 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
             raise FactoryError(f"--resume continues a run exactly as it started; drop {', '.join(clash)} "
                                "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change)")
         ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
-        _print_outcome(resume(resume_dir, stderr, ov, debug=debug))
+        _print_outcome(resume(resume_dir, stderr, ov, debug=debug), hub_repo)
     ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
     if dry_run:
@@ -118,7 +128,7 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 
         stdout.print(estimate_table(estimate(pipe, batch), batch))
         return
-    _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug))
+    _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug), hub_repo)
 
 
 @cli.command("retry-failed")
@@ -185,6 +195,43 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
         shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
         table.add_row(key.replace("_", " "), "-" if shown is None else str(shown))
     stdout.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True, help="Records to show in full.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which records are drawn.")
+def inspect(run_dir: Path, samples: int, seed: int) -> None:
+    """What RUN_DIR made and dropped (counts and reasons per stage, the judge's quality report), and a
+    few records in full: prompt, answers, critiques, revisions, the judge's verdicts and fact verdicts."""
+    from factory.inspect_run import inspect_run
+
+    inspect_run(run_dir, stdout, samples, seed)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The merged dataset folder (must not exist or be empty).")
+@click.option("--push-to-hub", "hub_repo", metavar="REPO", help="Then push it to this Hugging Face dataset repo (private).")
+def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
+    """Merge finished runs into one dataset, deduplicated across runs (the first run listed wins), with a
+    card naming every source run. Export settings come from the first run's config."""
+    from factory.merge import merge as merge_runs
+
+    if hub_repo:
+        from factory.hub import require_token
+
+        require_token()
+    counts, st = merge_runs(list(run_dirs), out)
+    dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "none"
+    rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
+    stdout.print(f"{st['in']} records in, dropped {dropped}\ndatasets: {rows}", markup=False, highlight=False)
+    if hub_repo:
+        from factory.hub import push
+
+        stdout.print(f"pushed to {push(out, hub_repo)}", markup=False, highlight=False)
+    stdout.print(str(out), markup=False, highlight=False)
 
 
 @cli.group()

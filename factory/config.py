@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from factory.hygiene.filters import QualityConfig
 from factory.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,84 @@ class JudgeConfig(Sampling):
         return self
 
 
+class SearchConfig(Strict):
+    backend: Literal["local", "tavily", "brave", "wikipedia", "searxng"] = Field(
+        default="local", description="local BM25 (offline) or a web backend (its key or URL from the env)")
+    collection: str | None = Field(default=None, description="local only: JSONL, Parquet or a folder of "
+                                   ".txt/.md (default: the 10,033 Wikipedia summaries)")
+    index_dir: str | None = Field(default=None, description="where local indexes are built once and kept "
+                                  "(default: $FACTORY_CACHE_DIR/search)")
+    k: int = Field(default=3, ge=1, le=20, description="passages retrieved per query")
+
+
+class FactCheckConfig(Sampling):
+    """SAFE-style fact checking: claims, search queries per claim, retrieval, a verdict per claim."""
+
+    target: Literal["final", "initial", "both"] = Field(
+        default="final", description="which texts of each candidate to check: revisions, first answers, or both")
+    max_claims: int = Field(default=8, ge=1, le=50, description="claims kept per answer (the first ones)")
+    queries: int = Field(default=3, ge=1, le=8, description="search queries per claim (Q)")
+    claim_as_query: bool = Field(default=True, description="the claim itself is the first query; the model "
+                                 "writes the other Q-1 (none with queries: 1)")
+    passage_chars: int = Field(default=800, ge=100, description="characters of each passage shown and kept")
+    f1_k: int = Field(default=5, ge=1, description="K of F1@K: recall = min(1, supported / K)")
+    metric: Literal["f1", "precision"] = Field(default="f1", description="the score drop_below and prefer use")
+    drop_below: float | None = Field(default=None, ge=0, le=1, description="drop answers scoring below this "
+                                     "(the record when none is left)")
+    revise: bool = Field(default=False, description="one more revision round on unsupported claims and evidence")
+    recheck: bool = Field(default=False, description="check the fact-revised text again (drop_below and prefer use it)")
+    prefer: bool = Field(default=False, description="pairs: the best-supported text chosen over the worst")
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    claims_template: str = "claims"
+    queries_template: str = "claim_queries"
+    verdict_template: str = "claim_verdict"
+    revision_template: str = "fact_revision"
+
+    @model_validator(mode="after")
+    def _check(self) -> FactCheckConfig:
+        if self.revise and self.target == "initial":
+            raise ValueError("revise needs target 'final' or 'both': it revises each candidate's final text")
+        if self.recheck and not self.revise:
+            raise ValueError("recheck checks the fact-revised text: set revise: true as well")
+        return self
+
+
+class IdkConfig(Sampling):
+    """"I don't know" labels: each sampled answer judged against the prompt's reference answers."""
+
+    match: Literal["normalised", "judge"] = Field(
+        default="normalised", description="normalised containment (SQuAD-style), or the model with the references")
+    answers_field: str = Field(default="answers", description="the prompts file field holding the references")
+    pairs: Literal["each", "one"] = Field(default="each", description="the target over each wrong answer, or one")
+    declines: str = Field(default="idk_declines", description="YAML file in prompts_dir with `declines:` phrasings")
+    template: str = "idk_judge"
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=8, ge=1)
+
+
+class EvalSet(Strict):
+    path: str = Field(description="JSONL, Parquet or text file of evaluation examples")
+    fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, description="text fields to check against")
+
+
+class CleanConfig(Strict):
+    """Filters, dedup and decontamination before export; every drop is a counted reason."""
+
+    exact_dedup: bool = Field(default=True, description="drop records whose prompt or SFT text repeats (normalised)")
+    near_dedup: bool = Field(default=True, description="MinHash LSH near-dedup of prompts and SFT texts")
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Jaccard similarity that counts as a duplicate")
+    ngram: int = Field(default=5, ge=1, description="word shingle size for near-dedup")
+    decontaminate: list[EvalSet] = Field(default_factory=list, description="evaluation sets to keep out of the data")
+    decontam_ngram: int = Field(default=13, ge=1)
+    drop_truncated: bool = Field(default=True, description="drop SFT texts whose call stopped at max_tokens")
+    drop_critique_repeats: bool = Field(default=True, description="drop SFT texts that only repeat a critique")
+    drop_over_refusal: bool = Field(default=True, description="drop refusals to prompts of a benign kind")
+    benign_kinds: list[str] = Field(default_factory=lambda: ["helpful"],
+                                    description="prompt `kind` values (from the prompt files) that deserve an answer")
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
 class ExportConfig(Strict):
     test_fraction: float = Field(default=0.1, ge=0, le=1)
     license: str = Field(default="other", description="license field of the dataset card")
@@ -100,6 +179,8 @@ class ExportConfig(Strict):
     consistent_only: bool = Field(default=False, description="judged pairs: keep only position-consistent ones")
     kto: bool = Field(default=False, description="also write a `kto` config: prompt, completion, label")
     reward: bool = Field(default=False, description="also write a `reward` config: implicit prompts and a margin")
+    jsonl: bool = Field(default=False, description="also write each split as JSONL next to its Parquet file")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
 
 
 class LimitsConfig(Strict):
@@ -130,13 +211,17 @@ class BatchConfig(Strict):
 class StagesConfig(Strict):
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
-    critique_revise: CritiqueReviseConfig = Field(default_factory=CritiqueReviseConfig)
+    critique_revise: CritiqueReviseConfig | None = Field(default_factory=CritiqueReviseConfig,
+                                                         description="null skips critique and revision")
+    idk: IdkConfig | None = Field(default=None, description="label answers against reference answers")
+    factcheck: FactCheckConfig | None = Field(default=None, description="check answers' claims via search")
     judge: JudgeConfig | None = Field(default=None, description="rank answers with a judge (default: revision wins)")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
     def sampling(self) -> list[Sampling]:
         """The stages that call a model."""
-        return [s for s in (self.questions, self.answer, self.critique_revise, self.judge) if s is not None]
+        return [s for s in (self.questions, self.answer, self.critique_revise, self.idk, self.factcheck, self.judge)
+                if s is not None]
 
 
 class PipelineConfig(Strict):

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from factory.pipeline import Pipeline
 from factory.prices import estimate_tokens
-from factory.records import Record
+from factory.records import Evidence, Record
+from factory.stages.critique_revise import CritiqueReviseStage
+from factory.stages.factcheck import SHORT_MAX_TOKENS
 
 SAMPLE = 1000
 
@@ -53,11 +55,14 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
         lines.append(Line("questions", pipe.specs["questions"], calls,
                           calls * estimate_tokens(_chars(t["questions"].render(**variables))), calls * q.max_tokens))
     answer, cr = st.answer, st.critique_revise
-    critique_stage = pipe.stages()[1]
+    critique_stage = CritiqueReviseStage(cr, pipe.constitution, t["critique"], t["revision"],
+                                         pipe.specs["critique_revise"], pipe.cfg.seed) if cr else None
     placeholder = "x" * (4 * answer.max_tokens)  # an answer as long as it may be
     a_in = c_in = r_in = 0
     for rec in sample or [Record.new("placeholder", "file")]:
         a_in += estimate_tokens(_chars(t["answer"].render(prompt=rec.prompt)))
+        if critique_stage is None or cr is None:
+            continue
         variables = {"prompt": rec.prompt, "response": placeholder, "principle": pipe.constitution.principles[0],
                      "examples": critique_stage.examples(rec, 0, 1)}
         c_in += estimate_tokens(_chars(t["critique"].render(**variables)))
@@ -66,12 +71,38 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
     per = answer.candidates
     lines.append(Line("answer", pipe.specs["answer"], n_records * per, round(a_in * k * per),
                       n_records * per * answer.max_tokens))
-    rounds = per * cr.rounds
-    lines.append(Line("critique_revise", pipe.specs["critique_revise"], n_records * rounds * 2,
-                      round((c_in + r_in) * k * rounds), n_records * rounds * 2 * cr.max_tokens))
+    if cr is not None:
+        rounds = per * cr.rounds
+        lines.append(Line("critique_revise", pipe.specs["critique_revise"], n_records * rounds * 2,
+                          round((c_in + r_in) * k * rounds), n_records * rounds * 2 * cr.max_tokens))
+    prompt = (sample or [Record.new("placeholder", "file")])[0].prompt
+    lines += _labelling(pipe, prompt, n_records * per, placeholder)
     for line in lines:
         provider, _, name = line.model.partition(":")
         line.usd = pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens, batch)
+    return lines
+
+
+def _labelling(pipe: Pipeline, prompt: str, answers: int, answer: str) -> list[Line]:
+    """The idk judge and the fact checker: every answer judged; every checked text at max_claims
+    claims, each with its queries call and a verdict over queries x k passages (an upper bound)."""
+    st, t, lines = pipe.cfg.stages, pipe.templates, []
+    if st.idk is not None and "idk_judge" in t:
+        tokens = estimate_tokens(_chars(t["idk_judge"].render(prompt=prompt, references=["x" * 20], answer=answer)))
+        lines.append(Line("idk", pipe.specs["idk"], answers, answers * tokens, answers * st.idk.max_tokens))
+    if (fc := st.factcheck) is not None:
+        texts, claim, more = answers * (2 if fc.target == "both" else 1), "x" * 120, fc.queries - fc.claim_as_query
+        shown = [Evidence(n=1, title="x" * 20, source="", text="x" * fc.passage_chars, cited=False)]
+        claims_in = estimate_tokens(_chars(t["claims"].render(prompt=prompt, response=answer)))
+        verdict_in = estimate_tokens(_chars(t["claim_verdict"].render(prompt=prompt, claim=claim,
+                                                                      passages=shown * fc.queries * fc.search.k)))
+        queries_in = estimate_tokens(_chars(t["claim_queries"].render(prompt=prompt, claim=claim, n=max(more, 1))))
+        per_claim = (1 + (more > 0), verdict_in + (more > 0) * queries_in, SHORT_MAX_TOKENS * (1 + max(more, 0)))
+        revise = (fc.revise, fc.revise * (claims_in + verdict_in), fc.revise * fc.max_tokens)
+        lines.append(Line("factcheck", pipe.specs["factcheck"],
+                          texts * (1 + fc.max_claims * per_claim[0] + revise[0]),
+                          texts * (claims_in + fc.max_claims * per_claim[1] + revise[1]),
+                          texts * (fc.max_tokens + fc.max_claims * per_claim[2] + revise[2])))
     return lines
 
 

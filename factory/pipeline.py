@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.caller import Caller
+from factory.clean import Cleaner
 from factory.calllog import CallLog
 from factory.config import LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
@@ -21,14 +22,17 @@ from factory.ratelimit import RateLimiter
 from factory.records import Record
 from factory.rundir import command_line, git_commit, now, package_versions
 from factory.judging import Scorer, load_scorer
-from factory.stages import Stage, answer, critique_revise, judge, questions
+from factory.search import SearchBackend, load_search
+from factory.stages import Stage, answer, critique_revise, factcheck, idk, judge, questions
 from factory.stages.answer import AnswerStage
 from factory.stages.critique_revise import CritiqueReviseStage
+from factory.stages.factcheck import FactCheckStage
+from factory.stages.idk import IdkStage
 from factory.stages.judge import JudgeStage
 from factory.stages.questions import QuestionsStage
 from factory.stats import Stats
 
-RECORD_STAGES = ["answer", "critique_revise", "judge"]  # in order; judge only where the config has one
+RECORD_STAGES = ["answer", "critique_revise", "idk", "factcheck", "judge"]  # in order; each where configured
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Overrides:
                 setattr(cfg, name, getattr(self, name))
         if self.cache_dir is not None:
             cfg.cache_dir = str(self.cache_dir.resolve())
-        if self.rounds is not None:
+        if self.rounds is not None and cfg.stages.critique_revise is not None:
             cfg.stages.critique_revise.rounds = self.rounds
         if self.rpm is not None or self.tpm is not None:
             for spec in {cfg.model_for(s) for s in cfg.stages.sampling()}:
@@ -86,7 +90,10 @@ class Pipeline:
     prices: PriceTable
     prompts_path: Path | None = None
     teacher: Scorer | None = None
+    cleaner: Cleaner | None = None
+    declines: list[str] = field(default_factory=list)
     models: dict[str, Model] = field(default_factory=dict)
+    search: SearchBackend | None = None
 
     @classmethod
     def prepare(cls, cfg: PipelineConfig, ov: Overrides, needs_seeds: bool = True) -> Pipeline:
@@ -100,9 +107,17 @@ class Pipeline:
         templates = {
             "questions": load_template(pdir, st.questions.template, questions.VARIABLES),
             "answer": load_template(pdir, st.answer.template, answer.VARIABLES),
-            "critique": load_template(pdir, st.critique_revise.critique_template, critique_revise.CRITIQUE_VARIABLES),
-            "revision": load_template(pdir, st.critique_revise.revision_template, critique_revise.REVISION_VARIABLES),
         }
+        if (cr := st.critique_revise) is not None:
+            templates["critique"] = load_template(pdir, cr.critique_template, critique_revise.CRITIQUE_VARIABLES)
+            templates["revision"] = load_template(pdir, cr.revision_template, critique_revise.REVISION_VARIABLES)
+        if st.factcheck is not None:
+            templates |= factcheck.load_templates(pdir, st.factcheck)
+        declines = []
+        if st.idk is not None:
+            declines = idk.load_declines(pdir, st.idk.declines)
+            if (idk_judge := idk.load_judge(pdir, st.idk)) is not None:
+                templates["idk_judge"] = idk_judge
         teacher = None
         if st.judge is not None:
             j = st.judge
@@ -121,7 +136,9 @@ class Pipeline:
             for path in st.questions.seeds:
                 seeds += read_prompts(cfg.path(path), "seed")
         prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
-        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, teacher=teacher)
+        cleaner = Cleaner(st.export.clean, cfg.path)  # loads the evaluation sets: bad ones fail here
+        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, teacher=teacher,
+                   declines=declines, cleaner=cleaner)
         if cfg.max_cost is not None:
             require_prices(prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.used_specs()],
                            "--max-cost")
@@ -130,16 +147,16 @@ class Pipeline:
     @property
     def specs(self) -> dict[str, str]:
         st = self.cfg.stages
+        optional = {"critique_revise": st.critique_revise, "idk": st.idk, "factcheck": st.factcheck, "judge": st.judge}
         return {
             "questions": self.cfg.model_for(st.questions),
             "answer": self.cfg.model_for(st.answer),
-            "critique_revise": self.cfg.model_for(st.critique_revise),
-            **({"judge": self.cfg.model_for(st.judge)} if st.judge else {}),
+            **{name: self.cfg.model_for(s) for name, s in optional.items() if s is not None},
         }
 
     @property
     def record_stages(self) -> list[str]:
-        return [s for s in RECORD_STAGES if s != "judge" or self.cfg.stages.judge is not None]
+        return [s for s in RECORD_STAGES if s in self.specs]
 
     @property
     def generating(self) -> bool:
@@ -150,10 +167,15 @@ class Pipeline:
         return list(dict.fromkeys(self.specs[s] for s in stages))
 
     def load_models(self) -> None:
-        """Build every backend the run uses (a missing API key fails here, before any output)."""
+        """Build every backend the run uses (a missing API key fails here, before any output), and
+        the fact checker's search backend (a local index is built once, then loaded)."""
         for spec in self.used_specs():
             if spec not in self.models:
                 self.models[spec] = load_model(spec)
+        if (fc := self.cfg.stages.factcheck) is not None and self.search is None:
+            s = fc.search
+            self.search = load_search(s.backend, cache_dir=self.cfg.path(s.index_dir) if s.index_dir else None,
+                                      collection=self.cfg.path(s.collection) if s.collection else None)
 
     def caller(self, log: CallLog, stats: Stats, budget: Budget, **kwargs) -> Caller:
         cfg = self.cfg
@@ -162,15 +184,21 @@ class Pipeline:
             limits = cfg.limits.get(spec, LimitsConfig())
             endpoints[spec] = Endpoint(model, cfg.concurrency, RateLimiter(limits.rpm, limits.tpm), cfg.retries,
                                        cfg.timeouts, self.prices, budget)
-        return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts, **kwargs)
+        return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
+                      search_attempts=cfg.retries.max_attempts, **kwargs)
 
     def stages(self) -> list[Stage]:
-        cfg, t, seed = self.cfg, self.templates, self.cfg.seed
-        stages: list[Stage] = [
-            AnswerStage(cfg.stages.answer, t["answer"], self.specs["answer"], seed),
-            CritiqueReviseStage(cfg.stages.critique_revise, self.constitution, t["critique"], t["revision"],
-                                self.specs["critique_revise"], seed),
-        ]
+        cfg, t, seed, st = self.cfg, self.templates, self.cfg.seed, self.cfg.stages
+        stages: list[Stage] = [AnswerStage(st.answer, t["answer"], self.specs["answer"], seed)]
+        if st.critique_revise is not None:
+            stages.append(CritiqueReviseStage(st.critique_revise, self.constitution, t["critique"], t["revision"],
+                                              self.specs["critique_revise"], seed))
+        if st.idk is not None:
+            stages.append(IdkStage(st.idk, self.declines, t.get("idk_judge"), self.specs["idk"], seed))
+        if st.factcheck is not None:
+            if self.search is None:
+                raise FactoryError("the fact-check stage needs its search backend: call load_models() first")
+            stages.append(FactCheckStage(st.factcheck, t, self.specs["factcheck"], seed, self.search))
         if cfg.stages.judge is not None:
             stages.append(JudgeStage(cfg.stages.judge, self.constitution, t["judge"], self.specs["judge"], seed,
                                      self.teacher))
@@ -184,6 +212,8 @@ class Pipeline:
     async def aclose(self) -> None:
         for m in self.models.values():
             await m.aclose()
+        if self.search is not None:
+            await self.search.aclose()
 
     def inputs(self) -> dict:
         """Digests of every input that decides which records a run has and what they say."""
@@ -193,6 +223,7 @@ class Pipeline:
             "prompts_file": file_digest(self.prompts_path) if self.prompts_path else None,
             "seed_files": {p: file_digest(self.cfg.path(p)) for p in self.cfg.stages.questions.seeds}
             if self.seeds else {},
+            **({"declines": hashlib.sha256("\n".join(self.declines).encode()).hexdigest()} if self.declines else {}),
         }
 
     def manifest(self, run_dir: Path, batch: bool) -> dict:

@@ -102,6 +102,78 @@ class Judgement(Typed):
     pairs: list[Pair] = Field(default_factory=list)
 
 
+class Evidence(Typed):
+    """One retrieved passage shown to the verdict step, numbered as it was shown."""
+
+    n: int
+    title: str
+    source: str
+    text: str  # the passage as shown (cut at passage_chars)
+    cited: bool  # the verdict named this passage
+
+
+class Claim(Typed):
+    text: str
+    queries: list[str] = Field(default_factory=list)
+    verdict: Literal["supported", "not_supported", "irrelevant"] | None = None  # None: unreadable verdict
+    evidence: list[Evidence] = Field(default_factory=list)
+    reply: str = ""  # the verdict step's raw reply (cut)
+
+
+class FactCheck(Typed):
+    """One checked text of one candidate, with its claims and scores (irrelevant claims excluded)."""
+
+    candidate: int
+    kind: Literal["initial", "final", "revised"]  # revised: the fact-revision round's text, rechecked
+    text: str
+    claims: list[Claim] = Field(default_factory=list)
+    supported: int = 0
+    not_supported: int = 0
+    irrelevant: int = 0
+    precision: float | None = None  # S / (S + N); None without any relevant claim
+    recall: float = 0.0  # min(1, S / K)
+    f1: float = 0.0  # F1@K; 0 when nothing is supported
+
+
+class FactPair(Typed):
+    chosen: int  # indices into FactReport.checks
+    rejected: int
+    metric: Literal["f1", "precision"]
+    score_chosen: float
+    score_rejected: float
+
+
+class FactReport(Typed):
+    k: int  # K of F1@K
+    prefer: bool = False  # export's pairs come from `pairs` (better supported chosen), not the default
+    checks: list[FactCheck] = Field(default_factory=list)
+    pairs: list[FactPair] = Field(default_factory=list)
+
+    def scores_of(self, text: str) -> FactCheck | None:
+        """The latest check of exactly this text, if any."""
+        return next((c for c in reversed(self.checks) if c.text == text), None)
+
+
+class IdkSample(Typed):
+    candidate: int
+    correct: bool
+    by: Literal["normalised", "judge"]
+    matched: str | None = None  # the reference found in the answer (normalised match)
+    reply: str = ""  # the judge's reply (judge match)
+
+
+class IdkLabel(Typed):
+    """K sampled answers judged against the references; the SFT target and the rejected answers."""
+
+    references: list[str]
+    samples: list[IdkSample]
+    p_ik: float  # fraction of samples judged correct
+    label: Literal["decline", "answer"]
+    target: str  # the SFT assistant turn: a decline, or a correct sample
+    decline: int | None = None  # which phrasing of the declines file
+    rejected: list[int] = Field(default_factory=list)  # candidate indices of wrong answers paired under the target
+
+
 class Drop(Typed):
     stage: str
     reason: str
@@ -117,6 +189,8 @@ class Record(Typed):
     candidates: list[Candidate] = Field(default_factory=list)
     calls: list[CallRef] = Field(default_factory=list)
     judgement: Judgement | None = None
+    facts: FactReport | None = None
+    idk: IdkLabel | None = None
     dropped: Drop | None = None
 
     @classmethod

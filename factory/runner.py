@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,9 +183,11 @@ class Run:
             def card(c: dict, example: dict | None) -> str:
                 return card_body(self.dir.name, manifest, pipe.constitution, c, self.stats.to_dict(), example)
 
-            done = (rec for _, _, _, rec in self.state.records("done"))
+            def done() -> Iterator[Record]:
+                return (rec for _, _, _, rec in self.state.records("done"))
+
             counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
-                            self.stats["export"], card, report)
+                            self.stats["export"], card, report, pipe.cleaner)
         stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
                                         "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6)}
         if report is not None:

@@ -14,6 +14,7 @@ from factory.diff import word_diff
 from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget
 from factory.records import Record
+from factory.stages.factcheck import PRINCIPLE_ID
 from factory.stats import Stats
 
 
@@ -49,8 +50,9 @@ def try_prompt(prompt: str, config: Path | None, constitution: Path | None, mode
     for cand in record.candidates:
         console.print(Panel(cand.answer, title=f"answer [{cand.index}]", title_align="left"))
         for i, rnd in enumerate(cand.rounds, 1):
-            p = c.principle(rnd.principle_id)
-            console.print(Panel(f"[bold]{p.critique}[/bold]\n\n{rnd.critique}",
+            asked = c.principle(rnd.principle_id).critique if rnd.principle_id != PRINCIPLE_ID \
+                else "claims the search did not support"
+            console.print(Panel(f"[bold]{asked}[/bold]\n\n{rnd.critique}",
                                 title=f"round {i}: critique ({rnd.principle_id})", title_align="left"))
             console.print(Panel(rnd.revision, title=f"round {i}: revision" + (" (no change)" if rnd.noop else ""),
                                 title_align="left"))

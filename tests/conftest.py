@@ -133,11 +133,35 @@ def judge_reply(messages: list[dict], body: dict, better: Callable[[str], bool])
                  if body.get("logprobs") else None)
 
 
+QUIZ = {"France": "Paris", "Japan": "Tokyo"}  # what the scripted model knows; other questions it gets wrong
+
+
+def facts_reply(messages: list[dict]) -> str | None:
+    """The fact-check and IDK templates, recognised by how they end (None for anything else). First
+    answers claim one false fact; the scripted revisions ("A careful, kind answer") only true ones."""
+    user = messages[-1]["content"].rstrip()
+    if user.endswith("Claims:"):
+        text = user.rsplit("Text:", 1)[1]
+        true = "- Paris is the capital of France."
+        return true if "careful" in text else f"{true}\n- Paris was founded on the Moon in 1999."
+    if user.endswith("Queries:"):
+        return "capital city of France"
+    if user.endswith("Verdict:"):
+        claim = user.rsplit("Claim:", 1)[1].split("\n", 1)[0]
+        return "Not supported" if "Moon" in claim else "Supported [1]"
+    if user.endswith("Correct:"):  # the idk judge: right when the answer names a reference
+        refs = user.split("Reference answers:", 1)[1].split("\n", 1)[0].split(";")
+        return "yes" if any(r.strip() in user.rsplit("Answer to grade:", 1)[1] for r in refs) else "no"
+    if "quiz" in messages[0]["content"]:  # the short answer template
+        return next((f"It is {a}." for country, a in QUIZ.items() if country in user), "I believe it is Atlantis.")
+    return None
+
+
 def server_script(messages: list[dict], body: dict):
     """The scripted model, served over HTTP by the real test server. Its judge prefers the scripted
     revisions ("A careful, kind answer")."""
     verdict = judge_reply(messages, body, lambda text: "careful" in text)
-    return verdict or default_script(messages, GenParams(seed=body.get("seed")))
+    return verdict or facts_reply(messages) or default_script(messages, GenParams(seed=body.get("seed")))
 
 
 @pytest.fixture

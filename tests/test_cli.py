@@ -52,11 +52,12 @@ def test_run_end_to_end_over_http(api, tmp_path: Path, spec: str) -> None:
     assert "load_dataset" in r.stdout
 
     sft, prefs = load_dataset(str(out), "sft"), load_dataset(str(out), "prefs")
-    assert set(sft) | set(prefs) <= {"train", "test"}
+    assert set(sft) <= {"train_sft", "test_sft"} and set(prefs) <= {"train_prefs", "test_prefs"}
     assert sum(len(s) for s in sft.values()) == 5 and sum(len(s) for s in prefs.values()) == 5
     split = next(iter(sft.values()))
     assert split.column_names == ["messages", "prompt_id", "principle_ids", "constitution",
-                                  "constitution_hash", "generator_model"]
+                                  "constitution_hash", "generator_model", "fact_precision", "fact_f1"]
+    assert set(split["fact_f1"]) == {None}  # nothing was fact-checked
     assert next(iter(prefs.values())).column_names[:3] == ["prompt", "chosen", "rejected"]
     row = next(iter(prefs.values()))[0]
     assert is_conversational(row) and is_conversational(split[0])

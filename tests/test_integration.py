@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
-from test_cli import factory, write_prompts
+import yaml
+from test_cli import api_config, factory, write_prompts
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
@@ -21,7 +22,13 @@ def test_embedded_model_end_to_end(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", ["How can I get back at a coworker who insulted me?",
                                                    "What is a healthy breakfast?"])
     out = tmp_path / "run"
-    r = factory("run", "--prompts", prompts, "--out", out)
+    # Cleaning is tested in test_clean; here every record must reach the datasets, so the 135M
+    # model's truncated or short texts are kept.
+    config = api_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["stages"]["export"]["clean"] = {"drop_truncated": False, "quality": {"enabled": []}}
+    config.write_text(yaml.safe_dump(cfg))
+    r = factory("run", config, "--prompts", prompts, "--out", out)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == str(out)
     stats = json.loads((out / "stats.json").read_text())
@@ -34,7 +41,7 @@ def test_embedded_model_end_to_end(tmp_path: Path) -> None:
     assert len(rows) == 2
     for row in rows:
         assert list(row) == ["messages", "prompt_id", "principle_ids", "constitution", "constitution_hash",
-                             "generator_model"]
+                             "generator_model", "fact_precision", "fact_f1"]
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["messages"][1]["content"]
         assert row["generator_model"] == "local:smollm2" and len(row["principle_ids"]) == 1
         assert is_conversational(row)

@@ -279,13 +279,13 @@ def test_run_with_a_judge_over_http(api, tmp_path: Path) -> None:
     judged = [b for b in api.requests if "(A) <<<" in b["body"]["messages"][-1]["content"]]
     assert judged and all(b["body"]["logprobs"] is True for b in judged)
     assert all(b["body"]["messages"][-1]["role"] == "user" for b in judged)  # no prefill for OpenAI
-    prefs = load_dataset(str(out), "prefs")["train"]
+    prefs = load_dataset(str(out), "prefs")["train_prefs"]
     assert prefs.num_rows >= 1 and all(p > 0.5 for p in prefs["p_chosen"])
     assert all("careful" in c[0]["content"] for c in prefs["chosen"])  # the scripted revisions win
     lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert all(rec["judgement"]["comparisons"] for rec in lineage)
     for name in ("kto", "reward"):
-        assert load_dataset(str(out), name)["train"].num_rows >= 1
+        assert load_dataset(str(out), name)[f"train_{name}"].num_rows >= 1
 
 
 def test_judge_check_over_http(api, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ header lists the configs, so `datasets.load_dataset(RUN_DIR, "sft")` works offli
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -12,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from factory.clean import Cleaner, sft_target
 from factory.config import ExportConfig
 from factory.constitution import Constitution
 from factory.judging.report import JudgeReport
 from factory.records import Record, normalise
+from factory.stages.label_rows import labelled_rows
 from factory.stats import StageStats
 
 NAME = "export"
@@ -39,9 +42,12 @@ _JUDGED = [
     ("judge_model", pa.string()),
     ("judge_principle_ids", pa.list_(pa.string())),
 ]
+# Fact-check scores of the text trained on (prefs: the chosen one); null where nothing was checked.
+_FACTS = [("fact_precision", pa.float64()), ("fact_f1", pa.float64())]
 SCHEMAS = {
-    "sft": pa.schema([("messages", _TURNS), *_PROVENANCE]),
-    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_JUDGED, *_PROVENANCE]),
+    "sft": pa.schema([("messages", _TURNS), *_PROVENANCE, *_FACTS]),
+    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_JUDGED, *_PROVENANCE,
+                        *_FACTS]),
     "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_()), *_PROVENANCE]),
     "reward": pa.schema([("chosen", _TURNS), ("rejected", _TURNS), ("margin", pa.float64()), *_PROVENANCE]),
 }
@@ -54,20 +60,24 @@ def split_of(prompt_id: str, test_fraction: float) -> str:
 
 
 class SplitWriter:
-    """Streams one config's rows into per-split Parquet files, a chunk at a time. Files are named
-    `SPLIT-<content hash>.parquet`: `datasets` caches a local folder by its relative file names and
-    mtimes, so two runs with the same folder name would otherwise load each other's rows."""
+    """Streams one config's rows into per-split Parquet files (and JSONL on request), a chunk at a
+    time. Splits are named as in the Hugging Face H4 datasets (`train_sft`, `test_prefs`, ...).
+    Files are named `SPLIT-<content hash>.parquet`: `datasets` caches a local folder by its relative
+    file names and mtimes, so two runs with the same folder name would otherwise load each other's rows."""
 
     CHUNK = 2000
 
-    def __init__(self, schema: pa.Schema, folder: Path):
-        self.schema, self.folder = schema, folder
+    def __init__(self, schema: pa.Schema, folder: Path, config: str, jsonl: bool = False):
+        self.schema, self.folder, self.config, self.jsonl = schema, folder, config, jsonl
         self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
         self.writers: dict[str, pq.ParquetWriter] = {}
-        self.counts = dict.fromkeys(SPLITS, 0)
+        self.counts = {self.name(s): 0 for s in SPLITS}
+
+    def name(self, split: str) -> str:
+        return f"{split}_{self.config}"
 
     def add(self, split: str, row: dict) -> None:
-        self.counts[split] += 1
+        self.counts[self.name(split)] += 1
         self.buffers[split].append(row)
         if len(self.buffers[split]) >= self.CHUNK:
             self._flush(split)
@@ -77,6 +87,9 @@ class SplitWriter:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.writers[split] = pq.ParquetWriter(str(self.folder / f"{split}.parquet.tmp"), self.schema)
         self.writers[split].write_table(pa.Table.from_pylist(self.buffers[split], schema=self.schema))
+        if self.jsonl:
+            with (self.folder / f"{split}.jsonl.tmp").open("a") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in self.buffers[split])
         self.buffers[split] = []
 
     def close(self) -> list[dict]:
@@ -93,9 +106,11 @@ class SplitWriter:
             with tmp.open("rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
-            name = f"{split}-{digest.hexdigest()[:12]}.parquet"
-            tmp.rename(self.folder / name)
-            files.append({"split": split, "path": f"{self.folder.name}/{name}"})
+            stem = f"{self.name(split)}-{digest.hexdigest()[:12]}"
+            tmp.rename(self.folder / f"{stem}.parquet")
+            if self.jsonl:
+                (self.folder / f"{split}.jsonl.tmp").rename(self.folder / f"{stem}.jsonl")
+            files.append({"split": self.name(split), "path": f"{self.folder.name}/{stem}.parquet"})
         return files
 
 
@@ -107,8 +122,12 @@ def size_category(n: int) -> str:
 
 
 def _provenance(rec: Record, principle_ids: list[str], constitution: Constitution, generator: str) -> dict:
-    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": constitution.label,
-            "constitution_hash": constitution.digest, "generator_model": generator}
+    """Where a row came from. The record's own constitution and answer model win over the run's, so
+    merged runs keep each row's true origin."""
+    label, _, digest = (rec.constitution or "").rpartition(":")
+    model = next((c.model for c in rec.calls if c.stage == "answer"), generator)
+    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": label or constitution.label,
+            "constitution_hash": digest or constitution.digest, "generator_model": model}
 
 
 def _turn(text: str) -> list[dict]:
@@ -117,6 +136,12 @@ def _turn(text: str) -> list[dict]:
 
 def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
          st: StageStats) -> Iterator[tuple[str, dict]]:
+    """(config, row) for one record: those below, or the idk and factcheck stages' (label_rows.py)."""
+    return labelled_rows(rec, _rows(rec, constitution, generator, cfg, st), constitution, generator, cfg, st)
+
+
+def _rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
+          st: StageStats) -> Iterator[tuple[str, dict]]:
     """(config, row) for one record. Unjudged: one SFT row (the first candidate's final text) and one
     pair per candidate whose revision changed it (revision over first answer). Judged: the SFT row
     is the top-ranked option, and the pairs are the judge's, filtered by margin and consistency."""
@@ -128,8 +153,7 @@ def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportCon
             if normalise(cand.final) == normalise(cand.answer):
                 st.drop("prefs:revision_unchanged")
                 continue
-            yield "prefs", {"prompt": [{"role": "user", "content": rec.prompt}], "chosen": _turn(cand.final),
-                            "rejected": _turn(cand.answer), **prov}
+            yield from pair_rows(rec.prompt, cand.final, cand.answer, prov, {}, cfg, set())
         return
     yield from _judged_rows(rec, constitution, generator, cfg, st)
 
@@ -147,7 +171,7 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
     if not j.pairs:
         reason = "single_option" if len(j.options) < 2 else "unjudged" if not j.scores else "tie"
         st.drop(f"prefs:{reason}")
-    labelled: set[int] = set()
+    labelled: set[str] = set()
     for pair in j.pairs:
         margin = round(2 * pair.p_chosen - 1, 6)
         if margin < cfg.min_margin:
@@ -159,33 +183,49 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         chosen, rejected = j.options[pair.chosen], j.options[pair.rejected]
         prov = _provenance(rec, sorted(set(rounds[chosen.candidate] + rounds[rejected.candidate])), constitution,
                            generator)
-        yield "prefs", {"prompt": user, "chosen": _turn(chosen.text), "rejected": _turn(rejected.text),
-                        "score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected,
-                        "p_chosen": pair.p_chosen, "margin": margin, "position_consistent": pair.consistent,
-                        "judge_model": pair.judge_model, "judge_principle_ids": pair.principle_ids, **prov}
-        if cfg.reward:
-            yield "reward", {"chosen": [*user, *_turn(chosen.text)], "rejected": [*user, *_turn(rejected.text)],
-                             "margin": margin, **prov}
-        if cfg.kto:
-            for index, label in ((pair.chosen, True), (pair.rejected, False)):
-                if index not in labelled:
-                    labelled.add(index)
-                    yield "kto", {"prompt": user, "completion": _turn(j.options[index].text), "label": label, **prov}
+        judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "p_chosen": pair.p_chosen,
+                  "margin": margin, "position_consistent": pair.consistent, "judge_model": pair.judge_model,
+                  "judge_principle_ids": pair.principle_ids}
+        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, labelled)
 
 
-def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
+def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
+              labelled: set[str]) -> Iterator[tuple[str, dict]]:
+    """One preference pair as a `prefs` row, plus its `reward` row and its `kto` rows (each text of a
+    record labelled once: `labelled` remembers them) where configured."""
+    user = [{"role": "user", "content": prompt}]
+    yield "prefs", {"prompt": user, "chosen": _turn(chosen), "rejected": _turn(rejected), **judged, **prov}
+    if cfg.reward:
+        yield "reward", {"chosen": [*user, *_turn(chosen)], "rejected": [*user, *_turn(rejected)],
+                         "margin": judged.get("margin"), **prov}
+    if cfg.kto:
+        for text, label in ((chosen, True), (rejected, False)):
+            if text not in labelled:
+                labelled.add(text)
+                yield "kto", {"prompt": user, "completion": _turn(text), "label": label, **prov}
+
+
+def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
            generator: str, st: StageStats, card: Callable[[dict, dict | None], str],
-           report: JudgeReport | None = None) -> dict[str, dict[str, int]]:
-    """Stream the records (in a deterministic order) into Parquet files and README.md, written into a
-    temp folder and then moved in place: a reader never sees half a dataset."""
+           report: JudgeReport | None = None, cleaner: Cleaner | None = None) -> dict[str, dict[str, int]]:
+    """Clean, then stream the records (in a deterministic order; `records()` is read twice) into
+    Parquet files and README.md, written into a temp folder and then moved in place: a reader never
+    sees half a dataset. `cleaner` holds the loaded evaluation sets (default: cfg.clean, none loaded)."""
     st.touch()
     tmp = run_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    scratch = StageStats()  # the first pass's row counts are not the export's
+    drops = (cleaner or Cleaner(cfg.clean, Path)).plan(
+        ((rec, sft_target(rows(rec, constitution, generator, cfg, scratch))) for rec in records()), tmp)
     names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
-    writers = {name: SplitWriter(SCHEMAS[name], tmp / name) for name in names}
+    writers = {name: SplitWriter(SCHEMAS[name], tmp / name, name, cfg.jsonl) for name in names}
     example = None
-    for rec in records:
+    for position, rec in enumerate(records()):
         st.records_in += 1
+        if position in drops:
+            st.drop(drops[position])
+            continue
         if report is not None and rec.judgement is not None:
             report.add(rec.judgement)
         for name, row in rows(rec, constitution, generator, cfg, st):
@@ -205,13 +245,13 @@ def export(records: Iterable[Record], run_dir: Path, cfg: ExportConfig, constitu
         "tags": ["constitutional-ai", "synthetic", "rlaif", "constitution-factory"],
         "size_categories": [size_category(sum(counts["sft"].values()))],
     }
-    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + card(counts, example))
     for name in SCHEMAS:  # every config, so one left by an earlier export with other settings goes too
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)
-    (tmp / "README.md").replace(run_dir / "README.md")
+    for name in ("README.md", "dedup.jsonl", "decontam.jsonl"):
+        (tmp / name).replace(run_dir / name)
     tmp.rmdir()
     st.records_out = sum(counts["sft"].values())
     st.touch()

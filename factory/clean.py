@@ -1,0 +1,116 @@
+"""Cleaning before export: quality filters, dedup and decontamination over whole records.
+
+A first pass over the records decides which to keep; export then writes only those. A record is
+judged by its prompt and its SFT target (the text its `sft` row trains on): a record that fails
+loses all its rows, with a counted reason. Dedup clusters and decontamination matches are written
+to the run directory (`dedup.jsonl`, `decontam.jsonl`) so every drop can be traced to its kept twin
+or to the evaluation text it overlapped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from factory.config import CleanConfig
+from factory.hygiene import Decontaminator, NearDedup, check, exact_duplicates
+from factory.records import Record, normalise
+
+# Refusal openings, for the over-refusal check on benign prompts.
+_REFUSAL = re.compile(r"^\W*(?:i'?m sorry|sorry|i (?:can ?not|can't|won't|am unable|'m unable|am not able)|"
+                      r"as an ai|i must decline|unfortunately,? i (?:can't|cannot))", re.IGNORECASE)
+
+
+def sft_target(rows: Iterable[tuple[str, dict]]) -> str | None:
+    """The assistant text of a record's `sft` row, if it has one."""
+    for name, row in rows:
+        if name == "sft":
+            return row["messages"][-1]["content"]
+    return None
+
+
+def truncated(rec: Record, target: str) -> bool:
+    """The call that wrote the target stopped at its token limit."""
+    for cand in rec.candidates:
+        if cand.answer == target:
+            return cand.finish_reason == "length"
+        for n, rnd in enumerate(cand.rounds, 1):
+            if rnd.revision == target:
+                purpose = f"revision[{cand.index}].r{n}"
+                return any(c.finish_reason == "length" for c in rec.calls if c.purpose == purpose)
+    return False
+
+
+def repeats_critique(rec: Record, target: str) -> bool:
+    t = normalise(target)
+    return len(t) >= 20 and any(t in normalise(r.critique) for c in rec.candidates for r in c.rounds)
+
+
+class Cleaner:
+    def __init__(self, cfg: CleanConfig, resolve: Callable[[str], Path]):
+        self.cfg = cfg
+        self.near = NearDedup(ngram=cfg.ngram, threshold=cfg.threshold) if cfg.near_dedup else None
+        self.decontam: Decontaminator | None = None
+        for ev in cfg.decontaminate:
+            for field in ev.fields:
+                d = Decontaminator.from_file(resolve(ev.path), field, n=cfg.decontam_ngram)
+                self.decontam = d if self.decontam is None else self.decontam.merged(d)
+
+    def quality(self, rec: Record, target: str) -> str | None:
+        cfg = self.cfg
+        if cfg.drop_truncated and truncated(rec, target):
+            return "truncated"
+        if not target.strip():
+            return "empty"
+        if cfg.drop_critique_repeats and repeats_critique(rec, target):
+            return "repeats_critique"
+        if (cfg.drop_over_refusal and rec.metadata.get("kind") in cfg.benign_kinds
+                and _REFUSAL.match(target)):
+            return "over_refusal"
+        return check(target, cfg.quality)
+
+    def plan(self, records: Iterable[tuple[Record, str | None]], out: Path) -> dict[int, str]:
+        """Position -> drop reason, for (record, SFT target) pairs in export order (positions, not ids:
+        merged runs can hold the same prompt twice). Writes dedup.jsonl (clusters: kept id, dropped ids,
+        by what) and decontam.jsonl (id, matching n-gram)."""
+        drops: dict[int, str] = {}
+        prompts: list[tuple[int, str, str]] = []  # (position, id, text) of the records still in
+        targets: list[tuple[int, str, str]] = []
+        with (out / "decontam.jsonl").open("w") as matches:
+            for position, (rec, target) in enumerate(records):
+                reason = self.quality(rec, target) if target is not None else None
+                if reason is None and self.decontam is not None:
+                    hit = self.decontam.match(rec.prompt) or (self.decontam.match(target) if target else None)
+                    if hit:
+                        reason = "decontaminated"
+                        matches.write(json.dumps({"id": rec.id, "match": hit}) + "\n")
+                if reason:
+                    drops[position] = reason
+                    continue
+                prompts.append((position, rec.id, rec.prompt))
+                if target and not (rec.idk is not None and rec.idk.label == "decline"):  # declines repeat by design
+                    targets.append((position, rec.id, target))
+        with (out / "dedup.jsonl").open("w") as clusters:
+            for field, items in (("prompt", prompts), ("response", targets)):
+                self._dedup(field, items, drops, clusters)
+        return drops
+
+    def _dedup(self, field: str, items: list[tuple[int, str, str]], drops: dict[int, str], out) -> None:
+        """Exact, then near dedup of the texts of `items` still in; the first of each cluster stays."""
+        items = [item for item in items if item[0] not in drops]
+        texts = [text for _, _, text in items]
+        for how, dup_of in (("exact", exact_duplicates(texts) if self.cfg.exact_dedup else None),
+                            ("near", self.near.duplicates(texts) if self.near else None)):
+            if dup_of is None:
+                continue
+            groups: dict[int, list[int]] = {}
+            for i, kept in enumerate(dup_of):
+                if kept is not None and items[i][0] not in drops:
+                    groups.setdefault(kept, []).append(i)
+            for kept, dups in groups.items():
+                for i in dups:
+                    drops[items[i][0]] = f"{how}_duplicate_{field}"
+                out.write(json.dumps({"kept": items[kept][1], "dropped": [items[i][1] for i in dups],
+                                      "by": how, "field": field}) + "\n")

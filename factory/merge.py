@@ -1,0 +1,70 @@
+"""`factory merge RUN_DIR... --out DIR`: one dataset from several finished runs, deduplicated across
+them (the first run listed wins a tie), with a card that names every run it came from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from factory.card import merged_card
+from factory.clean import Cleaner
+from factory.config import PipelineConfig
+from factory.constitution import load_constitution
+from factory.errors import FactoryError
+from factory.records import Record
+from factory.rundir import now, write_json
+from factory.stages.export import export
+from factory.stats import StageStats
+
+FINISHED = ("complete", "complete_with_failures")
+
+
+def read_run(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("status") not in FINISHED:
+        raise FactoryError(f"{run_dir}: the run is {manifest.get('status')!r}; finish it first "
+                           f"(factory run --resume {run_dir})")
+    return manifest
+
+
+def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
+    """(counts per config and split, export stats). The first run's export settings apply."""
+    if out.exists() and any(out.iterdir()):
+        raise FactoryError(f"{out} exists and is not empty; choose a new --out folder")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise FactoryError("a run directory is listed twice")
+    manifests = [read_run(d) for d in run_dirs]
+    first = manifests[0]
+    cfg = PipelineConfig.model_validate(first["config"])
+    cpath = Path(first["constitution"]["path"])
+    if not cpath.is_file():
+        raise FactoryError(f"{cpath}: the constitution of {run_dirs[0]} is gone; restore it to merge")
+    constitution = load_constitution(cpath)
+    config_dir = Path(first.get("config_dir", "."))
+
+    def records() -> Iterator[Record]:
+        for d in run_dirs:
+            with (d / "records.jsonl").open() as f:
+                for line in f:
+                    rec = Record.model_validate_json(line)
+                    if rec.dropped is None:
+                        yield rec
+
+    def card(counts: dict, example: dict | None) -> str:
+        return merged_card(out.name, list(zip(run_dirs, manifests)), counts, st.to_dict(), example)
+
+    st = StageStats()
+    out.mkdir(parents=True, exist_ok=True)
+    cleaner = Cleaner(cfg.stages.export.clean, lambda p: (config_dir / p).resolve())
+    counts = export(records, out, cfg.stages.export, constitution, first["stage_models"]["answer"], st, card,
+                    cleaner=cleaner)
+    write_json(out / "manifest.json", {"status": "merged", "finished": now(), "datasets": counts,
+                                       "runs": [{"run_dir": str(d.resolve()), "constitution": m["constitution"]["label"],
+                                                 "constitution_sha256": m["constitution"]["sha256"],
+                                                 "models": m["models"]} for d, m in zip(run_dirs, manifests)]})
+    write_json(out / "stats.json", {"datasets": counts, "stages": {"merge": st.to_dict()}})
+    return counts, st.to_dict()
