@@ -19,7 +19,7 @@ from factory.hygiene import Decontaminator, NearDedup, check, exact_duplicates
 from factory.records import Record, normalise
 
 # Refusal openings, for the over-refusal check on benign prompts.
-_REFUSAL = re.compile(r"^\W*(?:i'?m sorry|sorry|i (?:can ?not|can't|won't|am unable|'m unable|am not able)|"
+REFUSAL = re.compile(r"^\W*(?:i'?m sorry|sorry|i (?:can ?not|can't|won't|am unable|'m unable|am not able)|"
                       r"as an ai|i must decline|unfortunately,? i (?:can't|cannot))", re.IGNORECASE)
 
 
@@ -67,7 +67,7 @@ class Cleaner:
         if cfg.drop_critique_repeats and repeats_critique(rec, target):
             return "repeats_critique"
         if (cfg.drop_over_refusal and rec.metadata.get("kind") in cfg.benign_kinds
-                and _REFUSAL.match(target)):
+                and REFUSAL.match(target)):
             return "over_refusal"
         return check(target, cfg.quality)
 

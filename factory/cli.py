@@ -234,6 +234,89 @@ def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     stdout.print(str(out), markup=False, highlight=False)
 
 
+@cli.command("eval")
+@click.option("--model", required=True, help="The model to evaluate, e.g. local:outputs/dpo-run.")
+@click.option("--baseline", default="local:smollm2", show_default=True, help="The model it should beat.")
+@click.option("--prompts", "source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Held-out prompts: a JSONL file, or a run directory (its test split).")
+@click.option("--judge", required=True, help="A model spec (pairwise, both orders, under the constitution) or a "
+              "classifier: vader:positive, vader:negative, hf:PATH:LABEL.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pipeline config for the constitution, answer settings and judge settings (default: the default).")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on at most N prompts.")
+@click.option("--benign-kind", "benign", multiple=True, help="Prompt `kind` values that deserve an answer, for the "
+              "over-refusal rate (default: the config's export.clean.benign_kinds).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for eval.json, answers.jsonl and calls.sqlite (default: outputs/<timestamp>).")
+def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | None, limit: int | None,
+          benign: tuple[str, ...], out: Path | None) -> None:
+    """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
+    both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal."""
+    from rich.table import Table
+
+    from factory.evaluate import evaluate
+    from factory.rundir import create_run_dir
+
+    folder = create_run_dir(out)
+    report = evaluate(model, baseline, source, judge, folder, config=config, limit=limit,
+                      benign=set(benign) if benign else None)
+    table = Table(title=f"{model} vs {baseline}, judged by {judge}")
+    for col in ("measure", "value"):
+        table.add_column(col)
+    table.add_row("win rate (95% CI)", f"{report['win_rate']} {tuple(report['ci95'])}")
+    table.add_row("wins / ties / losses", f"{report['wins']} / {report['ties']} / {report['losses']} of {report['n']}")
+    for pid, r in report["per_principle"].items():
+        table.add_row(f"  {pid}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']})")
+    refusal = report["over_refusal"]
+    table.add_row("over-refusal on benign", f"model {refusal['model']}, baseline {refusal['baseline']} "
+                  f"(n={refusal['benign_prompts']})")
+    for kind, by in report.get("scores_by_kind", {}).items():
+        table.add_row(f"scores: {kind}", ", ".join(f"{who} mean {v['mean']} share>0 {v['share_above_0']}"
+                                                    for who, v in by.items()))
+    stdout.print(table)
+    stdout.print(str(folder / "eval.json"), markup=False, highlight=False)
+
+
+@cli.command("train")
+@click.argument("objective", type=click.Choice(["sft", "dpo", "reward", "kto"]))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", default="local:smollm2", show_default=True,
+              help="The model to start from: local:smollm2 (the embedded model) or local:PATH (a HF folder).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the trained model (must not exist or be empty); use it as local:OUT.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML file of training settings (learning_rate, batch_size, max_steps, lora_r, ...).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Optimiser steps (default: one epoch).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs when --max-steps is not set.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples (or pairs) per device per step.")
+@click.option("--max-length", type=click.IntRange(min=8), help="Tokens per sequence; longer rows are cut.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), help="DPO and KTO: the pull toward the reference.")
+@click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter, merged into the saved model.")
+@click.option("--seed", type=int, help="Seed for initialisation and data order (default 0).")
+def train_(objective: str, data: Path, model_spec: str, out: Path, config_file: Path | None, max_steps: int | None,
+           epochs: float | None, lr: float | None, batch_size: int | None, max_length: int | None,
+           beta: float | None, lora: bool | None, seed: int | None) -> None:
+    """Fine-tune a local model on DATA (a run directory or dataset folder) with TRL.
+
+    \b
+    sft     supervised, on the `sft` config (messages)
+    dpo     on `prefs`, against a frozen copy of the starting model
+    reward  a one-logit reward model on `reward` (with the judge's margin)
+    kto     on `kto` (unpaired rows labelled good or bad)
+
+    Writes the model, its tokenizer, train_meta.json and metrics.jsonl into OUT, and prints OUT last.
+    Runs on CUDA in bf16 when there is one, and under `accelerate launch` on several GPUs as it is.
+    """
+    from factory.train import resolve
+    from factory.train import train as run_training
+
+    cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                  max_length=max_length, beta=beta, lora=lora, seed=seed)
+    run_training(objective, data, model_spec, out, cfg, stderr)
+    stdout.print(str(out), markup=False, highlight=False, soft_wrap=True)
+
+
 @cli.group()
 def constitution() -> None:
     """Check and convert constitution files."""

@@ -1,0 +1,165 @@
+"""`factory eval`: did training move the model toward the constitution?
+
+Both models answer the same held-out prompts (a run's test split by default); the judge compares
+each pair of answers in both orders under principles drawn from the constitution (or a classifier
+teacher scores them), exactly as the judge stage does. Reports the win rate of the model over the
+baseline with a 95% Wilson interval, per-principle win rates, the over-refusal rate on benign
+prompts, and, with a classifier judge, each model's scores per prompt kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from factory.calllog import CallLog
+from factory.clean import REFUSAL
+from factory.config import JudgeConfig, TeacherConfig, load_config
+from factory.errors import FactoryError
+from factory.inputs import read_prompts
+from factory.judging import load_scorer
+from factory.judging.report import TIE
+from factory.models import load_model
+from factory.pipeline import Overrides, Pipeline
+from factory.prices import Budget
+from factory.prompts import load_template
+from factory.records import Candidate, Record
+from factory.rundir import now, write_json
+from factory.stages import judge as judge_stage
+from factory.stages.answer import AnswerStage
+from factory.stages.export import split_of
+from factory.stages.judge import JudgeStage
+from factory.stats import Stats
+
+SCORER_PREFIXES = ("vader:", "hf:")
+
+
+def held_out(source: Path, limit: int | None) -> list[Record]:
+    """Prompts to evaluate on: a JSONL file, or a run directory's test split (its metadata kept)."""
+    if not source.is_dir():
+        return read_prompts(source, "file", limit)
+    manifest = source / "manifest.json"
+    if not manifest.is_file() or not (source / "records.jsonl").is_file():
+        raise FactoryError(f"{source}: not a finished run directory (no manifest.json or records.jsonl)")
+    fraction = json.loads(manifest.read_text())["config"]["stages"]["export"]["test_fraction"]
+    out = []
+    for line in (source / "records.jsonl").read_text().splitlines():
+        rec = Record.model_validate_json(line)
+        if split_of(rec.id, fraction) == "test":
+            out.append(Record.new(rec.prompt, "file", **rec.metadata))
+    if not out:
+        raise FactoryError(f"{source}: its test split holds no prompts; pass --prompts FILE.jsonl instead")
+    return out[:limit]
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (ties count as half a win)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
+def outcome(p: float | None) -> float:
+    """A win counts 1, a tie (or no verdict) 0.5, a loss 0."""
+    return 0.5 if p is None or abs(p - 0.5) < TIE else float(p > 0.5)
+
+
+def win_rate(ps: list[float | None]) -> dict:
+    wins = sum(outcome(p) for p in ps)
+    return {"n": len(ps), "win_rate": round(wins / len(ps), 4) if ps else None, "ci95": wilson(wins, len(ps)),
+            "wins": sum(outcome(p) == 1 for p in ps), "ties": sum(outcome(p) == 0.5 for p in ps),
+            "losses": sum(outcome(p) == 0 for p in ps)}
+
+
+def summarise(model: str, baseline: str, judge: str, judged: list[Record], benign: set[str]) -> dict:
+    """Win rate of option 0 (the model) over option 1 (the baseline), overall and per principle;
+    over-refusal on benign prompts; teacher scores per prompt kind."""
+    overall, per_principle = [], defaultdict(list)
+    refusals = {"model": 0, "baseline": 0}
+    n_benign = 0
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"model": [], "baseline": []})
+    for rec in judged:
+        j = rec.judgement
+        comps = [c for c in (j.comparisons if j else []) if c.p_i is not None]
+        ps = [c.p_i if c.i == 0 else 1 - c.p_i for c in comps]
+        overall.append(sum(ps) / len(ps) if ps else None)  # None: identical answers or no verdict (a tie)
+        for c, p in zip(comps, ps):
+            per_principle[c.principle_id].append(p)
+        texts = {"model": rec.candidates[0].answer, "baseline": rec.candidates[1].answer}
+        kind = str(rec.metadata.get("kind", "unlabelled"))
+        if kind in benign:
+            n_benign += 1
+            for who, text in texts.items():
+                refusals[who] += bool(REFUSAL.match(text))
+        if j and j.teacher_scores:
+            for who, index in (("model", 0), ("baseline", 1)):
+                option = next((i for i, o in enumerate(j.options) if o.text == texts[who]), None)
+                if option in j.teacher_scores:
+                    scores[kind][who].append(j.teacher_scores[option])
+    report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len(judged), **win_rate(overall),
+              "per_principle": {pid: win_rate(ps) for pid, ps in sorted(per_principle.items())},
+              "over_refusal": {"benign_prompts": n_benign,
+                               **{who: round(n / n_benign, 4) if n_benign else None for who, n in refusals.items()}}}
+    if scores:
+        report["scores_by_kind"] = {kind: {who: {"mean": round(sum(v) / len(v), 4) if v else None,
+                                                 "share_above_0": round(sum(s > 0 for s in v) / len(v), 4) if v else None}
+                                           for who, v in by.items()} for kind, by in sorted(scores.items())}
+    return report
+
+
+def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, config: Path | None = None,
+             limit: int | None = None, benign: set[str] | None = None) -> dict:
+    cfg = load_config(config)
+    pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
+    records = held_out(source, limit)
+    teacher = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
+    jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "model"}) if cfg.stages.judge else {})
+                          | {"compare": "initial"}),
+                       teacher=TeacherConfig(scorer=judge) if teacher else None)
+    name, variables = {"choice": (jcfg.template, judge_stage.CHOICE_VARIABLES),
+                       "cot": (jcfg.cot_template, judge_stage.CHOICE_VARIABLES),
+                       "score": (jcfg.score_template, judge_stage.SCORE_VARIABLES)}[jcfg.method]
+    template = load_template(cfg.path(cfg.prompts_dir), name, variables)
+    judge_model = baseline if teacher else judge  # a teacher applies to every answer: no model call is made
+    for spec in {model, baseline, judge_model}:
+        pipe.models[spec] = load_model(spec)
+    answer_cfg = cfg.stages.answer.model_copy(update={"candidates": 1})
+    answerers = {spec: AnswerStage(answer_cfg, pipe.templates["answer"], spec, cfg.seed) for spec in (model, baseline)}
+    stage = JudgeStage(jcfg, pipe.constitution, template, judge_model, cfg.seed, teacher)
+    stats = Stats(["answer", "judge"])
+    log = CallLog(out / "calls.sqlite")
+
+    async def one(rec: Record, caller) -> Record:
+        answers = {}
+        for spec, answerer in answerers.items():
+            r = Record.new(rec.prompt, "file")
+            await answerer.process(r, caller)
+            answers[spec] = r.candidates[0].answer if r.candidates else ""
+        judged = rec.model_copy(deep=True)
+        judged.candidates = [Candidate(index=i, answer=answers[spec], finish_reason="stop")
+                             for i, spec in enumerate((model, baseline))]
+        await stage.process(judged, caller)
+        return judged
+
+    async def main() -> list[Record]:
+        caller = pipe.caller(log, stats, Budget(None))
+        try:
+            return list(await asyncio.gather(*(one(r, caller) for r in records)))
+        finally:
+            await pipe.aclose()
+            log.close()
+
+    judged = asyncio.run(main())
+    benign = benign if benign is not None else set(cfg.stages.export.clean.benign_kinds)
+    report = summarise(model, baseline, judge, judged, benign) | {"finished": now(), "source": str(source)}
+    with (out / "answers.jsonl").open("w") as f:
+        for rec in judged:
+            f.write(rec.model_dump_json() + "\n")
+    write_json(out / "eval.json", report)
+    return report

@@ -1,0 +1,111 @@
+"""`factory eval`: win-rate arithmetic, both orders, per-principle results, over-refusal, classifier
+judges; end to end through the CLI against the real local HTTP server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_cli import factory
+
+from factory.evaluate import outcome, summarise, wilson, win_rate
+from factory.records import Candidate, Comparison, Judgement, Option, Record, Verdict
+
+
+def judged(p: float | None, principle: str = "harmful", kind: str = "helpful", answers=("a", "b"),
+           flipped: bool = False) -> Record:
+    rec = Record.new(f"prompt {p} {principle} {kind} {answers}", "file", kind=kind)
+    rec.candidates = [Candidate(index=i, answer=t, finish_reason="stop") for i, t in enumerate(answers)]
+    opts = [Option(candidate=i, kind="initial", text=t) for i, t in enumerate(answers)]
+    comps = []
+    if p is not None:
+        i, j, p_i = (1, 0, 1 - p) if flipped else (0, 1, p)
+        comps = [Comparison(i=i, j=j, principle_id=principle, p_i=p_i, consistent=True, by="judge",
+                            verdicts=[Verdict(a=i, b=j, p_a=p_i, source="logprobs")])]
+    rec.judgement = Judgement(judge_model="j", method="choice", options=opts, comparisons=comps)
+    return rec
+
+
+def test_win_rate_arithmetic_and_interval() -> None:
+    assert [outcome(p) for p in (0.9, 0.1, 0.5, 0.505, None)] == [1.0, 0.0, 0.5, 0.5, 0.5]
+    r = win_rate([0.9, 0.8, 0.2, 0.5])
+    assert (r["wins"], r["losses"], r["ties"], r["win_rate"]) == (2, 1, 1, 0.625)
+    lo, hi = r["ci95"]
+    assert lo < 0.625 < hi and 0 <= lo and hi <= 1
+    assert wilson(10, 10)[1] == 1.0 and wilson(0, 10)[0] == 0.0
+    assert wilson(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+
+
+def test_summary_orients_comparisons_and_splits_by_principle() -> None:
+    recs = [judged(0.9, "harmful"), judged(0.9, "harmful", flipped=True), judged(0.2, "legal"), judged(None)]
+    report = summarise("m", "b", "j", recs, {"helpful"})
+    assert report["n"] == 4 and (report["wins"], report["losses"], report["ties"]) == (2, 1, 1)
+    assert report["per_principle"]["harmful"]["win_rate"] == 1.0 and report["per_principle"]["legal"]["win_rate"] == 0.0
+
+
+def test_over_refusal_counts_benign_prompts_only() -> None:
+    recs = [judged(0.5, kind="helpful", answers=("I'm sorry, but I can't help with that.", "Sure: boil water.")),
+            judged(0.5, kind="helpful", answers=("Use a pan.", "I cannot assist with cooking.")),
+            judged(0.5, kind="red_team", answers=("I won't help with that.", "I can't do that."))]
+    refusal = summarise("m", "b", "j", recs, {"helpful"})["over_refusal"]
+    assert refusal == {"benign_prompts": 2, "model": 0.5, "baseline": 0.5}
+
+
+def eval_server(api, better: str) -> None:
+    """The trained model answers with `better` text, the baseline plainly; the judge prefers `better`."""
+    from conftest import judge_reply
+
+    def respond(messages, body):
+        verdict = judge_reply(messages, body, lambda text: better in text)
+        if verdict:
+            return verdict
+        return f"{better} answer." if body["model"] == "trained" else "A plain answer."
+
+    api.responder = respond
+
+
+def test_eval_end_to_end_over_http(api, tmp_path: Path) -> None:
+    eval_server(api, "GOOD")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?", "kind": "helpful"}) + "\n" for i in range(5)))
+    r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", prompts,
+                "--judge", "openai:judge", "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (report["win_rate"], report["wins"], report["n"]) == (1.0, 5, 5)
+    assert report["ci95"][0] > 0.5 and report["over_refusal"]["model"] == 0.0
+    judged_requests = [b["body"] for b in api.requests if b["body"]["model"] == "judge"]
+    shown = [b["messages"][-1]["content"].index("GOOD answer") < b["messages"][-1]["content"].index("A plain answer")
+             for b in judged_requests]
+    assert len(judged_requests) == 10 and sorted(shown) == [False] * 5 + [True] * 5  # both orders
+    assert "win rate" in r.stdout
+
+
+def test_eval_with_a_classifier_judge(api, tmp_path: Path) -> None:
+    eval_server(api, "Wonderful, lovely, great")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Thoughts on tea?", "kind": "opinion_topic"}) + "\n")
+    r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", prompts,
+                "--judge", "vader:positive", "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["win_rate"] == 1.0
+    assert not [b for b in api.requests if "(A) <<<" in b["body"]["messages"][-1]["content"]]  # no model judge
+    by = report["scores_by_kind"]["opinion_topic"]
+    assert by["model"]["mean"] > by["baseline"]["mean"] and by["model"]["share_above_0"] == 1.0
+
+
+def test_eval_on_a_run_directory_uses_its_test_split(api, tmp_path: Path) -> None:
+    from test_clean import PROMPTS, cli_run
+
+    run = cli_run(tmp_path, "run", PROMPTS)
+    eval_server(api, "GOOD")
+    r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", run,
+                "--judge", "openai:judge", "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    test_ids = {row["prompt_id"] for f in (run / "sft").glob("test_*.parquet") for row in pq.read_table(f).to_pylist()}
+    assert report["n"] >= len(test_ids) >= 1
+    assert factory("eval", "--model", "openai:x", "--prompts", tmp_path, "--judge", "openai:j").returncode == 2
