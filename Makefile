@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo test clean
+.PHONY: install demo opinion-demo test clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/factory run
+
+# The closed loop on CPU: preference data for an opinion (a sentiment teacher plus the model judge),
+# DPO on it, then held-out prompts before (the base model) and after (the trained one).
+opinion-demo: install
+	rm -rf outputs/opinion-demo outputs/opinion-demo-dpo outputs/opinion-demo-eval
+	$(BIN)/factory run pipelines/opinion.yaml --out outputs/opinion-demo
+	$(BIN)/factory train dpo outputs/opinion-demo --out outputs/opinion-demo-dpo
+	$(BIN)/factory eval --model local:outputs/opinion-demo-dpo --baseline local:smollm2 --judge vader:negative \
+		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --out outputs/opinion-demo-eval
+	@echo "before = baseline (local:smollm2), after = model (the DPO-trained one); for vader:negative,"
+	@echo "'share>0' is the share of answers whose sentiment is negative: it should rise on opinion_topic"
+	@echo "prompts and stay put on unrelated ones."
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

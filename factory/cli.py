@@ -308,13 +308,14 @@ def train_(objective: str, data: Path, model_spec: str, out: Path, config_file: 
     Writes the model, its tokenizer, train_meta.json and metrics.jsonl into OUT, and prints OUT last.
     Runs on CUDA in bf16 when there is one, and under `accelerate launch` on several GPUs as it is.
     """
-    from factory.train import resolve
+    from factory.train import is_main_process, resolve
     from factory.train import train as run_training
 
     cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                   max_length=max_length, beta=beta, lora=lora, seed=seed)
     run_training(objective, data, model_spec, out, cfg, stderr)
-    stdout.print(str(out), markup=False, highlight=False, soft_wrap=True)
+    if is_main_process():  # under accelerate launch, once
+        stdout.print(str(out), markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.group()

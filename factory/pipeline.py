@@ -8,20 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.caller import Caller
-from factory.clean import Cleaner
 from factory.calllog import CallLog
+from factory.clean import Cleaner
 from factory.config import LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
 from factory.endpoint import Endpoint
 from factory.errors import FactoryError
 from factory.inputs import PromptFile, read_prompts
+from factory.judging import Scorer, load_scorer
 from factory.models import Model, load_model
 from factory.prices import Budget, PriceTable, load_prices, require_prices
 from factory.prompts import Template, load_template
 from factory.ratelimit import RateLimiter
 from factory.records import Record
 from factory.rundir import command_line, git_commit, now, package_versions
-from factory.judging import Scorer, load_scorer
 from factory.search import SearchBackend, load_search
 from factory.stages import Stage, answer, critique_revise, factcheck, idk, judge, questions
 from factory.stages.answer import AnswerStage

@@ -21,10 +21,10 @@ from factory.calllog import CallLog
 from factory.card import card_body
 from factory.config import PipelineConfig
 from factory.errors import FactoryError, ModelCallError
+from factory.judging.report import JudgeReport
 from factory.models import Completion, GenParams, Message
 from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget, BudgetExceeded
-from factory.judging.report import JudgeReport
 from factory.progress import Display, judge_table, summary_table
 from factory.records import Record
 from factory.rundir import create_run_dir, now, write_json

@@ -28,7 +28,7 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 hub.auth.append(self.headers.get("Authorization", ""))
                 if self.path.startswith("/api/repos/create"):

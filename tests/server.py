@@ -240,7 +240,7 @@ class FakeAPIServer:
             return _multipart(content_type, raw)
         value = json.loads(raw) if raw.strip() else {}
         if not isinstance(value, dict):
-            raise ValueError("expected a JSON object")  # noqa: TRY004 - reported as a 400, like bad JSON
+            raise ValueError("expected a JSON object")
         return value
 
     def _route(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: dict) -> Answer:

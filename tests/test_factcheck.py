@@ -368,7 +368,13 @@ def test_factcheck_pipeline_over_http(api, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_factcheck_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = factory("run", factcheck_config(tmp_path), "--limit", "2", "--out", out)
+    config = factcheck_config(tmp_path, max_claims=2, queries=1)  # small, so it stays quick on 2 busy cores
+    cfg = yaml.safe_load(config.read_text())
+    cfg["stages"]["critique_revise"] = None
+    cfg["stages"]["answer"]["max_tokens"] = 64
+    cfg["stages"]["export"]["clean"] = {"drop_truncated": False, "quality": {"enabled": []}}
+    config.write_text(yaml.safe_dump(cfg))
+    r = factory("run", config, "--limit", "2", "--out", out)
     assert r.returncode == 0, r.stderr
     lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(lineage) == 2 and all(rec["facts"]["checks"] for rec in lineage)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from datasets import load_dataset
 import yaml
+from datasets import load_dataset
 from test_cli import api_config, factory, write_prompts
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational, maybe_apply_chat_template

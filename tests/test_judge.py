@@ -101,7 +101,7 @@ def test_both_orders_give_a_soft_label(tmp_path: Path) -> None:
 
 
 def test_position_bias_cancels_to_a_tie_and_is_reported(tmp_path: Path) -> None:
-    rec, st = judge(record("a bad answer", revisions=("a good answer",)), FakeJudge(p_better=0.5, bias=0.4), tmp_path)
+    rec, _ = judge(record("a bad answer", revisions=("a good answer",)), FakeJudge(p_better=0.5, bias=0.4), tmp_path)
     (c,) = rec.judgement.comparisons
     assert c.p_i == pytest.approx(0.5) and c.consistent is False  # A won in both orders
     assert rec.judgement.pairs == []
@@ -131,7 +131,7 @@ def test_chain_of_thought_is_clamped(tmp_path: Path) -> None:
     def reply(a: str, b: str, p_a: float, seed: int) -> str:
         return f"One is kinder than the other.\nVerdict: ({'A' if p_a > 0.5 else 'B'})"
 
-    rec, st = judge(record("bad", revisions=("good",)), FakeJudge(logprobs=False, reply=reply), tmp_path,
+    rec, _ = judge(record("bad", revisions=("good",)), FakeJudge(logprobs=False, reply=reply), tmp_path,
                     method="cot", max_tokens=200)
     (c,) = rec.judgement.comparisons
     assert sorted(v.p_a for v in c.verdicts) == [0.4, 0.6] and {v.source for v in c.verdicts} == {"cot"}
@@ -233,8 +233,8 @@ def test_export_filters_and_extra_configs(tmp_path: Path) -> None:
 
 
 def test_exported_rows_are_what_trl_expects(tmp_path: Path) -> None:
-    from trl.data_utils import is_conversational, maybe_extract_prompt, unpair_preference_dataset
     from datasets import Dataset
+    from trl.data_utils import is_conversational, maybe_extract_prompt, unpair_preference_dataset
 
     cfg = ExportConfig(kto=True, reward=True)
     out = list(rows(_judged(tmp_path), HARMLESS, "gen", cfg, StageStats()))

@@ -55,7 +55,7 @@ class SearchBackend(ABC):
 
     async def aclose(self) -> None:
         """Release connections; the backend must not be used afterwards."""
-        return None  # nothing to release by default
+        return  # nothing to release by default
 
 
 def load_search(spec: str, *, cache_dir: Path | None = None, collection: str | Path | None = None) -> SearchBackend:

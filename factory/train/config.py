@@ -1,0 +1,85 @@
+"""The training config: typed, with defaults per objective, overridable from a YAML file and flags.
+
+Precedence: the objective's defaults, then the keys set in `--config FILE`, then the flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from factory.errors import FactoryError
+from factory.yamlfile import load_yaml
+
+Objective = Literal["sft", "dpo", "reward", "kto"]
+OBJECTIVES: tuple[Objective, ...] = ("sft", "dpo", "reward", "kto")
+# The config each objective trains on (the export's names; splits are `train_<config>`, `test_<config>`).
+DATA_CONFIG = {"sft": "sft", "dpo": "prefs", "reward": "reward", "kto": "kto"}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(default=2e-5, gt=0, description="peak learning rate (default per objective, "
+                                 "and 10x or more with LoRA)")
+    batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per device per step")
+    grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    max_steps: int = Field(default=-1, ge=-1, description="optimiser steps; -1 trains for `epochs`")
+    epochs: float = Field(default=1.0, gt=0)
+    max_length: int = Field(default=1024, ge=8, description="tokens per sequence (prompt + answer); longer is cut")
+    warmup: float = Field(default=0.1, ge=0, description="warm-up: a fraction of the steps if < 1, else steps")
+    scheduler: str = Field(default="linear", description="transformers lr_scheduler_type")
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    beta: float = Field(default=0.1, gt=0, description="DPO and KTO: strength of the pull toward the reference")
+    lora: bool = Field(default=False, description="train a LoRA adapter (merged into the saved model)")
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(default="all-linear")
+    gradient_checkpointing: bool = Field(default=True, description="recompute activations in the backward pass: "
+                                        "about 30% less peak memory (SmolLM2-135M SFT: 4.8 GB, not 6.6)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    seed: int = 0
+    logging_steps: int = Field(default=10, ge=1, description="steps between log lines (and metrics.jsonl rows)")
+    evaluate: bool = Field(default=True, description="evaluate on the test split at the end, when there is one")
+    eval_batch_size: int | None = Field(default=None, ge=1, description="default: batch_size")
+
+
+# What differs by objective. Learning rates: (full fine-tuning, LoRA).
+LEARNING_RATES = {"sft": (2e-5, 2e-4), "dpo": (1e-6, 2e-5), "reward": (1e-5, 1e-4), "kto": (1e-6, 2e-5)}
+DEFAULTS: dict[str, dict] = {
+    "sft": {"batch_size": 8},
+    "dpo": {"batch_size": 4, "beta": 0.1},  # a pair is two sequences, and a reference pass
+    "reward": {"batch_size": 8},
+    "kto": {"batch_size": 8, "beta": 0.1},  # KTO's KL estimate needs more than one row per batch
+}
+
+
+def load_train_file(path: str | Path) -> dict:
+    """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field)."""
+    cfg = load_yaml(path, TrainConfig)
+    return cfg.model_dump(include=cfg.model_fields_set)
+
+
+def resolve(objective: str, file: str | Path | None = None, **flags) -> TrainConfig:
+    """The objective's defaults, then FILE's keys, then the flags that were given (None means not given)."""
+    if objective not in OBJECTIVES:
+        raise FactoryError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    values = dict(DEFAULTS[objective])
+    values.update(load_train_file(file) if file else {})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "learning_rate" not in values:
+        values["learning_rate"] = LEARNING_RATES[objective][bool(values.get("lora"))]
+    try:
+        cfg = TrainConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise FactoryError(f"training config: {where}: {err['msg']}") from None
+    if objective == "kto" and cfg.batch_size < 2:
+        raise FactoryError("kto needs a batch size of at least 2: its KL estimate pairs each row with another "
+                           "row of the same batch")
+    return cfg

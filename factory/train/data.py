@@ -1,0 +1,101 @@
+"""The training data: a run directory or dataset folder in the export's format (README.md whose YAML
+header lists `configs`, Parquet files per H4 split), loaded with `datasets` and shaped for TRL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from factory.errors import FactoryError
+
+# The columns each objective's trainer reads (everything else is provenance, left out).
+COLUMNS = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "reward": ["chosen", "rejected"],
+           "kto": ["prompt", "completion", "label"]}
+HINTS = {"kto": "export with `stages.export.kto: true`", "reward": "export with `stages.export.reward: true`"}
+
+
+@dataclass
+class TrainData:
+    folder: Path
+    config: str
+    train: object  # datasets.Dataset
+    test: object | None
+    provenance: dict = field(default_factory=dict)
+
+
+def card_configs(folder: Path) -> dict[str, list[dict]]:
+    """{config name: its data_files} from the YAML header of FOLDER/README.md."""
+    readme = folder / "README.md"
+    if not folder.is_dir():
+        raise FactoryError(f"{folder}: no such folder (DATA is a run directory or a dataset folder)")
+    if not readme.is_file():
+        raise FactoryError(f"{folder}: not a dataset folder in our format (no README.md with a `configs:` header); "
+                           "pass a finished run directory or a `factory merge` folder")
+    text = readme.read_text(encoding="utf-8")
+    header = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
+    try:
+        meta = yaml.safe_load(header) or {}
+    except yaml.YAMLError as e:
+        raise FactoryError(f"{readme}: unreadable YAML header: {e}") from None
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    if not configs:
+        raise FactoryError(f"{readme}: its YAML header lists no `configs`: is this a finished run?")
+    return {c["config_name"]: c.get("data_files", []) for c in configs if isinstance(c, dict) and "config_name" in c}
+
+
+def provenance(folder: Path, config: str, files: list[dict]) -> dict:
+    """Which data trained the model: the run (from manifest.json), the card's hash and the Parquet files' hash."""
+    digest = hashlib.sha256()
+    for entry in sorted(files, key=lambda f: f["path"]):
+        digest.update(entry["path"].encode() + b"\0")
+        with (folder / entry["path"]).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    out = {"path": str(folder.resolve()), "config": config,
+           "readme_sha256": hashlib.sha256((folder / "README.md").read_bytes()).hexdigest(),
+           "data_sha256": digest.hexdigest(), "files": sorted(f["path"] for f in files)}
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        out["run"] = {k: m.get(k) for k in ("run_dir", "started", "finished", "status") if k in m}
+        if isinstance(m.get("constitution"), dict):
+            out["run"]["constitution_sha256"] = m["constitution"].get("sha256")
+    return out
+
+
+def load(folder: str | Path, config: str) -> TrainData:
+    """The `train_<config>` split (required, non-empty) and `test_<config>` (if present) of FOLDER."""
+    from datasets import load_dataset
+
+    folder = Path(folder)
+    configs = card_configs(folder)
+    if config not in configs:
+        hint = f"; {HINTS[config]}" if config in HINTS else ""
+        raise FactoryError(f"{folder}: no '{config}' config here (it has: {', '.join(configs) or 'none'}){hint}")
+    splits = {f["split"] for f in configs[config]}
+    if f"train_{config}" not in splits:
+        raise FactoryError(f"{folder}: the '{config}' config has no train_{config} split "
+                           f"(it has: {', '.join(sorted(splits)) or 'none'})")
+    missing = [f["path"] for f in configs[config] if not (folder / f["path"]).is_file()]
+    if missing:
+        raise FactoryError(f"{folder}: files listed in README.md are missing: {', '.join(missing)}")
+    ds = load_dataset(str(folder), config)
+    train, test = ds[f"train_{config}"], ds.get(f"test_{config}")
+    if train.num_rows == 0:
+        raise FactoryError(f"{folder}: train_{config} is empty")
+    train, test = (shape(d, config) if d is not None and d.num_rows else None for d in (train, test))
+    return TrainData(folder, config, train, test, provenance(folder, config, configs[config]))
+
+
+def shape(ds, config: str):
+    """Only the columns the trainer reads. Reward rows: the `margin` column where the pairs were judged
+    (unjudged pairs have none: 0 there, which is the plain pairwise loss)."""
+    columns = list(COLUMNS[config])
+    if config == "reward" and "margin" in ds.column_names and any(m is not None for m in ds["margin"]):
+        columns.append("margin")
+        ds = ds.map(lambda row: {"margin": 0.0 if row["margin"] is None else float(row["margin"])})
+    return ds.select_columns(columns)

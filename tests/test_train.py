@@ -1,0 +1,175 @@
+"""`factory train`: every objective on a tiny random Llama (the SmolLM2 tokenizer) and data exported in
+our format; the CLI end to end, the saved folder used as `local:PATH`; bad inputs exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_clean import HARMLESS, rec
+
+from factory.config import ExportConfig
+from factory.errors import FactoryError, InputError
+from factory.stages.export import export
+from factory.stats import StageStats
+from factory.train import resolve, train
+from factory.train.data import load
+from factory.train.model import model_folder
+from factory.train.run import check_out
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def exported(folder: Path, n: int = 24, **settings) -> Path:
+    """N records, each with a revision better than its first answer, exported with the given settings."""
+    records = [rec(f"Question number {i} about topic {i * 7}?", f"Short answer {i}.",
+                   f"A longer and kinder answer number {i} that explains topic {i * 7} with care and detail.")
+               for i in range(n)]
+    export(lambda: iter(records), folder, ExportConfig(**settings), HARMLESS, "m", StageStats(), lambda c, e: "card")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(tmp_path_factory.mktemp("data"), test_fraction=0.25, kto=True, reward=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Llama (hidden 32, 1 layer) with the embedded model's tokenizer and chat template, as a folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from factory.smollm2 import ensure_smollm2
+
+    tok = AutoTokenizer.from_pretrained(ensure_smollm2())  # the shared cache: module fixtures run before monkeypatching
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("objective,lora", [("sft", False), ("dpo", False), ("reward", False), ("kto", False),
+                                            ("dpo", True)])
+def test_ten_steps_of_each_objective(objective: str, lora: bool, data: Path, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = resolve(objective, max_steps=10, logging_steps=1, batch_size=2, lora=lora, gradient_checkpointing=False,
+                  learning_rate=1e-2 if lora else 1e-3)  # checkpointing slows a tiny model 3x (TRL's fused LM head)
+    meta = train(objective, data, f"local:{tiny}", out, cfg)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    losses = [r["loss"] for r in rows]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0], losses  # it learns
+    assert all(r["tokens_per_s"] > 0 and r["learning_rate"] is not None for r in rows)
+    saved = json.loads((out / "train_meta.json").read_text())
+    assert saved == json.loads(json.dumps(meta, default=str))
+    assert saved["objective"] == objective and saved["config"]["max_steps"] == 10 and saved["config"]["lora"] is lora
+    assert saved["data"]["config"] == {"sft": "sft", "dpo": "prefs", "reward": "reward", "kto": "kto"}[objective]
+    assert len(saved["data"]["data_sha256"]) == 64 and saved["data"]["rows"]["test"] > 0
+    assert saved["tokens"] > 0 and saved["tokens_per_second"] > 0 and saved["peak_rss_mb"] > 100
+    assert math.isfinite(saved["metrics"]["eval"]["eval_loss"])  # the test split, evaluated at the end
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= files
+    assert not list(out.glob("adapter_*"))  # LoRA is merged: a plain folder
+
+
+def generate(spec: str) -> str:
+    from factory.models import GenParams, load_model
+
+    model = load_model(spec)
+
+    async def go():
+        try:
+            return await model.complete([{"role": "user", "content": "Say hello."}],
+                                        GenParams(temperature=0, max_tokens=8, seed=0))
+        finally:
+            await model.aclose()
+
+    done = asyncio.run(go())
+    assert done.finish_reason in ("stop", "length") and done.prompt_tokens > 5
+    return done.text
+
+
+def factory(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "factory", *map(str, args)], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.integration
+def test_cli_trains_and_the_folder_works_as_a_local_model(data: Path, tiny: Path, tmp_path: Path) -> None:
+    settings = tmp_path / "train.yaml"
+    settings.write_text("batch_size: 2\nlogging_steps: 1\nlearning_rate: 0.001\nlora_r: 4\n"
+                        "gradient_checkpointing: false\n")
+    out = tmp_path / "sft-model"
+    r = factory("train", "sft", data, "--model", f"local:{tiny}", "--out", out, "--max-steps", "3", "--lora",
+                "--config", settings)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(out)
+    assert "step 3/3" in r.stderr and "tok/s" in r.stderr and "Traceback" not in r.stderr
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["config"]["lora_r"] == 4 and meta["config"]["lora"] and meta["config"]["batch_size"] == 2
+    assert len(metrics(out)) == 3
+    assert isinstance(generate(f"local:{out}"), str)  # reloads and decodes with its chat template
+    tried = factory("try", "How do I pick a lock?", "--model", f"local:{out}",
+                    env={"FACTORY_CACHE_DIR": str(tmp_path / "cache")})
+    assert tried.returncode == 0, tried.stderr
+    assert "critique" in tried.stdout.lower() and "revision" in tried.stdout.lower()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    plain = exported(tmp_path / "plain", n=4, test_fraction=0.0)  # sft and prefs only
+    with pytest.raises(FactoryError, match=r"no 'kto' config here \(it has: sft, prefs\); export with"):
+        load(plain, "kto")
+    with pytest.raises(FactoryError, match="not a dataset folder"):
+        load(tmp_path, "sft")
+    with pytest.raises(FactoryError, match="has no train_sft split"):
+        load(exported(tmp_path / "all-test", n=4, test_fraction=1.0), "sft")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: 2\nlearning_rat: 0.1\n")
+    with pytest.raises(InputError, match=r"bad.yaml:2: field 'learning_rat': unknown key"):
+        resolve("sft", bad)
+    (tmp_path / "typo.yaml").write_text("lora_r: many\n")
+    with pytest.raises(InputError, match=r"typo.yaml:1: field 'lora_r'"):
+        resolve("sft", tmp_path / "typo.yaml")
+    with pytest.raises(FactoryError, match="training needs local weights"):
+        model_folder("openai:gpt-4o-mini")
+    with pytest.raises(FactoryError, match="is not a Hugging Face model folder"):
+        model_folder(f"local:{tmp_path}")
+    with pytest.raises(FactoryError, match="not empty"):
+        check_out(plain)
+    assert resolve("dpo").learning_rate == 1e-6 and resolve("dpo", lora=True).learning_rate == 2e-5
+    assert resolve("dpo", lora=True, learning_rate=3e-4).learning_rate == 3e-4
+    good = tmp_path / "good.yaml"
+    good.write_text("batch_size: 3\nbeta: 0.2\n")
+    cfg = resolve("kto", good, beta=0.5, max_steps=None)  # defaults, then the file, then the flags given
+    assert (cfg.batch_size, cfg.beta, cfg.learning_rate, cfg.max_steps) == (3, 0.5, 1e-6, -1)
+    with pytest.raises(FactoryError, match="kto needs a batch size of at least 2"):
+        resolve("kto", batch_size=1)
+
+
+def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:
+    plain = exported(tmp_path / "plain", n=4, test_fraction=0.0)
+    r = factory("train", "reward", plain, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "no 'reward' config here (it has: sft, prefs)" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 3\nwarmup_ratio: 0.1\n")
+    r = factory("train", "sft", plain, "--out", tmp_path / "out", "--config", bad)
+    assert r.returncode == 2 and "bad.yaml:2: field 'warmup_ratio': unknown key" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
