@@ -97,7 +97,7 @@ def main() -> None:
         cmd += ["--lora"] if args.lora else []
         done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
-            sys.exit(f"{objective} failed:\n{done.stderr[-3000:]}")
+            sys.exit(f"{objective} failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
         meta = json.loads((out / "train_meta.json").read_text())
         rows.append(meta)
         eval_loss = (meta["metrics"].get("eval") or {}).get("eval_loss")
