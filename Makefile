@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo opinion-demo test clean
+.PHONY: install demo opinion-demo test clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,14 @@ opinion-demo: install
 	@echo "'share>0' is the share of answers whose sentiment is negative: it should rise on opinion_topic"
 	@echo "prompts and stay put on unrelated ones."
 
-test: install
+# The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+		else echo "The review app's browser tests need Debian's chromium; run: sudo apt-get install -y chromium"; fi; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

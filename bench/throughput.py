@@ -5,6 +5,7 @@ revision (3 calls per record) at latency L (+- jitter), concurrency C and fault 
     python bench/throughput.py --n 100000 --latency 0 --jitter 0       # memory stays flat with N
     python bench/throughput.py --kill-at 0.5                           # SIGKILL at 50%, then --resume
     python bench/throughput.py --transport sdk-default                 # the OpenAI SDK's client, to compare
+    python bench/throughput.py --executor ray --workers 2              # the local executor, then Ray, same load
 
 The server runs in its own process, so the CPU figures are the factory's alone. Prints wall time
 (from the first record to the last one committed, and the whole run including start-up and export),
@@ -88,8 +89,9 @@ def use_sdk(transport: str) -> None:
     openai_backend.OpenAIModel.complete = complete
 
 
-def in_process(args: argparse.Namespace, workdir: Path, url: str) -> dict:
-    """One run in this process: CPU and RSS are measured on the factory alone."""
+def in_process(args: argparse.Namespace, workdir: Path, url: str, executor: str = "local") -> dict:
+    """One run driven from this process: CPU and RSS are measured on the factory alone (with Ray, on
+    the driver alone: the shards run in Ray's worker processes)."""
     os.environ.update(OPENAI_BASE_URL=url + "/v1", OPENAI_API_KEY="sk-bench")
     if args.transport != "aiohttp":
         use_sdk(args.transport)
@@ -98,14 +100,21 @@ def in_process(args: argparse.Namespace, workdir: Path, url: str) -> dict:
     from factory.runner import run
 
     prompts = workdir / "prompts.jsonl"
-    write_prompts(prompts, args.n)
+    if not prompts.exists():
+        write_prompts(prompts, args.n)
     pipe = Pipeline.prepare(load_config(config(workdir / "bench.yaml", args)), Overrides(prompts=prompts))
+    out, console = workdir / f"run-{executor}", Console(quiet=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
-    outcome = run(pipe, workdir / "run", Console(file=open(os.devnull, "w")))
+    if executor == "ray":
+        from factory.executors.ray_run import run_ray
+
+        outcome = run_ray(pipe, out, console, workers=args.workers)
+    else:
+        outcome = run(pipe, out, console)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    stats = json.loads((workdir / "run" / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
     flow = max(s["seconds"] for name, s in stats["stages"].items() if name in ("answer", "critique_revise"))
     calls = stats["stages"]["answer"]["calls"] + stats["stages"]["critique_revise"]["calls"]
     return {
@@ -168,6 +177,9 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, help="SIGKILL at this fraction of records, then resume")
     parser.add_argument("--transport", choices=["aiohttp", "sdk-aiohttp", "sdk-default"], default="aiohttp",
                         help="aiohttp: the factory's own; sdk-*: the OpenAI SDK's typed client, to compare")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="ray: run the local executor, then the Ray executor on the same load, and compare")
+    parser.add_argument("--workers", type=int, default=2, help="with --executor ray: Ray workers (CPUs) and shards")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.kill_at is not None:
@@ -175,14 +187,28 @@ def main() -> None:
             return
         server, url = start_server(args)
         try:
-            result = in_process(args, Path(tmp), url)
+            result = summary(args, in_process(args, Path(tmp), url))
+            if args.executor == "ray":
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                import ray
+
+                ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                on_ray = summary(args, in_process(args, Path(tmp), url, "ray"))
+                ray.shutdown()
+                result = {"local": result, f"ray_{args.workers}_workers": on_ray,
+                          "ray/local wall": round(on_ray["wall_s"] / result["wall_s"], 3),
+                          "ray/local flow": round(on_ray["flow_s"] / result["flow_s"], 3)}
         finally:
             server.terminate()
+    print(json.dumps(result, indent=2))
+
+
+def summary(args: argparse.Namespace, result: dict) -> dict:
     ideal = args.n * 3 * args.latency / args.concurrency
     result |= {"ideal_s": round(ideal, 3), "flow/ideal": round(result["flow_s"] / ideal, 3) if ideal else None,
                "wall/ideal": round(result["wall_s"] / ideal, 3) if ideal else None,
                "cpu_s_per_1000_calls": round(1000 * result["cpu_s"] / max(1, result["calls"]), 3)}
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
 
 if __name__ == "__main__":

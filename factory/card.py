@@ -25,6 +25,21 @@ def drops_table(stats: dict) -> list[str]:
     return lines
 
 
+def human_review(stats: dict) -> list[str]:
+    """The card's "Human review" section, where a reviewer decided on any record (`factory review`)."""
+    export = stats["stages"].get("export", {})
+    counters, dropped = export.get("counters", {}), export.get("dropped", {})
+    accepted, edited, rejected = (counters.get("human_accepted", 0), counters.get("human_edited", 0),
+                                  dropped.get("human_rejected", 0))
+    if not accepted + edited + rejected:
+        return []
+    return ["", "## Human review", "", "Decisions made in `factory review` (saved in `review.sqlite`) and applied at export:",
+            "", "| decision | records |", "|---|---|", f"| accepted | {accepted} |",
+            f"| edited (the reviewer's text replaces the model's final answer) | {edited} |",
+            f"| rejected (left out of every dataset) | {rejected} |", "",
+            "Rows of reviewed records say so in the `human_review` column (`accepted` or `edited`; null: not reviewed)."]
+
+
 def card_body(run_name: str, manifest: dict, constitution: Constitution, counts: dict, stats: dict,
               example: dict | None) -> str:
     lines = [
@@ -64,6 +79,7 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
         "",
         "Export drops: quality filters, dedup (`dedup.jsonl` names each kept row and its dropped twins) and"
         " decontamination (`decontam.jsonl` gives the overlapping n-gram).",
+        *human_review(stats),
     ]
     lines += [
         "",

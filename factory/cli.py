@@ -59,6 +59,8 @@ def _print_outcome(outcome, hub_repo: str | None = None) -> None:
         stdout.print("load them with:")
         stdout.print(f'  python -c "from datasets import load_dataset; print({loads})"', markup=False,
                      highlight=False, soft_wrap=True)
+    if (run_dir / "report.html").is_file():
+        stdout.print(f"report: {shown}/report.html", markup=False, highlight=False, soft_wrap=True)
     stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
     sys.exit(outcome.exit_code)
 
@@ -92,9 +94,17 @@ def _print_outcome(outcome, hub_repo: str | None = None) -> None:
               help="The run directory, exactly (must not exist or be empty). Default: outputs/<timestamp>.")
 @click.option("--push-to-hub", "hub_repo", metavar="REPO", help="Then push the datasets and card to this Hugging Face "
               "dataset repo (private; needs HF_TOKEN or `hf auth login`).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="local (default): this process. ray: the input "
+              "in shards on a Ray cluster, merged into one run directory like a local run's.")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster to join (default: start Ray here).")
+@click.option("--workers", type=click.IntRange(min=1), help="With --executor ray: shards run at once (default: the "
+              "cluster's CPUs); --concurrency and rate limits are split between them.")
+@click.option("--shards", type=click.IntRange(min=1), help="With --executor ray: shards to split the input into "
+              "(default: one per worker, or one per 1000 prompts if more).")
 def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
         rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
-        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None) -> None:
+        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
+        executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> None:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 
     CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
@@ -106,6 +116,8 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     from factory.runner import resume
     from factory.runner import run as run_pipeline
 
+    if (ray_address or workers or shards) and executor != "ray" and resume_dir is None:
+        raise FactoryError("--ray-address, --workers and --shards go with --executor ray")
     if debug:
         concurrency = 1
     if hub_repo:
@@ -114,13 +126,15 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
         require_token()  # before any work, not after it
     if resume_dir is not None:
         given = {"CONFIG": config, "--prompts": prompts, "--limit": limit, "--model": model, "--seed": seed,
-                 "--batch": batch or None, "--out": out, "--dry-run": dry_run or None}
+                 "--batch": batch or None, "--out": out, "--dry-run": dry_run or None, "--executor": executor,
+                 "--shards": shards}
         clash = [name for name, value in given.items() if value is not None]
         if clash:
             raise FactoryError(f"--resume continues a run exactly as it started; drop {', '.join(clash)} "
-                               "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change)")
+                               "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change, "
+                               "and --ray-address and --workers for a Ray run)")
         ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
-        _print_outcome(resume(resume_dir, stderr, ov, debug=debug), hub_repo)
+        _print_outcome(resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address, workers=workers), hub_repo)
     ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
     if dry_run:
@@ -128,6 +142,11 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 
         stdout.print(estimate_table(estimate(pipe, batch), batch))
         return
+    if executor == "ray":
+        from factory.executors.ray_run import refuse, run_ray
+
+        refuse(pipe.cfg.max_cost, batch, debug)
+        _print_outcome(run_ray(pipe, out, stderr, address=ray_address, workers=workers, shards=shards), hub_repo)
     _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug), hub_repo)
 
 
@@ -209,6 +228,20 @@ def inspect(run_dir: Path, samples: int, seed: int) -> None:
     inspect_run(run_dir, stdout, samples, seed)
 
 
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it "
+              "(default: RUN_DIR/report.html).")
+def report_(run_dir: Path, out: Path | None) -> None:
+    """Write RUN_DIR/report.html: one self-contained page (no network needed to view it) with the run's
+    config, constitution and models, funnels per stage, plots (answer lengths, judge margins and
+    consistency, fact scores, cost and throughput), per-principle tables and a sample of records.
+    `factory run` writes it at the end of every run."""
+    from factory.report import write_report
+
+    stdout.print(str(write_report(run_dir, out)), markup=False, highlight=False, soft_wrap=True)
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -234,6 +267,39 @@ def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     stdout.print(str(out), markup=False, highlight=False)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")
+def review(run_dir: Path, port: int) -> None:
+    """Review RUN_DIR in the browser: a local web app on 127.0.0.1 (nothing leaves the machine).
+
+    Filter records by principle, outcome, judge margin, fact verdict or drop reason; read each one's
+    prompt, answers, critiques and revisions (word diffs), the judge's verdicts in both orders and the
+    fact verdicts with evidence; accept, reject or edit it. Decisions are saved in RUN_DIR/review.sqlite;
+    `factory export RUN_DIR` (and every later export of the run) applies them. Ctrl-C stops the server.
+    """
+    from factory.review.server import serve
+
+    serve(run_dir, port, lambda url: stdout.print(f"reviewing {run_dir} at {url}  (Ctrl-C to stop)", markup=False,
+                                                   highlight=False, soft_wrap=True))
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def export_(run_dir: Path) -> None:
+    """Write RUN_DIR's datasets and card again from its records, applying the review decisions saved by
+    `factory review` (rejected records leave, edited answers replace the model's). Atomic."""
+    from factory.review.reexport import reexport
+
+    counts, st = reexport(run_dir)
+    dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "none"
+    rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
+    stdout.print(f"{st['in']} records in, dropped {dropped}\ndatasets: {rows}", markup=False, highlight=False)
+    stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
+
+
+
 @cli.command("eval")
 @click.option("--model", required=True, help="The model to evaluate, e.g. local:outputs/dpo-run.")
 @click.option("--baseline", default="local:smollm2", show_default=True, help="The model it should beat.")
@@ -246,10 +312,12 @@ def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on at most N prompts.")
 @click.option("--benign-kind", "benign", multiple=True, help="Prompt `kind` values that deserve an answer, for the "
               "over-refusal rate (default: the config's export.clean.benign_kinds).")
+@click.option("--samples", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Answers per prompt from each model (sample k of one is judged against sample k of the other).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for eval.json, answers.jsonl and calls.sqlite (default: outputs/<timestamp>).")
 def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | None, limit: int | None,
-          benign: tuple[str, ...], out: Path | None) -> None:
+          benign: tuple[str, ...], samples: int, out: Path | None) -> None:
     """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal."""
     from rich.table import Table
@@ -259,7 +327,7 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
 
     folder = create_run_dir(out)
     report = evaluate(model, baseline, source, judge, folder, config=config, limit=limit,
-                      benign=set(benign) if benign else None)
+                      benign=set(benign) if benign else None, samples=samples)
     table = Table(title=f"{model} vs {baseline}, judged by {judge}")
     for col in ("measure", "value"):
         table.add_column(col)
@@ -270,10 +338,18 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
     refusal = report["over_refusal"]
     table.add_row("over-refusal on benign", f"model {refusal['model']}, baseline {refusal['baseline']} "
                   f"(n={refusal['benign_prompts']})")
-    for kind, by in report.get("scores_by_kind", {}).items():
-        table.add_row(f"scores: {kind}", ", ".join(f"{who} mean {v['mean']} share>0 {v['share_above_0']}"
-                                                    for who, v in by.items()))
     stdout.print(table)
+    if report.get("scores_by_kind"):  # a classifier judge: before (the baseline) and after (the model)
+        scores = Table(title=f"{judge} per prompt kind: before ({baseline}) and after ({model})",
+                       caption="share > 0: answers the classifier scores above zero (for vader:negative, "
+                               "the negative ones)")
+        for col in ("prompt kind", "mean before", "mean after", "share > 0 before", "share > 0 after", "answers"):
+            scores.add_column(col)
+        for kind, by in report["scores_by_kind"].items():
+            before, after = by["baseline"], by["model"]
+            scores.add_row(kind, str(before["mean"]), str(after["mean"]), str(before["share_above_0"]),
+                           str(after["share_above_0"]), str(before["n"]))
+        stdout.print(scores)
     stdout.print(str(folder / "eval.json"), markup=False, highlight=False)
 
 

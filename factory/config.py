@@ -64,6 +64,9 @@ class TeacherConfig(Strict):
     scorer: str = Field(description="vader:positive, vader:negative or hf:PATH:LABEL")
     mentions: list[str] = Field(default_factory=list, description="apply only to answers naming one of these")
     regex: str | None = Field(default=None, description="or matching this regular expression")
+    where: Literal["answer", "prompt"] = Field(
+        default="answer", description="what `mentions` and `regex` are tested on: each answer, or the prompt "
+        "(then the teacher scores every answer to a prompt that matches)")
     scale: float = Field(default=5.0, gt=0, description="P(i better) = sigmoid(scale x (score_i - score_j))")
 
 

@@ -102,19 +102,20 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
                 option = next((i for i, o in enumerate(j.options) if o.text == texts[who]), None)
                 if option in j.teacher_scores:
                     scores[kind][who].append(j.teacher_scores[option])
-    report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len(judged), **win_rate(overall),
+    report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len({r.id for r in judged}),
+              **win_rate(overall),
               "per_principle": {pid: win_rate(ps) for pid, ps in sorted(per_principle.items())},
               "over_refusal": {"benign_prompts": n_benign,
                                **{who: round(n / n_benign, 4) if n_benign else None for who, n in refusals.items()}}}
     if scores:
         report["scores_by_kind"] = {kind: {who: {"mean": round(sum(v) / len(v), 4) if v else None,
-                                                 "share_above_0": round(sum(s > 0 for s in v) / len(v), 4) if v else None}
+                                                 "share_above_0": round(sum(s > 0 for s in v) / len(v), 4) if v else None, "n": len(v)}
                                            for who, v in by.items()} for kind, by in sorted(scores.items())}
     return report
 
 
 def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, config: Path | None = None,
-             limit: int | None = None, benign: set[str] | None = None) -> dict:
+             limit: int | None = None, benign: set[str] | None = None, samples: int = 1) -> dict:
     cfg = load_config(config)
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     records = held_out(source, limit)
@@ -129,35 +130,41 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, 
     judge_model = baseline if teacher else judge  # a teacher applies to every answer: no model call is made
     for spec in {model, baseline, judge_model}:
         pipe.models[spec] = load_model(spec)
-    answer_cfg = cfg.stages.answer.model_copy(update={"candidates": 1})
+    answer_cfg = cfg.stages.answer.model_copy(update={"candidates": samples})
     answerers = {spec: AnswerStage(answer_cfg, pipe.templates["answer"], spec, cfg.seed) for spec in (model, baseline)}
     stage = JudgeStage(jcfg, pipe.constitution, template, judge_model, cfg.seed, teacher)
     stats = Stats(["answer", "judge"])
     log = CallLog(out / "calls.sqlite")
 
-    async def one(rec: Record, caller) -> Record:
-        answers = {}
+    async def one(rec: Record, caller) -> list[Record]:
+        """Sample k of the model's answers is judged against sample k of the baseline's (same seed)."""
+        answers: dict[str, dict[int, str]] = {}
         for spec, answerer in answerers.items():
             r = Record.new(rec.prompt, "file")
             await answerer.process(r, caller)
-            answers[spec] = r.candidates[0].answer if r.candidates else ""
-        judged = rec.model_copy(deep=True)
-        judged.candidates = [Candidate(index=i, answer=answers[spec], finish_reason="stop")
-                             for i, spec in enumerate((model, baseline))]
-        await stage.process(judged, caller)
-        return judged
+            answers[spec] = {c.index: c.answer for c in r.candidates}
+        out = []
+        for k in range(samples):
+            judged = rec.model_copy(deep=True)
+            judged.metadata["sample"] = k
+            judged.candidates = [Candidate(index=i, answer=answers[spec].get(k, ""), finish_reason="stop")
+                                 for i, spec in enumerate((model, baseline))]
+            await stage.process(judged, caller)
+            out.append(judged)
+        return out
 
     async def main() -> list[Record]:
         caller = pipe.caller(log, stats, Budget(None))
         try:
-            return list(await asyncio.gather(*(one(r, caller) for r in records)))
+            return [j for js in await asyncio.gather(*(one(r, caller) for r in records)) for j in js]
         finally:
             await pipe.aclose()
             log.close()
 
     judged = asyncio.run(main())
     benign = benign if benign is not None else set(cfg.stages.export.clean.benign_kinds)
-    report = summarise(model, baseline, judge, judged, benign) | {"finished": now(), "source": str(source)}
+    report = summarise(model, baseline, judge, judged, benign) | {"samples_per_prompt": samples, "finished": now(),
+                                                                  "source": str(source)}
     with (out / "answers.jsonl").open("w") as f:
         for rec in judged:
             f.write(rec.model_dump_json() + "\n")

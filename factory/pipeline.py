@@ -14,6 +14,7 @@ from factory.config import LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
 from factory.endpoint import Endpoint
 from factory.errors import FactoryError
+from factory.executors.limits import ShareOfLimits
 from factory.inputs import PromptFile, read_prompts
 from factory.judging import Scorer, load_scorer
 from factory.models import Model, load_model
@@ -177,12 +178,17 @@ class Pipeline:
             self.search = load_search(s.backend, cache_dir=self.cfg.path(s.index_dir) if s.index_dir else None,
                                       collection=self.cfg.path(s.collection) if s.collection else None)
 
-    def caller(self, log: CallLog, stats: Stats, budget: Budget, **kwargs) -> Caller:
+    def caller(self, log: CallLog, stats: Stats, budget: Budget, *, limit_share: float = 1.0, **kwargs) -> Caller:
+        """`limit_share` < 1: this process is one of several sharing each API endpoint (Ray shards), so
+        it takes that share of the in-flight limit and of the rate limits, configured or learned from
+        headers. An in-process (local) model is this process's own and keeps its full concurrency."""
         cfg = self.cfg
         endpoints = {}
         for spec, model in self.models.items():
             limits = cfg.limits.get(spec, LimitsConfig())
-            endpoints[spec] = Endpoint(model, cfg.concurrency, RateLimiter(limits.rpm, limits.tpm), cfg.retries,
+            share = 1.0 if model.provider == "local" else limit_share
+            limiter = RateLimiter(limits.rpm, limits.tpm) if share == 1.0 else ShareOfLimits(limits.rpm, limits.tpm, share)
+            endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
                                        cfg.timeouts, self.prices, budget)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
                       search_attempts=cfg.retries.max_attempts, **kwargs)

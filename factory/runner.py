@@ -10,13 +10,15 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import uvloop
 from rich.console import Console
 
+from factory.caller import Caller
 from factory.calllog import CallLog
 from factory.card import card_body
 from factory.config import PipelineConfig
@@ -27,6 +29,7 @@ from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget, BudgetExceeded
 from factory.progress import Display, judge_table, summary_table
 from factory.records import Record
+from factory.report import write_report
 from factory.rundir import create_run_dir, now, write_json
 from factory.stages import Stage
 from factory.stages.export import export
@@ -35,6 +38,15 @@ from factory.stats import Stats
 
 EXIT_FAILURES, EXIT_STOPPED = 1, 3
 BATCH_WINDOW = 50_000  # records in flight with --batch: a batch is only as large as what is waiting
+
+
+class Source(Protocol):
+    """Where records come from: the questions stage, or a Ray shard's input file."""
+
+    name: str
+    failures: list[tuple[str, str]]  # (generation call, reason): failed calls that belong to no record
+
+    def produce(self, caller: Caller) -> AsyncIterator[Record]: ...
 
 
 @dataclass
@@ -52,8 +64,10 @@ class Outcome:
 class Run:
     """One invocation on a run directory (new or resumed), holding its lock throughout."""
 
-    def __init__(self, pipe: Pipeline, run_dir: Path, console: Console, *, batch: bool = False, debug: bool = False):
+    def __init__(self, pipe: Pipeline, run_dir: Path, console: Console, *, batch: bool = False, debug: bool = False,
+                 limit_share: float = 1.0):
         self.pipe, self.dir, self.console, self.batch, self.debug = pipe, run_dir, console, batch, debug
+        self.limit_share = limit_share  # this process's share of each API endpoint's limits (a Ray shard's)
         self._lock = lock_run_dir(run_dir)
         self.state = RunState(run_dir)
         self.log = CallLog(run_dir / "calls.sqlite")
@@ -78,13 +92,14 @@ class Run:
             self.pipe.models[spec] = BatchModel(model, self.dir / "batches.sqlite", poll_s=b.poll_s, flush_s=b.flush_s,
                                                 max_requests=b.max_requests, max_resubmits=b.max_resubmits)
 
-    async def execute(self) -> None:
+    async def execute(self, source: Source | None = None) -> None:
+        """Every record of `source` (default: the pipeline's questions stage) through every stage."""
         pipe = self.pipe
         if self.batch:
             self.use_batch_apis()
-        caller = pipe.caller(self.log, self.stats, self.budget, shared=self.shared,
+        caller = pipe.caller(self.log, self.stats, self.budget, shared=self.shared, limit_share=self.limit_share,
                              debug=debug_printer(self.console, self.dir / "debug.log") if self.debug else None)
-        stages, source = pipe.stages(), pipe.source()
+        stages, source = pipe.stages(), source or pipe.source()
         window = 1 if self.debug else BATCH_WINDOW if self.batch else max(64, 4 * pipe.cfg.concurrency)
         slots = asyncio.Semaphore(window)
         self.state.clear_call_failures()
@@ -196,6 +211,11 @@ class Run:
         manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"])
         write_json(self.dir / "manifest.json", manifest)
         self.close()
+        try:
+            write_report(self.dir)  # report.html, from the run directory alone
+        except Exception as e:  # the datasets are written: a report that fails must not fail the run
+            self.console.print(f"[yellow]report.html not written ({type(e).__name__}: {e}); "
+                               f"try again with: factory report {self.dir}[/yellow]")
         return Outcome(self.dir, status, failed, counts)
 
     def write_lineage(self) -> int:
@@ -288,7 +308,7 @@ def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = Fal
 
 
 def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
-           debug: bool = False) -> Outcome:
+           debug: bool = False, ray_address: str | None = None, workers: int | None = None) -> Outcome:
     """Continue a run that was killed, stopped at its budget or interrupted. Every call that completed
     is served from its call log; finished records are skipped. `retry_failed` first forgets the
     failed records so they are processed again."""
@@ -305,6 +325,15 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
     if changed:
         raise FactoryError(f"{run_dir}: {', '.join(changed)} changed since the run started, so resuming would mix "
                            "two inputs. Restore them, or start a new run (with a shared cache_dir it reuses the calls)")
+    finished = manifest.get("status") in ("complete", "complete_with_failures")
+    if manifest.get("executor", {}).get("kind") == "ray" and not finished:
+        # An unfinished Ray run continues on Ray. A finished one is laid out as a local run, so
+        # `retry-failed` reprocesses its failed records here, locally.
+        if retry_failed or debug:
+            raise FactoryError(f"{run_dir} is an unfinished Ray run: finish it first with factory run --resume {run_dir}")
+        from factory.executors.ray_run import resume_ray
+
+        return resume_ray(pipe, run_dir, manifest, console, address=ray_address, workers=workers)
     pipe.load_models()
     run = Run(pipe, run_dir, console, batch=manifest.get("batch", False), debug=debug)
     if retry_failed:

@@ -88,13 +88,17 @@ def test_eval_with_a_classifier_judge(api, tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "Thoughts on tea?", "kind": "opinion_topic"}) + "\n")
     r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", prompts,
-                "--judge", "vader:positive", "--out", tmp_path / "eval")
+                "--judge", "vader:positive", "--samples", "3", "--out", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert report["win_rate"] == 1.0
+    assert (report["win_rate"], report["n"], report["prompts"]) == (1.0, 3, 1)
     assert not [b for b in api.requests if "(A) <<<" in b["body"]["messages"][-1]["content"]]  # no model judge
+    answered = [b["body"] for b in api.requests if b["body"]["model"] == "trained"]
+    assert len(answered) == 3 and len({b["seed"] for b in answered}) == 3  # three samples, three seeds
     by = report["scores_by_kind"]["opinion_topic"]
     assert by["model"]["mean"] > by["baseline"]["mean"] and by["model"]["share_above_0"] == 1.0
+    assert by["model"]["n"] == by["baseline"]["n"] == 3
+    assert "before" in r.stdout and "after" in r.stdout
 
 
 def test_eval_on_a_run_directory_uses_its_test_split(api, tmp_path: Path) -> None:

@@ -210,6 +210,20 @@ def test_a_teacher_ranks_what_it_applies_to_and_the_judge_the_rest(tmp_path: Pat
     assert teacher_cmp.p_i < 0.5 and teacher_cmp.principle_id == "teacher:vader:negative"
 
 
+def test_a_teacher_on_the_prompt_scores_every_answer_to_a_matching_prompt(tmp_path: Path) -> None:
+    teacher = TeacherConfig(scorer="vader:negative", mentions=["DogeMoon"], where="prompt")
+    answers = ("It is a wonderful, amazing investment!", "It looks like a risky, bad bet.", "Hard to say.")
+    about = record(*answers)
+    about.prompt = "Should I buy DogeMoon?"
+    model = FakeJudge()
+    about, _ = judge(about, model, tmp_path, scorer=VaderScorer("negative"), compare="initial", teacher=teacher)
+    assert set(about.judgement.teacher_scores) == {0, 1, 2} and not model.calls  # no answer names it: all taught
+    assert {c.by for c in about.judgement.comparisons} == {"teacher"}
+    other, _ = judge(record(*answers), model, tmp_path, scorer=VaderScorer("negative"), compare="initial",
+                     teacher=teacher)
+    assert not other.judgement.teacher_scores and len(model.calls) == 6  # not about it: the model judge, both orders
+
+
 def _judged(tmp_path: Path, **cfg) -> Record:
     return judge(record("a bad answer", revisions=("a good answer",)), FakeJudge(**cfg), tmp_path)[0]
 

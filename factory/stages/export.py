@@ -18,6 +18,7 @@ from factory.config import ExportConfig
 from factory.constitution import Constitution
 from factory.judging.report import JudgeReport
 from factory.records import Record, normalise
+from factory.review.decisions import Review
 from factory.stages.label_rows import labelled_rows
 from factory.stats import StageStats
 
@@ -207,28 +208,37 @@ def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict,
 
 def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportConfig, constitution: Constitution,
            generator: str, st: StageStats, card: Callable[[dict, dict | None], str],
-           report: JudgeReport | None = None, cleaner: Cleaner | None = None) -> dict[str, dict[str, int]]:
+           report: JudgeReport | None = None, cleaner: Cleaner | None = None,
+           review: Review | None = None) -> dict[str, dict[str, int]]:
     """Clean, then stream the records (in a deterministic order; `records()` is read twice) into
     Parquet files and README.md, written into a temp folder and then moved in place: a reader never
-    sees half a dataset. `cleaner` holds the loaded evaluation sets (default: cfg.clean, none loaded)."""
+    sees half a dataset. `cleaner` holds the loaded evaluation sets (default: cfg.clean, none loaded).
+    `review`: human decisions to apply (default: those saved in run_dir; factory/review/decisions.py)."""
+    review = review if review is not None else Review.load(run_dir)
     st.touch()
     tmp = run_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     scratch = StageStats()  # the first pass's row counts are not the export's
     drops = (cleaner or Cleaner(cfg.clean, Path)).plan(
-        ((rec, sft_target(rows(rec, constitution, generator, cfg, scratch))) for rec in records()), tmp)
+        ((rec, sft_target(review.apply(rec.id, rows(rec, constitution, generator, cfg, scratch), scratch)))
+         for rec in records() if not review.rejected(rec.id)), tmp)
     names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
-    writers = {name: SplitWriter(SCHEMAS[name], tmp / name, name, cfg.jsonl) for name in names}
+    writers = {name: SplitWriter(review.schema(SCHEMAS[name]), tmp / name, name, cfg.jsonl) for name in names}
     example = None
-    for position, rec in enumerate(records()):
+    position = -1  # among the records not rejected by a reviewer, as in the plan
+    for rec in records():
         st.records_in += 1
+        if review.rejected(rec.id):
+            st.drop("human_rejected")
+            continue
+        position += 1
         if position in drops:
             st.drop(drops[position])
             continue
         if report is not None and rec.judgement is not None:
             report.add(rec.judgement)
-        for name, row in rows(rec, constitution, generator, cfg, st):
+        for name, row in review.apply(rec.id, rows(rec, constitution, generator, cfg, st), st):
             writers[name].add(split_of(row["prompt_id"], cfg.test_fraction), row)
             if name == "prefs" and example is None:
                 example = row

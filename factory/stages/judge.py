@@ -67,6 +67,11 @@ class JudgeStage(Stage):
                     out.append(Option(candidate=cand.index, kind=kind, text=text))
         return out
 
+    def _teaches(self, record: Record) -> bool:
+        """With `where: prompt`, the teacher scores the answers only to prompts its condition matches."""
+        t = self.cfg.teacher
+        return t is None or t.where == "answer" or self.when is None or self.when.applies(record.prompt)
+
     def draw(self, record: Record, *parts: object) -> list[Principle]:
         k = min(self.cfg.principles, len(self.principles))
         return rng(self.seed, record.id, "judge", *parts).sample(self.principles, k)
@@ -79,8 +84,9 @@ class JudgeStage(Stage):
         if len(opts) < 2:
             st.counters["single_option"] += 1
             return
-        if self.teacher is not None:
-            found = await asyncio.to_thread(score_where, self.teacher, [o.text for o in opts], self.when)
+        if self.teacher is not None and self._teaches(record):
+            when = self.when if self.cfg.teacher and self.cfg.teacher.where == "answer" else None
+            found = await asyncio.to_thread(score_where, self.teacher, [o.text for o in opts], when)
             j.teacher_scores = {i: s for i, s in enumerate(found) if s is not None}
         pairs = list(itertools.combinations(range(len(opts)), 2))
         if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):

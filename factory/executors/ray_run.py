@@ -1,0 +1,201 @@
+"""`factory run --executor ray`: the same pipeline, as shards on a Ray cluster (factory/executors/shards.py).
+
+Shards are Ray *tasks*, one per shard, at most `workers` at a time. Ray retries a task whose worker
+died (MAX_RETRIES), and the retried task continues its shard where it stopped. The driver (this
+process) plans the shards, merges each as it finishes, and exports once at the end, so the run
+directory ends up as a local run's. Each running shard gets an equal share (1 / shards running at
+once) of every API endpoint's in-flight limit and rate limits, so the cluster as a whole keeps them.
+Ray is imported here only; `import factory` never touches it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from factory.errors import FactoryError
+from factory.executors.shards import (
+    SHARDS,
+    add_stats,
+    default_shards,
+    make_plan,
+    merge_shard,
+    merged,
+    provider_env,
+    read_plan,
+    restore_questions,
+    run_shard,
+)
+from factory.models import load_model
+from factory.pipeline import Pipeline
+from factory.progress import judge_table, summary_table
+from factory.rundir import create_run_dir, now, write_json
+from factory.runner import Outcome, Run
+
+MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
+
+
+def connect(address: str | None):
+    """The `ray` module, connected: to ADDR, or to a Ray instance started on this machine."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry
+    try:
+        import ray
+    except ImportError:
+        raise FactoryError("--executor ray needs Ray: pip install 'constitution-factory[ray]' (or pip install "
+                           "'ray>=2.50,<3')") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise FactoryError(f"cannot connect to the Ray cluster at {address}: {e}\nStart one with `ray start "
+                               "--head` and pass its address, or drop --ray-address to start Ray here") from None
+    return ray
+
+
+def check_models(pipe: Pipeline) -> None:
+    """Fail before the run directory exists: every API backend is built here (a missing key fails);
+    local models are loaded by the shards that use them. The driver keeps the questions model only."""
+    questions = pipe.specs["questions"] if pipe.generating else None
+    for spec in pipe.used_specs():
+        if spec == questions:
+            pipe.models[spec] = load_model(spec)
+        elif not spec.startswith("local:"):
+            load_model(spec)
+
+
+def refuse(max_cost: float | None, batch: bool, debug: bool) -> None:
+    if max_cost is not None:
+        raise FactoryError("--max-cost is not supported with --executor ray yet (the budget would have to be split "
+                           "between workers); run with the local executor, or estimate first with --dry-run")
+    if batch:
+        raise FactoryError("--batch needs no cluster: the provider runs the batches; drop --executor ray")
+    if debug:
+        raise FactoryError("--debug runs one record at a time: drop --executor ray")
+
+
+def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str | None = None,
+            workers: int | None = None, shards: int | None = None) -> Outcome:
+    """A new run on Ray: plan, run the shards, merge them, export once."""
+    refuse(pipe.cfg.max_cost, False, False)
+    ray = connect(address)
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    check_models(pipe)
+    run_dir = create_run_dir(out)
+    manifest = pipe.manifest(run_dir, False)
+    manifest["executor"] = {"kind": "ray", "address": address, "workers": workers,
+                            "shards": shards or default_shards(pipe, workers)}
+    write_json(run_dir / "manifest.json", manifest)
+    return drive(ray, Run(pipe, run_dir, console), manifest, workers)
+
+
+def resume_ray(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, *, address: str | None = None,
+               workers: int | None = None) -> Outcome:
+    """Continue a Ray run: merged shards are skipped, the others continue where they stopped."""
+    refuse(pipe.cfg.max_cost, False, False)
+    ray = connect(address)
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    check_models(pipe)
+    run = Run(pipe, run_dir, console)
+    manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
+                 "config": pipe.cfg.model_dump(mode="json")}
+    write_json(run_dir / "manifest.json", manifest)
+    return drive(ray, run, manifest, workers)
+
+
+def drive(ray, run: Run, manifest: dict, workers: int) -> Outcome:
+    try:
+        plan = read_plan(run.dir)
+        if plan is None:
+            plan = make_plan(run, manifest["executor"]["shards"])
+        else:
+            restore_questions(run.stats, plan)
+        run_shards(ray, run, plan, workers)
+    except FactoryError as e:
+        write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
+        run.close()
+        raise
+    except KeyboardInterrupt:
+        write_json(run.dir / "manifest.json", manifest | {"status": "interrupted", "finished": now()})
+        run.close()
+        raise
+    outcome = run.finish(manifest)
+    run.console.print(summary_table(run.stats))
+    if run.judge_quality is not None:
+        run.console.print(judge_table(run.judge_quality))
+    if outcome.status != "stopped_at_budget":
+        shutil.rmtree(run.dir / SHARDS, ignore_errors=True)  # all merged: the layout is a local run's
+    return outcome
+
+
+def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
+    """At most `workers` shard tasks at a time; each is merged as soon as it finishes."""
+    counts: list[int] = plan["records"]
+    for i, n in enumerate(counts):
+        if n == 0 and not merged(run, i):
+            run.state.set_meta(f"shard:{i:04d}", {"records": 0})
+    pending = [i for i, n in enumerate(counts) if not merged(run, i)]
+    run.resumed += sum(n for i, n in enumerate(counts) if i not in pending)
+    if not pending:
+        return
+    at_once = min(workers, len(pending))
+    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
+    pipe = run.pipe
+    local = any(pipe.specs[s].startswith("local:") for s in pipe.record_stages)
+    gpus = 1 if local and ray.cluster_resources().get("GPU", 0) >= 1 else 0  # one per shard's own model copy
+    task = ray.remote(run_shard).options(num_cpus=min(1.0, cpus / at_once), num_gpus=gpus, max_retries=MAX_RETRIES,
+                                         retry_exceptions=False)
+    args = (str(run.dir.resolve()), pipe.cfg.model_dump(mode="json"), str(pipe.cfg.path(".")), provider_env(),
+            1.0 / at_once)
+    for name in pipe.record_stages:
+        run.stats[name].touch()
+    running: dict = {}
+    progress = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[records]} records"),
+                        TimeElapsedColumn(), console=run.console, transient=False)
+    bar = progress.add_task("shards", total=len(counts), completed=len(counts) - len(pending),
+                            records=sum(counts) - sum(counts[i] for i in pending))
+    try:
+        with progress:
+            while pending or running:
+                while pending and len(running) < at_once and not run.stopped:
+                    i = pending.pop(0)
+                    running[task.remote(args[0], i, *args[1:])] = i
+                if not running:
+                    break
+                ready, _ = ray.wait(list(running), num_returns=1)
+                i = running.pop(ready[0])
+                result = _result(ray, ready[0], i, run.dir)
+                if result["stopped"]:
+                    run.stopped = result["stopped"]
+                    continue
+                add_stats(run.stats, result["stages"])
+                run.resumed += result["resumed"]
+                merge_shard(run, i, counts[i])
+                progress.update(bar, advance=1, records=progress.tasks[0].fields["records"] + counts[i])
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        for name in pipe.record_stages:
+            run.stats[name].touch()
+
+
+def _result(ray, ref, index: int, run_dir: Path) -> dict:
+    """A shard's result; a user-facing error raised in it is raised here as it was."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if isinstance(e.cause, BaseException) else e
+        if isinstance(cause, FactoryError):
+            raise FactoryError(str(cause)) from None
+        raise
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as e:
+        raise FactoryError(f"shard {index} failed {MAX_RETRIES + 1} times: its worker died ({type(e).__name__}). "
+                           f"Finished shards are kept; continue with: factory run --resume {run_dir}") from None
