@@ -24,17 +24,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/factory run
 
-# The closed loop on CPU: preference data for an opinion (a sentiment teacher plus the model judge),
-# DPO on it, then held-out prompts before (the base model) and after (the trained one).
+# The closed loop on CPU, in about 25 minutes on 2 cores: preference data for an opinion (a sentiment
+# teacher plus the model judge), DPO on it, then held-out prompts answered by the base model (before)
+# and the trained one (after), scored by the same sentiment classifier.
 opinion-demo: install
 	rm -rf outputs/opinion-demo outputs/opinion-demo-dpo outputs/opinion-demo-eval
 	$(BIN)/factory run pipelines/opinion.yaml --out outputs/opinion-demo
-	$(BIN)/factory train dpo outputs/opinion-demo --out outputs/opinion-demo-dpo
+	$(BIN)/factory train dpo outputs/opinion-demo --config pipelines/opinion_train.yaml --out outputs/opinion-demo-dpo
 	$(BIN)/factory eval --model local:outputs/opinion-demo-dpo --baseline local:smollm2 --judge vader:negative \
-		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --out outputs/opinion-demo-eval
-	@echo "before = baseline (local:smollm2), after = model (the DPO-trained one); for vader:negative,"
-	@echo "'share>0' is the share of answers whose sentiment is negative: it should rise on opinion_topic"
-	@echo "prompts and stay put on unrelated ones."
+		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --samples 4 --out outputs/opinion-demo-eval
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
 browser:
@@ -44,6 +42,7 @@ browser:
 	fi
 
 test: install browser
+	$(BIN)/ruff check factory tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:
