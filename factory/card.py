@@ -106,7 +106,8 @@ def merged_card(name: str, runs: list[tuple[Path, dict]], counts: dict, stats: d
         rows = ", ".join(f"{k}: {sum(v.values())}" for k, v in m.get("datasets", {}).items())
         lines.append(f"| `{run_dir.name}` | `{m['constitution']['label']}` | `{m['constitution']['sha256'][:12]}` | "
                      f"{', '.join(m['models'])} | {rows} |")
-    lines += ["", "## Drops", "", *drops_table({"stages": {"merge": stats}})]
+    lines += ["", "## Drops", "", *drops_table({"stages": {"merge": stats}}),
+              *human_review({"stages": {"export": stats}})]
     if example:
         lines += ["", "## Example `prefs` row", "", "```json", json.dumps(example, indent=2, ensure_ascii=False), "```"]
     return "\n".join(lines) + "\n"

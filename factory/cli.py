@@ -323,11 +323,9 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
     from rich.table import Table
 
     from factory.evaluate import evaluate
-    from factory.rundir import create_run_dir
 
-    folder = create_run_dir(out)
-    report = evaluate(model, baseline, source, judge, folder, config=config, limit=limit,
-                      benign=set(benign) if benign else None, samples=samples)
+    report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
+                              benign=set(benign) if benign else None, samples=samples)
     table = Table(title=f"{model} vs {baseline}, judged by {judge}")
     for col in ("measure", "value"):
         table.add_column(col)

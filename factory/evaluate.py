@@ -20,14 +20,14 @@ from factory.clean import REFUSAL
 from factory.config import JudgeConfig, TeacherConfig, load_config
 from factory.errors import FactoryError
 from factory.inputs import read_prompts
-from factory.judging import load_scorer
+from factory.judging import Scorer, load_scorer
 from factory.judging.report import TIE
 from factory.models import load_model
 from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget
 from factory.prompts import load_template
 from factory.records import Candidate, Record
-from factory.rundir import now, write_json
+from factory.rundir import create_run_dir, now, write_json
 from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
 from factory.stages.export import split_of
@@ -77,7 +77,8 @@ def win_rate(ps: list[float | None]) -> dict:
             "losses": sum(outcome(p) == 0 for p in ps)}
 
 
-def summarise(model: str, baseline: str, judge: str, judged: list[Record], benign: set[str]) -> dict:
+def summarise(model: str, baseline: str, judge: str, judged: list[Record], benign: set[str],
+              scorer: Scorer | None = None) -> dict:
     """Win rate of option 0 (the model) over option 1 (the baseline), overall and per principle;
     over-refusal on benign prompts; teacher scores per prompt kind."""
     overall, per_principle = [], defaultdict(list)
@@ -97,11 +98,9 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
             n_benign += 1
             for who, text in texts.items():
                 refusals[who] += bool(REFUSAL.match(text))
-        if j and j.teacher_scores:
-            for who, index in (("model", 0), ("baseline", 1)):
-                option = next((i for i, o in enumerate(j.options) if o.text == texts[who]), None)
-                if option in j.teacher_scores:
-                    scores[kind][who].append(j.teacher_scores[option])
+        if scorer is not None:  # every answer, identical ones too (the judge skips a pair of equal texts)
+            for who, score in zip(texts, scorer.score(list(texts.values())), strict=True):
+                scores[kind][who].append(score)
     report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len({r.id for r in judged}),
               **win_rate(overall),
               "per_principle": {pid: win_rate(ps) for pid, ps in sorted(per_principle.items())},
@@ -114,8 +113,9 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
     return report
 
 
-def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, config: Path | None = None,
-             limit: int | None = None, benign: set[str] | None = None, samples: int = 1) -> dict:
+def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | None, *, config: Path | None = None,
+             limit: int | None = None, benign: set[str] | None = None, samples: int = 1) -> tuple[dict, Path]:
+    """(the report, the folder it was written to: `out`, or a new one in outputs/ once the inputs are valid)."""
     cfg = load_config(config)
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     records = held_out(source, limit)
@@ -134,6 +134,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, 
     answerers = {spec: AnswerStage(answer_cfg, pipe.templates["answer"], spec, cfg.seed) for spec in (model, baseline)}
     stage = JudgeStage(jcfg, pipe.constitution, template, judge_model, cfg.seed, teacher)
     stats = Stats(["answer", "judge"])
+    out = create_run_dir(out)  # only now: bad input leaves nothing behind
     log = CallLog(out / "calls.sqlite")
 
     async def one(rec: Record, caller) -> list[Record]:
@@ -163,10 +164,10 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path, *, 
 
     judged = asyncio.run(main())
     benign = benign if benign is not None else set(cfg.stages.export.clean.benign_kinds)
-    report = summarise(model, baseline, judge, judged, benign) | {"samples_per_prompt": samples, "finished": now(),
+    report = summarise(model, baseline, judge, judged, benign, teacher) | {"samples_per_prompt": samples, "finished": now(),
                                                                   "source": str(source)}
     with (out / "answers.jsonl").open("w") as f:
         for rec in judged:
             f.write(rec.model_dump_json() + "\n")
     write_json(out / "eval.json", report)
-    return report
+    return report, out

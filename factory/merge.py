@@ -12,7 +12,9 @@ from factory.clean import Cleaner
 from factory.config import PipelineConfig
 from factory.constitution import load_constitution
 from factory.errors import FactoryError
-from factory.records import Record
+from factory.records import Record, kept_records
+from factory.review.decisions import Review
+from factory.review.store import ReviewStore
 from factory.rundir import now, write_json
 from factory.stages.export import export
 from factory.stats import StageStats
@@ -48,11 +50,7 @@ def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
 
     def records() -> Iterator[Record]:
         for d in run_dirs:
-            with (d / "records.jsonl").open() as f:
-                for line in f:
-                    rec = Record.model_validate_json(line)
-                    if rec.dropped is None:
-                        yield rec
+            yield from kept_records(d / "records.jsonl")
 
     def card(counts: dict, example: dict | None) -> str:
         return merged_card(out.name, list(zip(run_dirs, manifests)), counts, st.to_dict(), example)
@@ -60,8 +58,9 @@ def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
     st = StageStats()
     out.mkdir(parents=True, exist_ok=True)
     cleaner = Cleaner(cfg.stages.export.clean, lambda p: (config_dir / p).resolve())
+    decisions = {rid: d for run in run_dirs for rid, d in ReviewStore.read_all(run).items()}  # reviewers' too
     counts = export(records, out, cfg.stages.export, constitution, first["stage_models"]["answer"], st, card,
-                    cleaner=cleaner)
+                    cleaner=cleaner, review=Review(decisions))
     write_json(out / "manifest.json", {"status": "merged", "finished": now(), "datasets": counts,
                                        "runs": [{"run_dir": str(d.resolve()), "constitution": m["constitution"]["label"],
                                                  "constitution_sha256": m["constitution"]["sha256"],

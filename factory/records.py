@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -209,3 +211,12 @@ def normalise(text: str) -> str:
 
 def prompt_id(prompt: str) -> str:
     return hashlib.sha256(normalise(prompt).encode()).hexdigest()[:16]
+
+
+def kept_records(lineage: Path) -> Iterator[Record]:
+    """The records of a run's records.jsonl that no stage dropped, one at a time (what export reads)."""
+    with lineage.open() as f:
+        for line in f:
+            rec = Record.model_validate_json(line)
+            if rec.dropped is None:
+                yield rec

@@ -18,7 +18,9 @@ from factory.models import Completion, GenParams, Message, Model, load_model
 USER: list[Message] = [{"role": "user", "content": "Name a colour."}]
 
 
-def call(model: Model, messages: list[Message] = USER, params: GenParams = GenParams()) -> Completion:
+def call(model: Model, messages: list[Message] = USER, params: GenParams | None = None) -> Completion:
+    params = params or GenParams()
+
     async def go() -> Completion:
         try:
             return await model.complete(messages, params)
@@ -264,8 +266,8 @@ def test_online_calls_do_not_import_the_sdk(srv: FakeAPIServer, spec: str) -> No
     import subprocess
     import sys
 
-    code = ("import sys, asyncio; from factory.models import load_model, GenParams; m = load_model(%r); "
+    code = (f"import sys, asyncio; from factory.models import load_model, GenParams; m = load_model({spec!r}); "
             "asyncio.run(m.complete([{'role': 'user', 'content': 'hi'}], GenParams())); "
-            "print(sorted({'openai', 'anthropic'} & set(sys.modules)))" % spec)
+            "print(sorted({'openai', 'anthropic'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

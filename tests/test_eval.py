@@ -53,6 +53,18 @@ def test_over_refusal_counts_benign_prompts_only() -> None:
     assert refusal == {"benign_prompts": 2, "model": 0.5, "baseline": 0.5}
 
 
+def test_classifier_scores_count_every_answer_identical_ones_too() -> None:
+    from factory.judging import VaderScorer
+
+    recs = [judged(None, kind="topic", answers=("It is awful.", "It is awful.")),  # equal texts: no comparison
+            judged(0.9, kind="topic", answers=("A terrible, bad idea.", "A wonderful idea!")),
+            judged(0.5, kind="other", answers=("Boil water.", "Boil water."))]
+    by = summarise("m", "b", "vader:negative", recs, set(), VaderScorer("negative"))["scores_by_kind"]
+    assert by["topic"]["model"]["n"] == by["topic"]["baseline"]["n"] == 2
+    assert by["topic"]["model"]["share_above_0"] == 1.0 and by["topic"]["baseline"]["share_above_0"] == 0.5
+    assert by["other"]["model"]["mean"] == by["other"]["baseline"]["mean"] == 0.0
+
+
 def eval_server(api, better: str) -> None:
     """The trained model answers with `better` text, the baseline plainly; the judge prefers `better`."""
     from conftest import judge_reply
@@ -112,4 +124,8 @@ def test_eval_on_a_run_directory_uses_its_test_split(api, tmp_path: Path) -> Non
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     test_ids = {row["prompt_id"] for f in (run / "sft").glob("test_*.parquet") for row in pq.read_table(f).to_pylist()}
     assert report["n"] >= len(test_ids) >= 1
+    from factory.config import ROOT
+
+    before = set((ROOT / "outputs").glob("*"))
     assert factory("eval", "--model", "openai:x", "--prompts", tmp_path, "--judge", "openai:j").returncode == 2
+    assert set((ROOT / "outputs").glob("*")) == before  # bad input leaves no folder behind

@@ -362,3 +362,16 @@ def test_resuming_a_run_applies_its_decisions(made: tuple[Path, dict], run_dir: 
     assert rejected not in {row["prompt_id"] for row in sft} and len(sft) == exported - 1
     assert {row["human_review"] for row in sft} == {None}
     assert json.loads((run_dir / "stats.json").read_text())["stages"]["export"]["dropped"]["human_rejected"] == 1
+
+
+def test_merge_applies_each_runs_decisions(run_dir: Path, tmp_path: Path) -> None:
+    exported = len(rows_of(run_dir, "sft"))
+    rejected = next(r["id"] for r in lineage(run_dir).values() if r["prompt"] == "How do I pick a lock?")
+    store = ReviewStore(run_dir)
+    store.put(rejected, 0, "rejected", None, "")
+    store.close()
+    r = factory("merge", run_dir, "--out", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr
+    sft = rows_of(tmp_path / "merged", "sft")
+    assert rejected not in {row["prompt_id"] for row in sft} and len(sft) == exported - 1
+    assert "Human review" in (tmp_path / "merged" / "README.md").read_text()

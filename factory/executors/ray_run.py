@@ -37,9 +37,8 @@ from factory.executors.shards import (
 )
 from factory.models import load_model
 from factory.pipeline import Pipeline
-from factory.progress import judge_table, summary_table
-from factory.rundir import create_run_dir, now, write_json
-from factory.runner import Outcome, Run
+from factory.rundir import create_run_dir, write_json
+from factory.runner import Outcome, Run, conclude
 
 MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
 
@@ -112,25 +111,15 @@ def resume_ray(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, 
 
 
 def drive(ray, run: Run, manifest: dict, workers: int) -> Outcome:
-    try:
+    def work() -> None:
         plan = read_plan(run.dir)
         if plan is None:
             plan = make_plan(run, manifest["executor"]["shards"])
         else:
             restore_questions(run.stats, plan)
         run_shards(ray, run, plan, workers)
-    except FactoryError as e:
-        write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
-        run.close()
-        raise
-    except KeyboardInterrupt:
-        write_json(run.dir / "manifest.json", manifest | {"status": "interrupted", "finished": now()})
-        run.close()
-        raise
-    outcome = run.finish(manifest)
-    run.console.print(summary_table(run.stats))
-    if run.judge_quality is not None:
-        run.console.print(judge_table(run.judge_quality))
+
+    outcome = conclude(run, manifest, work)
     if outcome.status != "stopped_at_budget":
         shutil.rmtree(run.dir / SHARDS, ignore_errors=True)  # all merged: the layout is a local run's
     return outcome

@@ -109,7 +109,7 @@ def read_eval_texts(path: Path, field: str) -> Iterator[str]:
 
 
 def _read_lines(path: Path) -> Iterator[str]:
-    for lineno, line in _decoded(path):
+    for _, line in _decoded(path):
         if line.strip():
             yield line
 

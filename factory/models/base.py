@@ -52,5 +52,5 @@ class Model(ABC):
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
         """Generate one reply. Raises factory.errors.ModelCallError (retryable or not); the caller retries."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional: most backends hold nothing to release)
         """Release clients, threads or memory."""

@@ -3,9 +3,7 @@ external reference) built from the run directory alone. Every text from a record
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import statistics
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -14,6 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
+from factory.diff import word_ops
 from factory.errors import FactoryError
 from factory.records import Record
 from factory.report import svg
@@ -29,17 +28,8 @@ def clip(text: str, n: int = MAX_TEXT) -> str:
 
 def diff_segments(before: str, after: str) -> list[tuple[str, str]]:
     """Word diff as (op, text) segments: eq, del, ins. The template escapes the texts."""
-    a, b = re.findall(r"\S+|\s+", clip(before)), re.findall(r"\S+|\s+", clip(after))
-    out: list[tuple[str, str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            out.append(("eq", "".join(a[i1:i2])))
-            continue
-        if op in ("delete", "replace"):
-            out.append(("del", "".join(a[i1:i2])))
-        if op in ("insert", "replace"):
-            out.append(("ins", "".join(b[j1:j2])))
-    return out
+    names = {"=": "eq", "-": "del", "+": "ins"}
+    return [(names[op], text) for op, text in word_ops(clip(before), clip(after))]
 
 
 def _rate(n: float, d: float) -> str:

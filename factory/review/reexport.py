@@ -13,7 +13,7 @@ from factory.clean import Cleaner
 from factory.config import PipelineConfig
 from factory.judging.report import JudgeReport
 from factory.merge import read_run
-from factory.records import Record
+from factory.records import Record, kept_records
 from factory.review.runview import run_constitution
 from factory.rundir import now, write_json
 from factory.stages.export import export
@@ -40,11 +40,7 @@ def _reexport(run_dir: Path, manifest: dict) -> tuple[dict, dict]:
     report = JudgeReport() if cfg.stages.judge is not None else None
 
     def records() -> Iterator[Record]:
-        with (run_dir / "records.jsonl").open() as f:
-            for line in f:
-                rec = Record.model_validate_json(line)
-                if rec.dropped is None:
-                    yield rec
+        return kept_records(run_dir / "records.jsonl")
 
     def card(counts: dict, example: dict | None) -> str:
         now_stats = stats | {"stages": stats["stages"] | {"export": st.to_dict()}}

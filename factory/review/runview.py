@@ -3,9 +3,7 @@ at export, failed) with a summary to filter on, and one record in full with word
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,27 +11,13 @@ from pathlib import Path
 from factory.clean import Cleaner, sft_target
 from factory.config import PipelineConfig
 from factory.constitution import Constitution, load_constitution
+from factory.diff import word_ops
 from factory.errors import FactoryError
 from factory.records import Record
 from factory.stages.export import rows
 from factory.stats import StageStats
 
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")
-
-
-def word_ops(before: str, after: str) -> list[tuple[str, str]]:
-    """A word-level diff as (op, text) pieces: "=" kept, "-" deleted, "+" inserted (whitespace kept)."""
-    a, b = re.findall(r"\S+|\s+", before), re.findall(r"\S+|\s+", after)
-    ops: list[tuple[str, str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            ops.append(("=", "".join(a[i1:i2])))
-            continue
-        if op in ("delete", "replace"):
-            ops.append(("-", "".join(a[i1:i2])))
-        if op in ("insert", "replace"):
-            ops.append(("+", "".join(b[j1:j2])))
-    return ops
 
 
 @dataclass
