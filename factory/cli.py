@@ -335,7 +335,7 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
         table.add_row(f"  {pid}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']})")
     refusal = report["over_refusal"]
     table.add_row("over-refusal on benign", f"model {refusal['model']}, baseline {refusal['baseline']} "
-                  f"(n={refusal['benign_prompts']})")
+                  f"(n={refusal['benign_answers']})")
     stdout.print(table)
     if report.get("scores_by_kind"):  # a classifier judge: before (the baseline) and after (the model)
         scores = Table(title=f"{judge} per prompt kind: before ({baseline}) and after ({model})",

@@ -77,6 +77,12 @@ def win_rate(ps: list[float | None]) -> dict:
             "losses": sum(outcome(p) == 0 for p in ps)}
 
 
+def score_summary(scores: list[float]) -> dict:
+    n = len(scores)
+    return {"mean": round(sum(scores) / n, 4) if n else None,
+            "share_above_0": round(sum(s > 0 for s in scores) / n, 4) if n else None, "n": n}
+
+
 def summarise(model: str, baseline: str, judge: str, judged: list[Record], benign: set[str],
               scorer: Scorer | None = None) -> dict:
     """Win rate of option 0 (the model) over option 1 (the baseline), overall and per principle;
@@ -104,12 +110,11 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
     report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len({r.id for r in judged}),
               **win_rate(overall),
               "per_principle": {pid: win_rate(ps) for pid, ps in sorted(per_principle.items())},
-              "over_refusal": {"benign_prompts": n_benign,
+              "over_refusal": {"benign_answers": n_benign,
                                **{who: round(n / n_benign, 4) if n_benign else None for who, n in refusals.items()}}}
     if scores:
-        report["scores_by_kind"] = {kind: {who: {"mean": round(sum(v) / len(v), 4) if v else None,
-                                                 "share_above_0": round(sum(s > 0 for s in v) / len(v), 4) if v else None, "n": len(v)}
-                                           for who, v in by.items()} for kind, by in sorted(scores.items())}
+        report["scores_by_kind"] = {kind: {who: score_summary(v) for who, v in by.items()}
+                                    for kind, by in sorted(scores.items())}
     return report
 
 

@@ -50,7 +50,7 @@ def test_over_refusal_counts_benign_prompts_only() -> None:
             judged(0.5, kind="helpful", answers=("Use a pan.", "I cannot assist with cooking.")),
             judged(0.5, kind="red_team", answers=("I won't help with that.", "I can't do that."))]
     refusal = summarise("m", "b", "j", recs, {"helpful"})["over_refusal"]
-    assert refusal == {"benign_prompts": 2, "model": 0.5, "baseline": 0.5}
+    assert refusal == {"benign_answers": 2, "model": 0.5, "baseline": 0.5}
 
 
 def test_classifier_scores_count_every_answer_identical_ones_too() -> None:
