@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/factory run
 
-# The closed loop on CPU, in about 25 minutes on 2 cores: preference data for an opinion (a sentiment
+# The closed loop on CPU, in about 20 minutes on 2 cores: preference data for an opinion (a sentiment
 # teacher plus the model judge), DPO on it, then held-out prompts answered by the base model (before)
 # and the trained one (after), scored by the same sentiment classifier.
 opinion-demo: install
