@@ -10,16 +10,14 @@ from pathlib import Path
 from factory.card import merged_card
 from factory.clean import Cleaner
 from factory.config import PipelineConfig
-from factory.constitution import load_constitution
+from factory.constitution import Constitution, load_constitution
 from factory.errors import FactoryError
 from factory.records import Record, kept_records
 from factory.review.decisions import Review
 from factory.review.store import ReviewStore
-from factory.rundir import now, write_json
+from factory.rundir import FINISHED, now, write_json
 from factory.stages.export import export
 from factory.stats import StageStats
-
-FINISHED = ("complete", "complete_with_failures")
 
 
 def read_run(run_dir: Path) -> dict:
@@ -33,6 +31,15 @@ def read_run(run_dir: Path) -> dict:
     return manifest
 
 
+def run_constitution(run_dir: Path, manifest: dict) -> Constitution:
+    """The constitution a finished run used, from the file its manifest names."""
+    path = Path(manifest["constitution"]["path"])
+    if not path.is_file():
+        raise FactoryError(f"{path}: the constitution of {run_dir} is gone; restore it (sha256 "
+                           f"{manifest['constitution']['sha256'][:12]}) and run the command again")
+    return load_constitution(path)
+
+
 def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
     """(counts per config and split, export stats). The first run's export settings apply."""
     if out.exists() and any(out.iterdir()):
@@ -42,10 +49,7 @@ def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
     manifests = [read_run(d) for d in run_dirs]
     first = manifests[0]
     cfg = PipelineConfig.model_validate(first["config"])
-    cpath = Path(first["constitution"]["path"])
-    if not cpath.is_file():
-        raise FactoryError(f"{cpath}: the constitution of {run_dirs[0]} is gone; restore it to merge")
-    constitution = load_constitution(cpath)
+    constitution = run_constitution(run_dirs[0], first)
     config_dir = Path(first.get("config_dir", "."))
 
     def records() -> Iterator[Record]:

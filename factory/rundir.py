@@ -14,6 +14,7 @@ from pathlib import Path
 from factory.config import ROOT
 from factory.errors import FactoryError
 
+FINISHED = ("complete", "complete_with_failures")  # manifest statuses of a run whose datasets are written
 PACKAGES = ("constitution-factory", "torch", "transformers", "datasets", "trl", "openai", "anthropic", "pydantic")
 
 

@@ -30,7 +30,7 @@ from factory.prices import Budget, BudgetExceeded
 from factory.progress import Display, judge_table, summary_table
 from factory.records import Record
 from factory.report import write_report
-from factory.rundir import create_run_dir, now, write_json
+from factory.rundir import FINISHED, create_run_dir, now, write_json
 from factory.stages import Stage
 from factory.stages.export import export
 from factory.state import RunState, lock_run_dir
@@ -334,7 +334,7 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
     if changed:
         raise FactoryError(f"{run_dir}: {', '.join(changed)} changed since the run started, so resuming would mix "
                            "two inputs. Restore them, or start a new run (with a shared cache_dir it reuses the calls)")
-    finished = manifest.get("status") in ("complete", "complete_with_failures")
+    finished = manifest.get("status") in FINISHED
     if manifest.get("executor", {}).get("kind") == "ray" and not finished:
         # An unfinished Ray run continues on Ray. A finished one is laid out as a local run, so
         # `retry-failed` reprocesses its failed records here, locally.

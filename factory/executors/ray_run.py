@@ -81,13 +81,19 @@ def refuse(max_cost: float | None, batch: bool, debug: bool) -> None:
         raise FactoryError("--debug runs one record at a time: drop --executor ray")
 
 
-def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str | None = None,
-            workers: int | None = None, shards: int | None = None) -> Outcome:
-    """A new run on Ray: plan, run the shards, merge them, export once."""
+def start(pipe: Pipeline, address: str | None, workers: int | None):
+    """(ray, workers): the checks a new and a resumed run share, then Ray connected."""
     refuse(pipe.cfg.max_cost, False, False)
     ray = connect(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_models(pipe)
+    return ray, workers
+
+
+def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str | None = None,
+            workers: int | None = None, shards: int | None = None) -> Outcome:
+    """A new run on Ray: plan, run the shards, merge them, export once."""
+    ray, workers = start(pipe, address, workers)
     run_dir = create_run_dir(out)
     manifest = pipe.manifest(run_dir, False)
     manifest["executor"] = {"kind": "ray", "address": address, "workers": workers,
@@ -99,10 +105,7 @@ def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str 
 def resume_ray(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, *, address: str | None = None,
                workers: int | None = None) -> Outcome:
     """Continue a Ray run: merged shards are skipped, the others continue where they stopped."""
-    refuse(pipe.cfg.max_cost, False, False)
-    ray = connect(address)
-    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    check_models(pipe)
+    ray, workers = start(pipe, address, workers)
     run = Run(pipe, run_dir, console)
     manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
                  "config": pipe.cfg.model_dump(mode="json")}

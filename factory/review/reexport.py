@@ -12,9 +12,8 @@ from factory.card import card_body
 from factory.clean import Cleaner
 from factory.config import PipelineConfig
 from factory.judging.report import JudgeReport
-from factory.merge import read_run
+from factory.merge import read_run, run_constitution
 from factory.records import Record, kept_records
-from factory.review.runview import run_constitution
 from factory.rundir import now, write_json
 from factory.stages.export import export
 from factory.state import lock_run_dir

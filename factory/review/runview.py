@@ -10,9 +10,9 @@ from pathlib import Path
 
 from factory.clean import Cleaner, sft_target
 from factory.config import PipelineConfig
-from factory.constitution import Constitution, load_constitution
 from factory.diff import word_ops
 from factory.errors import FactoryError
+from factory.merge import run_constitution
 from factory.records import Record
 from factory.stages.export import rows
 from factory.stats import StageStats
@@ -114,11 +114,3 @@ def fact_counts(rec: Record) -> dict[str, int]:
         for claim in check.claims:
             counts[claim.verdict or "unreadable"] += 1
     return counts
-
-
-def run_constitution(run_dir: Path, manifest: dict) -> Constitution:
-    path = Path(manifest["constitution"]["path"])
-    if not path.is_file():
-        raise FactoryError(f"{path}: the constitution of {run_dir} is gone; restore it (sha256 "
-                           f"{manifest['constitution']['sha256'][:12]}) and run the command again")
-    return load_constitution(path)
