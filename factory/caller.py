@@ -4,6 +4,7 @@ variables and which parameters, and how to parse the output when it must parse."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import random
@@ -43,6 +44,7 @@ class Caller:
         self.active: dict[int, tuple[str, str, float]] = {}  # call -> (stage, purpose, started): for the watchdog
         self.last_done = time.monotonic()
         self._ids = itertools.count()
+        self._pending: dict[str, asyncio.Event] = {}  # key -> set when that call ends (answered or failed)
 
     async def chat(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
                    params: GenParams, *, context: dict | None = None, sample: int = 0) -> tuple[Completion, CallRef]:
@@ -59,9 +61,11 @@ class Caller:
         key = call_key(model, request, template.name, template.digest, context, sample)
         st = self.stats[stage]
         st.touch()
-        result, cached, latency, cost = self._cached(key), True, 0.0, 0.0
+        while (result := self._cached(key)) is None and key in self._pending:
+            await self._pending[key].wait()  # the same request is in flight: it is paid for once
+        cached, latency, cost = True, 0.0, 0.0
         if result is None:
-            cached = False
+            cached, self._pending[key] = False, asyncio.Event()
 
             def on_error(e: ModelCallError, seconds: float, usd: float) -> None:
                 st.failed_calls += 1
@@ -73,12 +77,13 @@ class Caller:
             start = time.monotonic()
             try:
                 result, cost = await self.endpoints[model].call(messages, params, template.name, st, on_error)
+                latency = time.monotonic() - start
+                self.log.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
+                if self.shared is not None:
+                    self.shared.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
             finally:
                 del self.active[call_id]
-            latency = time.monotonic() - start
-            self.log.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
-            if self.shared is not None:
-                self.shared.put(key, stage, model, template.name, template.digest, request, result, latency, cost)
+                self._pending.pop(key).set()
             if self.debug is not None:
                 self.debug(f"{stage} {purpose}", messages, params, result)
         self.last_done = time.monotonic()

@@ -140,7 +140,7 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     if dry_run:
         from factory.estimate import estimate, estimate_table
 
-        stdout.print(estimate_table(estimate(pipe, batch), batch))
+        stdout.print(estimate_table(estimate(pipe, batch), batch, pipe.cfg.retries.parse_attempts))
         return
     if executor == "ray":
         from factory.executors.ray_run import refuse, run_ray

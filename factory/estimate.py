@@ -1,24 +1,48 @@
-"""`factory run --dry-run`: calls, tokens and cost before anything is spent.
+"""`factory run --dry-run`: what a run would call, stage by stage, before anything is spent.
 
-Input tokens are counted from the real rendered prompts (on a sample of up to SAMPLE records,
-scaled up), at about 4 characters a token; outputs are counted at each stage's max_tokens, so
-output tokens and the cost are upper bounds."""
+It walks the stage list the run builds (`questions`, then Pipeline.record_stages: answer,
+critique_revise, idk, factcheck, judge, each where configured) over the records the run would take
+(the seeds after max_seeds and --limit, or the prompts file), renders each call's real template with
+every model-written text at its longest, and counts:
+
+- calls: an upper bound, given every reply parses on its first sample. Every candidate is answered,
+  critiqued and revised every round; every checked text has max_claims claims; every pair of judge
+  options (first answers and distinct revisions) is compared under every drawn principle, in both
+  orders, `samples` times; the idk judge grades every answer; question generation makes its
+  max_calls (3x the calls needed, unless configured) for the prompts --limit leaves room for. Only
+  prompts the teacher's `where: prompt` rule matches skip the judge, as in the run. A reply that does
+  not parse is sampled again, up to retries.parse_attempts times: the table's note gives that worst
+  case, which a run that parses reaches only on an unreadable model.
+- output tokens: an upper bound, max_tokens of every call.
+- input tokens: an estimate, 4 characters a token over the rendered prompts. Not a bound: dense text
+  (code, CJK) takes more tokens per character. --max-cost therefore reserves by UTF-8 bytes, a bound
+  no tokenizer exceeds (factory.prices.token_bound), which would overstate English input about 4x.
+- USD: from those figures and prices.yaml.
+
+tests/test_estimate.py checks, for every shipped pipeline against the test server, that the estimate
+is at least the real run and at most 3x it, in calls and in USD.
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.table import Table
 
+from factory.judging import AppliesWhen
 from factory.pipeline import Pipeline
 from factory.prices import estimate_tokens
-from factory.records import Evidence, Record
+from factory.prompts import Template
+from factory.records import Claim, Evidence, Record
 from factory.stages.critique_revise import CritiqueReviseStage
 from factory.stages.factcheck import SHORT_MAX_TOKENS
+from factory.stages.idk import references_of
+from factory.stats import StageStats
 
-SAMPLE = 1000
+SAMPLE = 1000  # records whose prompts are rendered; the rest are counted at their average
+GENERATED_CHARS = 500  # a generated prompt is at most this long (longer lines are rejected)
 
 
 @dataclass
@@ -30,85 +54,188 @@ class Line:
     output_tokens: int = 0
     usd: float | None = 0.0
 
+    def add(self, calls: int, input_tokens: int, output_tokens: int) -> None:
+        self.calls += calls
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
 
-def _chars(messages: list) -> int:
-    return sum(len(m["content"]) for m in messages)
+
+def _tokens(template: Template, **variables) -> int:
+    return estimate_tokens(sum(len(m["content"]) for m in template.render(**variables)))
+
+
+def _text(max_tokens: int) -> str:
+    """A model-written text as long as max_tokens may make it (at the estimate's 4 characters a token)."""
+    return "x" * (4 * max_tokens)
+
+
+def records_of(pipe: Pipeline) -> tuple[int, list[Record], int]:
+    """(records the run would take, a sample of them to render, prompts to generate)."""
+    if pipe.from_file is not None:
+        sample = []
+        for rec, dup in pipe.from_file:
+            if not dup and len(sample) < SAMPLE:
+                sample.append(rec)
+        return pipe.from_file.count - pipe.from_file.duplicates, sample, 0
+    source = pipe.source()
+    seeds = source.seed_records(StageStats())
+    room = source.room(len(seeds)) if pipe.seeds else 0
+    generated = [Record.new("x" * GENERATED_CHARS, "generated")] if room else []
+    return len(seeds) + room, seeds[:SAMPLE] + generated, room
 
 
 def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
-    st, t = pipe.cfg.stages, pipe.templates
-    if pipe.from_file is not None:
-        n_records = pipe.from_file.count - pipe.from_file.duplicates
-        sample = [rec for rec, dup in itertools.islice(pipe.from_file, SAMPLE) if not dup]
-    else:
-        seeds = {r.id: r for r in pipe.seeds}.values() if st.questions.include_seeds else []
-        n_seeds = min(len(seeds), st.questions.max_seeds if st.questions.max_seeds is not None else len(seeds))
-        n_records = n_seeds + st.questions.generate
-        if pipe.limit is not None:
-            n_records = min(n_records, pipe.limit)
-        sample = list(seeds)[:SAMPLE] or list(pipe.seeds)[:SAMPLE]
-    lines = []
-    if pipe.generating:
-        q = st.questions
-        calls = math.ceil(q.generate / q.questions_per_call)
-        variables = {"examples": [r.prompt for r in pipe.seeds[: q.examples_per_call]], "n": q.questions_per_call}
-        lines.append(Line("questions", pipe.specs["questions"], calls,
-                          calls * estimate_tokens(_chars(t["questions"].render(**variables))), calls * q.max_tokens))
-    answer, cr = st.answer, st.critique_revise
-    critique_stage = CritiqueReviseStage(cr, pipe.constitution, t["critique"], t["revision"],
-                                         pipe.specs["critique_revise"], pipe.cfg.seed) if cr else None
-    placeholder = "x" * (4 * answer.max_tokens)  # an answer as long as it may be
-    a_in = c_in = r_in = 0
-    for rec in sample or [Record.new("placeholder", "file")]:
-        a_in += estimate_tokens(_chars(t["answer"].render(prompt=rec.prompt)))
-        if critique_stage is None or cr is None:
-            continue
-        variables = {"prompt": rec.prompt, "response": placeholder, "principle": pipe.constitution.principles[0],
-                     "examples": critique_stage.examples(rec, 0, 1)}
-        c_in += estimate_tokens(_chars(t["critique"].render(**variables)))
-        r_in += estimate_tokens(_chars(t["revision"].render(**variables, critique="x" * 4 * cr.max_tokens)))
-    k = n_records / max(1, len(sample))
-    per = answer.candidates
-    lines.append(Line("answer", pipe.specs["answer"], n_records * per, round(a_in * k * per),
-                      n_records * per * answer.max_tokens))
-    if cr is not None:
-        rounds = per * cr.rounds
-        lines.append(Line("critique_revise", pipe.specs["critique_revise"], n_records * rounds * 2,
-                          round((c_in + r_in) * k * rounds), n_records * rounds * 2 * cr.max_tokens))
-    prompt = (sample or [Record.new("placeholder", "file")])[0].prompt
-    lines += _labelling(pipe, prompt, n_records * per, placeholder)
+    n_records, sample, room = records_of(pipe)
+    lines: list[Line] = []
+    if room:
+        source, q = pipe.source(), pipe.cfg.stages.questions
+        calls = source.max_calls(room)
+        shown = [r.prompt for r in pipe.seeds[: q.examples_per_call]]
+        tokens = _tokens(pipe.templates["questions"], examples=shown, n=q.questions_per_call)
+        lines.append(Line("questions", pipe.specs["questions"], calls, calls * tokens, calls * q.max_tokens))
+    per_record = {name: STAGES[name](pipe) for name in pipe.record_stages}  # KeyError: a stage with no estimate
+    for name, count in per_record.items():
+        line = Line(name, pipe.specs[name])
+        for rec in sample:
+            line.add(*count(rec))
+        scale = n_records / max(1, len(sample))
+        line.calls, line.input_tokens = math.ceil(line.calls * scale), math.ceil(line.input_tokens * scale)
+        line.output_tokens = math.ceil(line.output_tokens * scale)
+        lines.append(line)
     for line in lines:
         provider, _, name = line.model.partition(":")
         line.usd = pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens, batch)
     return lines
 
 
-def _labelling(pipe: Pipeline, prompt: str, answers: int, answer: str) -> list[Line]:
-    """The idk judge and the fact checker: every answer judged; every checked text at max_claims
-    claims, each with its queries call and a verdict over queries x k passages (an upper bound)."""
-    st, t, lines = pipe.cfg.stages, pipe.templates, []
-    if st.idk is not None and "idk_judge" in t:
-        tokens = estimate_tokens(_chars(t["idk_judge"].render(prompt=prompt, references=["x" * 20], answer=answer)))
-        lines.append(Line("idk", pipe.specs["idk"], answers, answers * tokens, answers * st.idk.max_tokens))
-    if (fc := st.factcheck) is not None:
-        texts, claim, more = answers * (2 if fc.target == "both" else 1), "x" * 120, fc.queries - fc.claim_as_query
-        shown = [Evidence(n=1, title="x" * 20, source="", text="x" * fc.passage_chars, cited=False)]
-        claims_in = estimate_tokens(_chars(t["claims"].render(prompt=prompt, response=answer)))
-        verdict_in = estimate_tokens(_chars(t["claim_verdict"].render(prompt=prompt, claim=claim,
-                                                                      passages=shown * fc.queries * fc.search.k)))
-        queries_in = estimate_tokens(_chars(t["claim_queries"].render(prompt=prompt, claim=claim, n=max(more, 1))))
-        per_claim = (1 + (more > 0), verdict_in + (more > 0) * queries_in, SHORT_MAX_TOKENS * (1 + max(more, 0)))
-        revise = (fc.revise, fc.revise * (claims_in + verdict_in), fc.revise * fc.max_tokens)
-        lines.append(Line("factcheck", pipe.specs["factcheck"],
-                          texts * (1 + fc.max_claims * per_claim[0] + revise[0]),
-                          texts * (claims_in + fc.max_claims * per_claim[1] + revise[1]),
-                          texts * (fc.max_tokens + fc.max_claims * per_claim[2] + revise[2])))
-    return lines
+Count = Callable[[Record], tuple[int, int, int]]  # one record: (calls, input tokens, output tokens)
 
 
-def estimate_table(lines: list[Line], batch: bool) -> Table:
-    table = Table(title="Dry run: nothing was called" + (" (Batch API prices)" if batch else ""))
-    for col in ("stage", "model", "calls", "input tokens (est.)", "output tokens (max)", "USD (max)"):
+def _answer(pipe: Pipeline) -> Count:
+    a, t = pipe.cfg.stages.answer, pipe.templates["answer"]
+    return lambda rec: (a.candidates, a.candidates * _tokens(t, prompt=rec.prompt), a.candidates * a.max_tokens)
+
+
+def _critique_revise(pipe: Pipeline) -> Count:
+    st, t = pipe.cfg.stages, pipe.templates
+    cr = st.critique_revise
+    assert cr is not None
+    stage = CritiqueReviseStage(cr, pipe.constitution, t["critique"], t["revision"], pipe.specs["critique_revise"],
+                                pipe.cfg.seed)
+    principle = max(pipe.constitution.principles, key=lambda p: len(p.critique) + len(p.revision) + len(p.judge or ""))
+
+    def count(rec: Record) -> tuple[int, int, int]:
+        tokens = 0
+        for cand in range(st.answer.candidates):
+            for rnd in range(1, cr.rounds + 1):
+                response = _text(st.answer.max_tokens if rnd == 1 else cr.max_tokens)
+                variables = {"prompt": rec.prompt, "response": response, "principle": principle,
+                             "examples": stage.examples(rec, cand, rnd)}
+                tokens += _tokens(t["critique"], **variables)
+                tokens += _tokens(t["revision"], **variables, critique=_text(cr.max_tokens))
+        calls = 2 * st.answer.candidates * cr.rounds
+        return calls, tokens, calls * cr.max_tokens
+
+    return count
+
+
+def _final_tokens(pipe: Pipeline) -> int:
+    st = pipe.cfg.stages
+    return max(st.answer.max_tokens, st.critique_revise.max_tokens if st.critique_revise else 0,
+               st.factcheck.max_tokens if st.factcheck and st.factcheck.revise else 0)
+
+
+def _idk(pipe: Pipeline) -> Count:
+    st, t = pipe.cfg.stages, pipe.templates.get("idk_judge")
+    idk = st.idk
+    assert idk is not None
+    n = st.answer.candidates
+
+    def count(rec: Record) -> tuple[int, int, int]:
+        refs = references_of(rec, idk.answers_field)
+        if t is None or isinstance(refs, str):  # normalised match, or a record dropped for its references
+            return 0, 0, 0
+        return n, n * _tokens(t, prompt=rec.prompt, references=refs, answer=_text(st.answer.max_tokens)), n * idk.max_tokens
+
+    return count
+
+
+def _factcheck(pipe: Pipeline) -> Count:
+    st, t = pipe.cfg.stages, pipe.templates
+    fc = st.factcheck
+    assert fc is not None
+    more = fc.queries - fc.claim_as_query
+    revised = st.critique_revise is not None
+    texts = 2 if fc.target == "both" and revised else 1
+    claim = "x" * 120
+    passages = [Evidence(n=1, title="x" * 20, source="", text="x" * fc.passage_chars, cited=False)] * (fc.queries * fc.search.k)
+
+    def check(rec: Record, text: str) -> tuple[int, int, int]:
+        calls, tokens, out = 1, _tokens(t["claims"], prompt=rec.prompt, response=text), fc.max_tokens
+        verdict = _tokens(t["claim_verdict"], prompt=rec.prompt, claim=claim, passages=passages)
+        calls, tokens, out = calls + fc.max_claims, tokens + fc.max_claims * verdict, out + fc.max_claims * SHORT_MAX_TOKENS
+        if more > 0:
+            queries = _tokens(t["claim_queries"], prompt=rec.prompt, claim=claim, n=more)
+            calls, tokens, out = calls + fc.max_claims, tokens + fc.max_claims * queries, out + fc.max_claims * SHORT_MAX_TOKENS * more
+        return calls, tokens, out
+
+    def count(rec: Record) -> tuple[int, int, int]:
+        one = check(rec, _text(_final_tokens(pipe)))
+        calls, tokens, out = (texts * x for x in one)
+        if fc.revise:
+            bad = [Claim(text=claim, evidence=passages)] * fc.max_claims
+            calls, out = calls + 1, out + fc.max_tokens
+            tokens += _tokens(t["fact_revision"], prompt=rec.prompt, response=_text(_final_tokens(pipe)), claims=bad)
+            if fc.recheck:
+                calls, tokens, out = calls + one[0], tokens + one[1], out + one[2]
+        n = st.answer.candidates
+        return n * calls, n * tokens, n * out
+
+    return count
+
+
+def _judge(pipe: Pipeline) -> Count:
+    st, t = pipe.cfg.stages, pipe.templates["judge"]
+    j = st.judge
+    assert j is not None
+    revised = st.critique_revise is not None or (st.factcheck is not None and st.factcheck.revise)
+    options = st.answer.candidates * (2 if j.compare == "both" and revised else 1)
+    pairs = options * (options - 1) // 2
+    principles = [p for p in pipe.constitution.principles if p.judge]
+    principle = max(principles, key=lambda p: len(p.judge or ""), default=None)
+    drawn = min(j.principles, len(principles))
+    teacher = j.teacher
+    when = AppliesWhen(mentions=teacher.mentions, regex=teacher.regex) if teacher and teacher.where == "prompt" else None
+    answer = _text(_final_tokens(pipe))
+
+    def count(rec: Record) -> tuple[int, int, int]:
+        if options < 2 or principle is None or (when is not None and when.applies(rec.prompt)):
+            return 0, 0, 0  # one option is not judged; the teacher ranks the prompts it applies to
+        if j.method == "score":
+            calls = options * drawn
+            tokens = calls * _tokens(t, prompt=rec.prompt, principle=principle, response=answer)
+        else:
+            calls = pairs * drawn * 2 * j.samples
+            tokens = calls * _tokens(t, prompt=rec.prompt, principle=principle, a=answer, b=answer)
+        return calls, tokens, calls * j.max_tokens
+
+    return count
+
+
+STAGES: dict[str, Callable[[Pipeline], Count]] = {
+    "answer": _answer, "critique_revise": _critique_revise, "idk": _idk, "factcheck": _factcheck, "judge": _judge,
+}
+
+
+def estimate_table(lines: list[Line], batch: bool, parse_attempts: int = 1) -> Table:
+    title = "Dry run: nothing was called" + (" (Batch API prices)" if batch else "")
+    caption = ("calls and output tokens are upper bounds when every reply parses; input tokens are estimated at "
+               "4 characters a token, so USD is an estimate")
+    if parse_attempts > 1:
+        caption += (f"; if every reply had to be sampled {parse_attempts} times, calls and USD would be up to "
+                    f"{parse_attempts}x these")
+    table = Table(title=title, caption=caption)
+    for col in ("stage", "model", "calls (max)", "input tokens (est.)", "output tokens (max)", "USD (est.)"):
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
     for line in lines:
         usd = "no price" if line.usd is None else f"{line.usd:.4f}"

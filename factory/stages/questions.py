@@ -83,32 +83,42 @@ class QuestionsStage:
                 yield rec
             return
         st.records_in = len(self.seeds)
-        records = []
-        if not self.cfg.include_seeds:
-            st.drop("seed_used_as_example_only", len(self.seeds))
-        else:
-            records = dedup(self.seeds, st)
-            if self.cfg.max_seeds is not None and len(records) > self.cfg.max_seeds:
-                st.drop("seed_not_sampled", len(records) - self.cfg.max_seeds)
-                keep = set(map(id, rng(self.seed, "seed-sample").sample(records, self.cfg.max_seeds)))
-                records = [r for r in records if id(r) in keep]
-            if self.limit is not None and len(records) > self.limit:
-                st.drop("over_limit", len(records) - self.limit)
-                records = records[: self.limit]
+        records = self.seed_records(st)
         for rec in records:
             st.records_out += 1
             yield rec
-        room = self.cfg.generate if self.limit is None else max(0, min(self.cfg.generate, self.limit - len(records)))
-        async for rec in self._generate(caller, st, room, {r.id for r in self.seeds}):
+        async for rec in self._generate(caller, st, self.room(len(records)), {r.id for r in self.seeds}):
             st.records_out += 1
             yield rec
         st.touch()
 
+    def seed_records(self, st: StageStats) -> list[Record]:
+        """The seed prompts that are records: deduplicated, sampled to max_seeds, cut at --limit."""
+        if not self.cfg.include_seeds:
+            st.drop("seed_used_as_example_only", len(self.seeds))
+            return []
+        records = dedup(self.seeds, st)
+        if self.cfg.max_seeds is not None and len(records) > self.cfg.max_seeds:
+            st.drop("seed_not_sampled", len(records) - self.cfg.max_seeds)
+            keep = set(map(id, rng(self.seed, "seed-sample").sample(records, self.cfg.max_seeds)))
+            records = [r for r in records if id(r) in keep]
+        if self.limit is not None and len(records) > self.limit:
+            st.drop("over_limit", len(records) - self.limit)
+            records = records[: self.limit]
+        return records
+
+    def room(self, seeds: int) -> int:
+        """How many prompts to generate after `seeds` seed records (none past --limit)."""
+        return self.cfg.generate if self.limit is None else max(0, min(self.cfg.generate, self.limit - seeds))
+
+    def max_calls(self, want: int) -> int:
+        """At most this many generation calls for `want` prompts (max_calls, default 3x the needed)."""
+        return 0 if want <= 0 or not self.seeds else self.cfg.max_calls or 3 * math.ceil(want / self.cfg.questions_per_call)
+
     async def _generate(self, caller: Caller, st: StageStats, want: int, taken: set[str]) -> AsyncIterator[Record]:
         if want <= 0 or not self.seeds:
             return
-        per_call = self.cfg.questions_per_call
-        max_calls = self.cfg.max_calls or 3 * math.ceil(want / per_call)
+        per_call, max_calls = self.cfg.questions_per_call, self.max_calls(want)
         made = calls = 0
         while made < want and calls < max_calls:
             wave = min(max_calls - calls, math.ceil((want - made) / per_call))

@@ -1,0 +1,87 @@
+"""The dry run bounds the bill: for every shipped pipeline, against the real test server, the
+estimate's calls and USD are at least what the real run made and spent, and at most 3x.
+
+The test server's model writes every free text to its max_tokens (the bound the estimate assumes
+for outputs) and samples distinct answers per seed, as a real model at temperature > 0 does;
+structured replies (questions, judge verdicts, claims, verdicts) are the scripted ones."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import server_script
+from test_cli import ROOT, factory
+
+from factory.config import load_config
+from factory.estimate import estimate
+from factory.pipeline import Overrides, Pipeline
+
+MODEL = "openai:gpt-4o-mini"
+PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml") if "constitution" in yaml.safe_load(p.read_text()))
+LIMITS = {"api.yaml": 3, "default.yaml": 10, "idk.yaml": 6}  # default: 8 seeds + 2 generated under --limit
+
+
+def full_length(messages: list[dict], body: dict):
+    """The scripted model, verbose: every reply as long as max_tokens allows (distinct per seed), the
+    claim lists as long as well; the judge's verdicts and the question lists as scripted."""
+    reply, user = server_script(messages, body), messages[-1]["content"].rstrip()
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+    if not isinstance(reply, str) or user.endswith(("Correct:", "one per line.")):
+        return reply
+    if user.endswith("Claims:"):  # within max_tokens: the server's cut would join the lines
+        more = (limit - len(reply.split())) // 10
+        return reply + "".join(f"\n- The answer states fact number {i} of text {body.get('seed')}." for i in range(more))
+    return f"{reply} (sample {body.get('seed')})" + " more" * limit
+
+
+@pytest.fixture
+def worst(monkeypatch: pytest.MonkeyPatch):
+    from server import FakeAPIServer
+
+    with FakeAPIServer(responder=full_length) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        yield srv
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_dry_run_bounds_the_real_run(worst, tmp_path: Path, name: str) -> None:
+    config, limit = ROOT / "pipelines" / name, LIMITS.get(name)
+    pipe = Pipeline.prepare(load_config(config), Overrides(model=MODEL, limit=limit))
+    lines = estimate(pipe, False)
+    est_calls, est_usd = sum(x.calls for x in lines), sum(x.usd for x in lines)
+    assert [x.stage for x in lines] == (["questions"] if name == "default.yaml" else []) + pipe.record_stages
+
+    out = tmp_path / "run"
+    args = ["run", config, "--model", MODEL, "--out", out] + (["--limit", str(limit)] if limit else [])
+    r = factory(*args)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(out / "calls.sqlite") as db:
+        per_stage = dict(db.execute("SELECT stage, COUNT(*) FROM calls GROUP BY stage").fetchall())
+        real_usd = db.execute("SELECT SUM(cost) FROM calls").fetchone()[0]
+    real_calls = sum(per_stage.values())
+    assert real_calls == sum(worst.counts.values())
+    for line in lines:
+        assert line.calls >= per_stage.get(line.stage, 0), (line.stage, line.calls, per_stage)
+    print(f"{name}: calls {est_calls} est / {real_calls} real; USD {est_usd:.5f} est / {real_usd:.5f} real")
+    assert real_calls <= est_calls <= 3 * real_calls
+    assert real_usd <= est_usd <= 3 * real_usd
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["spent_usd"] == pytest.approx(real_usd, abs=1e-6)
+
+
+def test_limit_leaves_no_generation_room_and_the_judge_is_counted() -> None:
+    """api.yaml under --limit 5: no question generation (80 seeds), and a judge row with every
+    pair of 4 options (2 candidates, first answers and revisions) under 2 principles, both orders."""
+    pipe = Pipeline.prepare(load_config(ROOT / "pipelines" / "api.yaml"), Overrides(limit=5))
+    lines = {x.stage: x for x in estimate(pipe, False)}
+    assert "questions" not in lines
+    assert lines["answer"].calls == 5 * 2 and lines["critique_revise"].calls == 5 * 2 * 2 * 2
+    assert lines["judge"].calls == 5 * 6 * 2 * 2
+    full = {x.stage: x for x in estimate(Pipeline.prepare(load_config(ROOT / "pipelines" / "api.yaml"), Overrides()),
+                                         False)}
+    assert full["questions"].calls == 3 * 40 and full["judge"].calls == 480 * 24
