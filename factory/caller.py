@@ -93,6 +93,8 @@ class Caller:
         st.completion_tokens += result.completion_tokens
         st.call_seconds += latency
         st.cost += cost
+        if cached:
+            st.saved += self.endpoints[model].cost(result.prompt_tokens, result.completion_tokens)
         st.touch()
         ref = CallRef(
             stage=stage, purpose=purpose, template=template.name, template_hash=template.digest, model=model,

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS searches (
     latency REAL NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reused (
+    key TEXT PRIMARY KEY,
+    cost REAL NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS errors (
     key TEXT NOT NULL,
     stage TEXT NOT NULL,
@@ -93,10 +98,14 @@ class CallLog:
         return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"))
 
     def copy_from(self, other: CallLog, key: str) -> None:
-        """Bring one call over from the shared cache, so this run's log is complete on its own."""
+        """Bring one call over from the shared cache, so this run's log is complete on its own. This
+        run paid nothing for it: it is logged at cost 0, and what it cost once goes to `reused`."""
         row = other.db.execute(f"SELECT {COLUMNS} FROM calls WHERE key=?", (key,)).fetchone()
         if row is not None:
-            self.db.execute(f"INSERT OR IGNORE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})", row)
+            cost = COLUMNS.split(", ").index("cost")
+            self.db.execute(f"INSERT OR IGNORE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",
+                            (*row[:cost], 0.0, *row[cost + 1:]))
+            self.db.execute("INSERT OR IGNORE INTO reused VALUES (?,?,?)", (key, row[cost], time.time()))
 
     def put(self, key: str, stage: str, model: str, template: str, template_hash: str, request: str,
             result: Completion, latency: float, cost: float) -> None:
@@ -120,8 +129,12 @@ class CallLog:
         self.db.execute("INSERT INTO errors VALUES (?,?,?,?,?,?,?)",
                         (key, stage, model, error, latency, cost, time.time()))
 
+    def saved(self) -> float:
+        """USD the calls served from the shared cache cost when they were made (not by this run)."""
+        return self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM reused").fetchone()[0]
+
     def spent(self) -> float:
-        """USD spent by every call in this log, failed attempts included."""
+        """USD this run paid: every call it made, failed attempts included; reused calls cost 0."""
         calls = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM calls").fetchone()[0]
         errors = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM errors").fetchone()[0]
         return calls + errors

@@ -19,7 +19,7 @@ from tenacity import (
 from factory.config import RetriesConfig, TimeoutsConfig
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message, Model
-from factory.prices import Budget, PriceTable, estimate_tokens
+from factory.prices import Budget, PriceTable, estimate_tokens, token_bound
 from factory.ratelimit import RateLimiter
 from factory.stats import StageStats
 
@@ -112,8 +112,8 @@ class Endpoint:
 
     async def _attempt(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                        on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
-        prompt_est = estimate_tokens(sum(len(m["content"]) for m in messages))
-        worst = self.cost(prompt_est, params.max_tokens)
+        prompt_est = estimate_tokens(sum(len(m["content"]) for m in messages))  # for the rate limiter
+        worst = self.cost(token_bound(messages), params.max_tokens)  # for the budget: a bound, never passed
         self.budget.reserve(worst)  # raises BudgetExceeded: nothing is sent
         self.counts["attempts"] += 1
         spent, start = 0.0, time.monotonic()
@@ -126,7 +126,7 @@ class Endpoint:
             return result, spent
         except ModelCallError as e:
             if isinstance(e, CallTimeout):
-                spent = self.cost(prompt_est, 0)  # a cut request may still have been billed for its input
+                spent = self.cost(token_bound(messages), 0)  # a cut request may have been billed for its input
             on_error(e, time.monotonic() - start, spent)
             raise
         finally:

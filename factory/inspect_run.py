@@ -26,7 +26,8 @@ def inspect_run(run_dir: Path, console: Console, samples: int = 3, seed: int = 0
     c = manifest.get("constitution", {})
     console.print(f"[bold]{run_dir}[/bold]: {manifest['status']}, models {', '.join(manifest.get('models', []))}, "
                   f"constitution {c.get('label')} ({str(c.get('sha256', ''))[:12]}), "
-                  f"spent ${stats.get('spent_usd', 0):.4f}", highlight=False)
+                  f"spent ${stats.get('spent_usd', 0):.4f} (saved ${stats.get('saved_usd', 0):.4f} by cached calls)",
+                  highlight=False)
     table = Table(title="Datasets")
     table.add_column("config")
     table.add_column("rows per split")

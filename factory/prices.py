@@ -13,6 +13,7 @@ from factory.yamlfile import load_yaml
 
 DEFAULT_PRICES = ROOT / "prices.yaml"
 CHARS_PER_TOKEN = 4  # for estimates before a call; usage figures replace them after
+MESSAGE_OVERHEAD = 8  # tokens a chat format may add per message (OpenAI's adds 3 or 4)
 
 
 class Price(Strict):
@@ -53,13 +54,22 @@ def estimate_tokens(text_chars: int) -> int:
     return text_chars // CHARS_PER_TOKEN + 1
 
 
+def token_bound(messages: list) -> int:
+    """Input tokens a request cannot exceed: one per UTF-8 byte (a byte-level BPE token, as OpenAI's
+    and Anthropic's tokenizers use, covers at least one byte), plus MESSAGE_OVERHEAD per message and
+    for the reply's start. Code and non-Latin scripts can take more than one token per 4
+    characters; no text takes more than one per byte."""
+    return sum(len(m["content"].encode()) for m in messages) + MESSAGE_OVERHEAD * (len(messages) + 1)
+
+
 class BudgetExceeded(Exception):
     """Raised instead of making a call that could take spending past --max-cost. Not a failure:
     the record stays unfinished and `factory run --resume` picks it up (with a larger budget)."""
 
 
 class Budget:
-    """Spent so far plus what calls in flight could still cost (their worst case: max_tokens out).
+    """Spent so far plus what calls in flight could still cost (their worst case: token_bound in,
+    max_tokens out), settled to the real usage when the answer comes.
     A call is refused when its worst case would pass the limit, so the limit is never crossed."""
 
     def __init__(self, limit: float | None, spent: float = 0.0):

@@ -66,14 +66,14 @@ class Display:
 def summary_table(stats: Stats) -> Table:
     table = Table(title="Run summary")
     for col in ("stage", "in", "out", "dropped", "calls", "cached", "failed", "retries", "tokens in/out", "USD",
-                "seconds"):
+                "USD saved", "seconds"):
         table.add_column(col, justify="left" if col in ("stage", "dropped") else "right")
     for name, st in stats.stages.items():
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(st.dropped.items())) or "-"
         d = st.to_dict()
         table.add_row(name, str(d["in"]), str(d["out"]), dropped, str(st.calls), str(st.cached_calls),
                       str(st.failed_calls), str(st.retries), f"{st.prompt_tokens}/{st.completion_tokens}",
-                      f"{st.cost:.4f}", f"{d['seconds']:.1f}")
+                      f"{st.cost:.4f}", f"{st.saved:.4f}", f"{d['seconds']:.1f}")
     return table
 
 

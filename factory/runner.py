@@ -204,11 +204,13 @@ class Run:
             counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
                             self.stats["export"], card, report, pipe.cleaner)
         stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
-                                        "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6)}
+                                        "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6),
+                                        "saved_usd": round(self.log.saved(), 6)}
         if report is not None:
             self.judge_quality = stats["judge_quality"] = report.to_dict()
         write_json(self.dir / "stats.json", stats)
-        manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"])
+        manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"],
+                        saved_usd=stats["saved_usd"])
         write_json(self.dir / "manifest.json", manifest)
         self.close()
         try:

@@ -18,6 +18,7 @@ class StageStats:
     retries: int = 0
     rate_limited: int = 0
     cost: float = 0.0  # USD, this invocation's calls, failed and parse-rejected ones included
+    saved: float = 0.0  # USD the calls served from a cache (this run's log or the shared one) would cost
     prompt_tokens: int = 0
     completion_tokens: int = 0
     call_seconds: float = 0.0
@@ -45,6 +46,7 @@ class StageStats:
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "cost_usd": round(self.cost, 6),
+            "saved_usd": round(self.saved, 6),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "call_seconds": round(self.call_seconds, 3),

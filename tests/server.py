@@ -97,6 +97,8 @@ class FakeAPIServer:
         counted over a sliding `window_s` (60 s, like the real per-minute limits; tests may shrink it).
     enforce_rpm: answer 429 (with Retry-After) once this many requests arrived within `window_s`.
     record: keep every request in `requests` (turn off for long benchmarks).
+    tokens: how usage counts a text's tokens (default: its whitespace-separated words; a test of dense
+        text can count one per character, as real tokenizers roughly do for CJK).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class FakeAPIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         record: bool = True,
+        tokens: Callable[[str], int] | None = None,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
@@ -125,6 +128,7 @@ class FakeAPIServer:
         self.rate_limit_headers, self.rpm, self.tpm = rate_limit_headers, rpm, tpm
         self.enforce_rpm, self.window_s = enforce_rpm, window_s
         self.host, self.port, self.record = host, port, record
+        self.tokens = tokens or _words
         self.url = ""
         self.requests: list[dict] = []  # {"method", "path", "query", "headers" (lower-cased keys), "body"}
         self.counts: Counter[str] = Counter()  # chat/messages outcomes: "200", "429", "drop", ...
@@ -271,7 +275,7 @@ class FakeAPIServer:
 
     def _online(self, path: str, headers: dict[str, str], body: dict) -> Answer:
         """POST /v1/chat/completions or /v1/messages, with rate limiting and rate-limit headers."""
-        tokens = _prompt_tokens(path, body) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        tokens = _prompt_tokens(path, body, self.tokens) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
         now = time.monotonic()
         with self._lock:
             while self._window and self._window[0][0] <= now - self.window_s:
@@ -326,7 +330,7 @@ class FakeAPIServer:
         if limit and len(words) > limit:
             reply = Reply(" ".join(words[:limit]), "length", reply.logprobs)
         build = _anthropic_message if path == "/v1/messages" else _openai_completion
-        return 200, {}, build(body, reply, _prompt_tokens(path, body))
+        return 200, {}, build(body, reply, _prompt_tokens(path, body, self.tokens))
 
     # --- OpenAI Files ----------------------------------------------------------------------------
 
@@ -640,11 +644,15 @@ def _text(content: Any) -> str:
     return "".join(block.get("text", "") for block in content)
 
 
-def _prompt_tokens(path: str, body: dict) -> int:
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_tokens(path: str, body: dict, tokens: Callable[[str], int] = _words) -> int:
     messages = list(body.get("messages") or [])
     if path == "/v1/messages" and "system" in body:
         messages.insert(0, {"role": "system", "content": body["system"]})
-    return sum(len(_text(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+    return sum(tokens(_text(m.get("content", ""))) for m in messages if isinstance(m, dict))
 
 
 def _openai_completion(body: dict, reply: Reply, prompt_tokens: int) -> dict:

@@ -207,6 +207,7 @@ def merge_shard(run: Run, index: int, records: int) -> None:
     _attach_copy(run.log.db, folder / "calls.sqlite", [
         "INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls",
         "INSERT OR IGNORE INTO main.searches SELECT * FROM shard.searches",
+        "INSERT OR IGNORE INTO main.reused SELECT * FROM shard.reused",
         ("INSERT INTO main.errors SELECT * FROM shard.errors AS s WHERE NOT EXISTS "
          "(SELECT 1 FROM main.errors AS e WHERE e.key = s.key AND e.created = s.created)"),
     ])
