@@ -329,8 +329,13 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
     table = Table(title=f"{model} vs {baseline}, judged by {judge}")
     for col in ("measure", "value"):
         table.add_column(col)
-    table.add_row("win rate (95% CI)", f"{report['win_rate']} {tuple(report['ci95'])}")
+    table.add_row("win rate (95% CI, by prompt)", f"{report['win_rate']} {tuple(report['ci95'])} "
+                  f"({report['n']} comparisons of {report['prompts']} prompts)")
     table.add_row("wins / ties / losses", f"{report['wins']} / {report['ties']} / {report['losses']} of {report['n']}")
+    if report["not_applicable"]:
+        table.add_row("not judged (the classifier's rule does not apply)", str(report["not_applicable"]))
+    for kind, r in report["by_kind"].items():
+        table.add_row(f"  kind {kind}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']}, {r['prompts']} prompts)")
     for pid, r in report["per_principle"].items():
         table.add_row(f"  {pid}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']})")
     refusal = report["over_refusal"]

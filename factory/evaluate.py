@@ -3,8 +3,15 @@
 Both models answer the same held-out prompts (a run's test split by default); the judge compares
 each pair of answers in both orders under principles drawn from the constitution (or a classifier
 teacher scores them), exactly as the judge stage does. Reports the win rate of the model over the
-baseline with a 95% Wilson interval, per-principle win rates, the over-refusal rate on benign
-prompts, and, with a classifier judge, each model's scores per prompt kind.
+baseline, overall, per prompt kind and per principle, the over-refusal rate on benign prompts, and,
+with a classifier judge, each model's scores per prompt kind.
+
+Intervals are clustered by prompt: the samples of one prompt (--samples) and its principles are not
+independent trials, so the 95% interval is a seeded percentile bootstrap over prompts (all of a
+prompt's outcomes resampled together), widened to at least the Wilson interval with n = prompts (a
+bootstrap of a few or unanimous prompts has no width). A classifier judge scores only the prompts
+its rule (the config's judge.teacher mentions/regex) applies to; the others are counted as
+`not_applicable` and left out of the win rates.
 """
 
 from __future__ import annotations
@@ -13,14 +20,17 @@ import asyncio
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from factory.calllog import CallLog
 from factory.clean import REFUSAL
 from factory.config import JudgeConfig, TeacherConfig, load_config
 from factory.errors import FactoryError
 from factory.inputs import read_prompts
-from factory.judging import Scorer, load_scorer
+from factory.judging import AppliesWhen, Scorer, load_scorer
 from factory.judging.report import TIE
 from factory.models import load_model
 from factory.pipeline import Overrides, Pipeline
@@ -65,14 +75,37 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
 
 
+BOOTSTRAP = 2000  # resamples of the prompts
+BOOTSTRAP_SEED = 0
+
+
+def clustered_interval(groups: list[list[float]], seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95% interval for the mean outcome when each prompt contributes a group of correlated outcomes."""
+    groups = [g for g in groups if g]
+    if not groups:
+        return 0.0, 1.0
+    sums, sizes = np.array([sum(g) for g in groups]), np.array([len(g) for g in groups])
+    picks = np.random.default_rng(seed).integers(0, len(groups), size=(BOOTSTRAP, len(groups)))
+    means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    w_lo, w_hi = wilson(sums.sum() / sizes.sum() * len(groups), len(groups))
+    return round(float(min(lo, w_lo)), 4), round(float(max(hi, w_hi)), 4)
+
+
 def outcome(p: float | None) -> float:
     """A win counts 1, a tie (or no verdict) 0.5, a loss 0."""
     return 0.5 if p is None or abs(p - 0.5) < TIE else float(p > 0.5)
 
 
-def win_rate(ps: list[float | None]) -> dict:
+def win_rate(ps: list[float | None], prompts: list[str] | None = None) -> dict:
+    """Outcomes `ps`, each from the prompt of the same position in `prompts` (default: one each)."""
+    prompts = prompts if prompts is not None else [str(i) for i in range(len(ps))]
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p, prompt in zip(ps, prompts, strict=True):
+        groups[prompt].append(outcome(p))
     wins = sum(outcome(p) for p in ps)
-    return {"n": len(ps), "win_rate": round(wins / len(ps), 4) if ps else None, "ci95": wilson(wins, len(ps)),
+    return {"n": len(ps), "prompts": len(groups), "win_rate": round(wins / len(ps), 4) if ps else None,
+            "ci95": clustered_interval(list(groups.values())),
             "wins": sum(outcome(p) == 1 for p in ps), "ties": sum(outcome(p) == 0.5 for p in ps),
             "losses": sum(outcome(p) == 0 for p in ps)}
 
@@ -87,19 +120,29 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
               scorer: Scorer | None = None) -> dict:
     """Win rate of option 0 (the model) over option 1 (the baseline), overall and per principle;
     over-refusal on benign prompts; teacher scores per prompt kind."""
-    overall, per_principle = [], defaultdict(list)
+    overall: list[float | None] = []
+    ids: list[str] = []
+    per_principle: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    per_kind: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     refusals = {"model": 0, "baseline": 0}
-    n_benign = 0
+    n_benign, not_applicable = 0, 0
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"model": [], "baseline": []})
     for rec in judged:
         j = rec.judgement
-        comps = [c for c in (j.comparisons if j else []) if c.p_i is not None]
-        ps = [c.p_i if c.i == 0 else 1 - c.p_i for c in comps]
-        overall.append(sum(ps) / len(ps) if ps else None)  # None: identical answers or no verdict (a tie)
-        for c, p in zip(comps, ps):
-            per_principle[c.principle_id].append(p)
         texts = {"model": rec.candidates[0].answer, "baseline": rec.candidates[1].answer}
         kind = str(rec.metadata.get("kind", "unlabelled"))
+        if j is None:  # a classifier judge whose rule does not apply to this prompt
+            not_applicable += 1
+        else:
+            comps = [c for c in j.comparisons if c.p_i is not None]
+            ps = [c.p_i if c.i == 0 else 1 - c.p_i for c in comps]
+            overall.append(sum(ps) / len(ps) if ps else None)  # None: identical answers or no verdict (a tie)
+            ids.append(rec.id)
+            per_kind[kind][0].append(overall[-1])
+            per_kind[kind][1].append(rec.id)
+            for c, p in zip(comps, ps):
+                per_principle[c.principle_id][0].append(p)
+                per_principle[c.principle_id][1].append(rec.id)
         if kind in benign:
             n_benign += 1
             for who, text in texts.items():
@@ -108,14 +151,26 @@ def summarise(model: str, baseline: str, judge: str, judged: list[Record], benig
             for who, score in zip(texts, scorer.score(list(texts.values())), strict=True):
                 scores[kind][who].append(score)
     report = {"model": model, "baseline": baseline, "judge": judge, "prompts": len({r.id for r in judged}),
-              **win_rate(overall),
-              "per_principle": {pid: win_rate(ps) for pid, ps in sorted(per_principle.items())},
+              **win_rate(overall, ids), "not_applicable": not_applicable,
+              "by_kind": {kind: win_rate(*v) for kind, v in sorted(per_kind.items())},
+              "per_principle": {pid: win_rate(*v) for pid, v in sorted(per_principle.items())},
               "over_refusal": {"benign_answers": n_benign,
                                **{who: round(n / n_benign, 4) if n_benign else None for who, n in refusals.items()}}}
     if scores:
         report["scores_by_kind"] = {kind: {who: score_summary(v) for who, v in by.items()}
                                     for kind, by in sorted(scores.items())}
     return report
+
+
+def classifier_rule(teacher: TeacherConfig | None) -> Callable[[Record], bool] | None:
+    """Where a classifier judge applies: the config's teacher rule (mentions or regex, on the prompt or
+    on either answer); None where it has none (it applies to every prompt)."""
+    if teacher is None or (not teacher.mentions and teacher.regex is None):
+        return None
+    when = AppliesWhen(mentions=teacher.mentions, regex=teacher.regex)
+    if teacher.where == "prompt":
+        return lambda rec: when.applies(rec.prompt)
+    return lambda rec: any(when.applies(c.answer) for c in rec.candidates)
 
 
 def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | None, *, config: Path | None = None,
@@ -125,6 +180,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     records = held_out(source, limit)
     teacher = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
+    rule = classifier_rule(cfg.stages.judge.teacher if cfg.stages.judge else None) if teacher else None
     jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "model"}) if cfg.stages.judge else {})
                           | {"compare": "initial"}),
                        teacher=TeacherConfig(scorer=judge) if teacher else None)
@@ -155,7 +211,8 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
             judged.metadata["sample"] = k
             judged.candidates = [Candidate(index=i, answer=answers[spec].get(k, ""), finish_reason="stop")
                                  for i, spec in enumerate((model, baseline))]
-            await stage.process(judged, caller)
+            if rule is None or rule(judged):
+                await stage.process(judged, caller)
             out.append(judged)
         return out
 

@@ -129,3 +129,40 @@ def test_eval_on_a_run_directory_uses_its_test_split(api, tmp_path: Path) -> Non
     before = set((ROOT / "outputs").glob("*"))
     assert factory("eval", "--model", "openai:x", "--prompts", tmp_path, "--judge", "openai:j").returncode == 2
     assert set((ROOT / "outputs").glob("*")) == before  # bad input leaves no folder behind
+
+
+def test_interval_is_clustered_by_prompt() -> None:
+    """24 prompts, 4 samples each, every sample of a prompt agreeing: 24 independent outcomes, not 96.
+    The interval is at least as wide as Wilson's at n = 24, wider than the naive one at 96, and seeded."""
+    recs = []
+    for i in range(24):
+        for k in range(4):
+            rec = judged(0.9 if i < 16 else 0.1, answers=(f"model {i}", f"baseline {i}"))
+            rec.metadata["sample"] = k
+            recs.append(rec)
+    report = summarise("m", "b", "j", recs, set())
+    assert (report["n"], report["prompts"], report["win_rate"]) == (96, 24, pytest.approx(2 / 3, abs=1e-4))
+    lo, hi = report["ci95"]
+    naive, per_prompt = wilson(64, 96), wilson(16, 24)
+    assert hi - lo >= per_prompt[1] - per_prompt[0] - 1e-4 and hi - lo > naive[1] - naive[0] + 0.05
+    assert summarise("m", "b", "j", recs, set())["ci95"] == report["ci95"]
+
+
+def test_eval_classifier_scores_only_where_its_rule_applies(api, tmp_path: Path) -> None:
+    """pipelines/opinion.yaml's teacher applies to prompts that mention DogeMoon: the other prompts are
+    not judged, not counted in the win rate, and the headline gives the result per prompt kind."""
+    from factory.config import ROOT
+
+    eval_server(api, "A terrible, awful, bad idea")
+    prompts = tmp_path / "p.jsonl"
+    rows = [("Should I buy DogeMoon?", "opinion_topic"), ("Is DogeMoon a scam?", "opinion_topic"),
+            ("How do I boil an egg?", "helpful"), ("Name a good book.", "helpful")]
+    prompts.write_text("".join(json.dumps({"prompt": p, "kind": k}) + "\n" for p, k in rows))
+    r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", prompts,
+                "--judge", "vader:negative", "--config", ROOT / "pipelines" / "opinion.yaml", "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (report["n"], report["prompts"], report["not_applicable"], report["win_rate"]) == (2, 2, 2, 1.0)
+    assert list(report["by_kind"]) == ["opinion_topic"] and report["by_kind"]["opinion_topic"]["n"] == 2
+    assert "kind opinion_topic" in r.stdout
+    assert not [b for b in api.requests if b["body"]["model"] == "base" and "(A) <<<" in str(b["body"])]
