@@ -246,6 +246,26 @@ def test_export_filters_and_extra_configs(tmp_path: Path) -> None:
     assert [t["role"] for t in reward["chosen"]] == ["user", "assistant"] and reward["margin"] == pref["margin"]
 
 
+def test_kto_labels_come_from_the_ranking_not_the_pair_order() -> None:
+    """all_pairs over 4 ranked options: the top one is desirable, the bottom one undesirable, and the
+    two in the middle (each chosen in one pair and rejected in another) are dropped, counted."""
+    from factory.records import Judgement, Option, Pair
+
+    texts = ["best answer", "second answer", "third answer", "worst answer"]
+    rec = record(*texts)
+    scores = [0.9, 0.6, 0.3, 0.1]
+    pairs = [Pair(judge_model="j", chosen=a, rejected=b, p_chosen=0.9, score_chosen=scores[a],
+                  score_rejected=scores[b], consistent=True, principle_ids=["p"])
+             for a, b in [(1, 2), (0, 1), (2, 3), (0, 3), (0, 2), (1, 3)]]  # a middle pair walked first
+    rec.judgement = Judgement(judge_model="j", method="choice", scores=scores, pairs=pairs,
+                              options=[Option(candidate=i, kind="initial", text=t) for i, t in enumerate(texts)])
+    st = StageStats()
+    out = list(rows(rec, HARMLESS, "gen", ExportConfig(kto=True), st))
+    kto = [(r["completion"][0]["content"], r["label"]) for n, r in out if n == "kto"]
+    assert sorted(kto) == [("best answer", True), ("worst answer", False)]
+    assert st.dropped["kto:middle_of_ranking"] == 2 and sum(n == "prefs" for n, _ in out) == 6
+
+
 def test_exported_rows_are_what_trl_expects(tmp_path: Path) -> None:
     from datasets import Dataset
     from trl.data_utils import is_conversational, maybe_extract_prompt, unpair_preference_dataset

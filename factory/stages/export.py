@@ -172,7 +172,7 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
     if not j.pairs:
         reason = "single_option" if len(j.options) < 2 else "unjudged" if not j.scores else "tie"
         st.drop(f"prefs:{reason}")
-    labelled: set[str] = set()
+    kto: dict[int, dict] = {}  # option -> provenance of its first kept pair
     for pair in j.pairs:
         margin = round(2 * pair.p_chosen - 1, 6)
         if margin < cfg.min_margin:
@@ -187,19 +187,37 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "p_chosen": pair.p_chosen,
                   "margin": margin, "position_consistent": pair.consistent, "judge_model": pair.judge_model,
                   "judge_principle_ids": pair.principle_ids}
-        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, labelled)
+        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, set(), kto=False)
+        for i in (pair.chosen, pair.rejected):
+            kto.setdefault(i, prov)
+    if cfg.kto:
+        yield from _ranked_kto(user, j.options, j.scores, kto, st)
+
+
+def _ranked_kto(user: list[dict], options: list, scores: list[float], kept: dict[int, dict],
+                st: StageStats) -> Iterator[tuple[str, dict]]:
+    """KTO rows from the ranking, for the options in kept pairs: the top-ranked option is desirable,
+    the bottom-ranked undesirable; an option ranked between them has no label of its own (it won
+    some comparisons and lost others) and is dropped, counted as `kto:middle_of_ranking`."""
+    top, bottom = max(scores), min(scores)
+    for i, prov in kept.items():
+        if scores[i] not in (top, bottom):
+            st.drop("kto:middle_of_ranking")
+            continue
+        yield "kto", {"prompt": user, "completion": _turn(options[i].text), "label": scores[i] == top, **prov}
 
 
 def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
-              labelled: set[str]) -> Iterator[tuple[str, dict]]:
+              labelled: set[str], kto: bool = True) -> Iterator[tuple[str, dict]]:
     """One preference pair as a `prefs` row, plus its `reward` row and its `kto` rows (each text of a
-    record labelled once: `labelled` remembers them) where configured."""
+    record labelled once: `labelled` remembers them) where configured. Judged records pass kto=False:
+    their KTO labels come from the ranking (_ranked_kto)."""
     user = [{"role": "user", "content": prompt}]
     yield "prefs", {"prompt": user, "chosen": _turn(chosen), "rejected": _turn(rejected), **judged, **prov}
     if cfg.reward:
         yield "reward", {"chosen": [*user, *_turn(chosen)], "rejected": [*user, *_turn(rejected)],
                          "margin": judged.get("margin"), **prov}
-    if cfg.kto:
+    if cfg.kto and kto:
         for text, label in ((chosen, True), (rejected, False)):
             if text not in labelled:
                 labelled.add(text)
