@@ -12,7 +12,7 @@ from rich.console import Console
 
 from factory import __version__
 from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
-from factory.constitution import import_llm_swarm, load_constitution
+from factory.constitution import import_llm_swarm, load_constitution, sanitise_id
 from factory.errors import FactoryError
 
 # Our own progress display replaces the libraries' bars (set before they are imported; users may override).
@@ -425,10 +425,18 @@ def lint(files: tuple[Path, ...]) -> None:
 @click.option("--name", help="Constitution name (default: from the output file name).")
 def import_(file: Path, dest: Path, name: str | None) -> None:
     """Convert an llm-swarm CAI JSON file ({"constitutions": [{critic, revision}], "system_chat": [...]})."""
-    data = import_llm_swarm(file, name or dest.stem.lower().replace(" ", "-"))
+    if name is not None and sanitise_id(name, "") != name:
+        raise FactoryError(f"--name {name!r}: a constitution name is lower-case letters, digits, '-' and '_' "
+                           f"(e.g. {sanitise_id(name)})")
+    data = import_llm_swarm(file, name or dest.stem)
     tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
-    tmp.replace(dest)
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+        tmp.replace(dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FactoryError(f"--out {dest}: cannot write it ({e.strerror}); give a path in an existing, "
+                           "writable folder") from None
     stdout.print(f"{dest}: {len(data['principles'])} principles, {len(data['examples'])} examples", markup=False)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.errors import InputError
 from factory.yamlfile import load_yaml, read_text
@@ -121,47 +122,93 @@ def load_constitution(path: str | Path) -> Constitution:
     return load_yaml(path, Constitution)
 
 
+DERIVED_JUDGE = "Choose the answer that better meets the standard of this critique: {critique}"
+
+
+def sanitise_id(text: str, fallback: str = "imported") -> str:
+    """`text` as an id (ID_PATTERN): lower case, every run of other characters one hyphen."""
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_") or fallback
+
+
 def import_llm_swarm(path: str | Path, name: str) -> dict:
     """Convert llm-swarm's CAI JSON (`{"constitutions": [{critic, revision}], "system_chat": [...]}`).
 
-    `system_chat` holds few-shot conversations of six turns each: prompt, answer, critique request,
-    critique, revision request, revision (nested per conversation, or flat).
+    `system_chat` holds few-shot conversations, one list each (or one flat list of 6-turn ones): a
+    conversation of user and assistant turns, then critique request, critique, revision request and
+    revision. A conversation of more than one exchange (llm-swarm's Grok file has an 8-turn example)
+    becomes one example whose prompt carries the earlier turns as "Human:"/"Assistant:" lines before
+    the last request. Each principle gets a judge text derived from its critique request, so a
+    pipeline with a judge accepts the file; the description says so, for a person to review them.
     """
     path = Path(path)
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(path, f"malformed JSON: {e.msg}", line=e.lineno) from None
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror}") from None
     if isinstance(data, list):  # the bare list form: principles only
         data = {"constitutions": data}
     if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list):
         raise InputError(path, "expected an object with a 'constitutions' list", field="constitutions")
     principles = []
     for i, c in enumerate(data["constitutions"]):
-        if not isinstance(c, dict) or not {"critic", "revision"} <= c.keys():
-            raise InputError(path, "each entry needs 'critic' and 'revision'", field=f"constitutions.{i}")
-        principles.append({"id": f"p{i + 1:02d}", "critique": c["critic"], "revision": c["revision"]})
-    chat = data.get("system_chat", [])
-    flat = [m for conv in chat for m in conv] if chat and isinstance(chat[0], list) else chat
-    if len(flat) % 6:
-        raise InputError(path, f"{len(flat)} messages is not a whole number of 6-turn examples", field="system_chat")
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), str) and c[k].strip() for k in ("critic", "revision")):
+            raise InputError(path, "each entry needs 'critic' and 'revision' texts", field=f"constitutions.{i}")
+        principles.append({"id": f"p{i + 1:02d}", "critique": c["critic"], "revision": c["revision"],
+                           "judge": DERIVED_JUDGE.format(critique=c["critic"].strip())})
     by_text = {p["critique"].strip(): p["id"] for p in principles}
-    examples = []
-    for k in range(0, len(flat), 6):
-        try:
-            prompt, response, creq, crit, rreq, rev = (str(m["content"]) for m in flat[k : k + 6])
-        except (KeyError, TypeError):
-            raise InputError(path, "each message needs 'content'", field=f"system_chat (message {k})") from None
-        ex = {"prompt": prompt, "response": response, "critique": crit, "revision": rev}
-        pid = by_text.get(creq.strip())
-        ex.update({"principle": pid} if pid else {"critique_request": creq, "revision_request": rreq})
-        examples.append(ex)
+    examples = [_example(path, k, conv, by_text) for k, conv in enumerate(_conversations(path, data.get("system_chat")))]
     out = {
-        "name": name,
+        "name": sanitise_id(name),
         "version": "1.0.0",
-        "description": f"Imported from {path.name} (llm-swarm CAI format).",
+        "description": f"Imported from {path.name} (llm-swarm CAI format). The judge texts are derived from "
+                       "each principle's critique request by `factory constitution import`: review them.",
         "principles": principles,
         "examples": examples,
     }
-    Constitution.model_validate(out)
+    try:
+        Constitution.model_validate(out)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(path, f"{err['msg']}", field=".".join(map(str, err["loc"]))) from None
     return out
+
+
+def _conversations(path: Path, chat: object) -> list[list]:
+    """One list of messages per example: the nested form as it is, the flat form cut every 6 turns."""
+    if chat is None:
+        return []
+    if not isinstance(chat, list):
+        raise InputError(path, "expected a list of conversations", field="system_chat")
+    if all(isinstance(conv, list) for conv in chat):
+        return chat
+    if len(chat) % 6:
+        raise InputError(path, f"{len(chat)} messages is not a whole number of 6-turn examples; give longer "
+                               "examples in the nested form (one list of messages per example)", field="system_chat")
+    return [chat[k:k + 6] for k in range(0, len(chat), 6)]
+
+
+def _example(path: Path, k: int, conv: list, by_text: dict[str, str]) -> dict:
+    where = f"system_chat.{k}"
+    if len(conv) < 6 or len(conv) % 2:
+        raise InputError(path, f"{len(conv)} messages: an example is an even number of turns, at least 6 (the "
+                               "conversation, then critique request, critique, revision request, revision)", field=where)
+    turns = []
+    for i, m in enumerate(conv):
+        want = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise InputError(path, "each message needs a 'content' text", field=f"{where}.{i}")
+        if m.get("role", want) != want:
+            raise InputError(path, f"expected a {want} turn, got {m.get('role')!r} (turns alternate, user first)",
+                             field=f"{where}.{i}.role")
+        turns.append(m["content"])
+    *dialogue, creq, crit, rreq, rev = turns
+    *earlier, prompt, response = dialogue
+    if earlier:
+        lines = [f"{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(earlier)]
+        prompt = "\n\n".join([*lines, f"Human: {prompt}"])
+    ex = {"prompt": prompt, "response": response, "critique": crit, "revision": rev}
+    pid = by_text.get(creq.strip())
+    ex.update({"principle": pid} if pid else {"critique_request": creq, "revision_request": rreq})
+    return ex

@@ -139,6 +139,20 @@ def test_lint_and_import(tmp_path: Path) -> None:
     assert factory("constitution", "lint", dest).returncode == 0
 
 
+@pytest.mark.parametrize("out", ["Anthropic.CAI.yaml", "no/such/folder/x.yaml"])
+def test_import_names_from_out_and_bad_out_exit_2(tmp_path: Path, out: str) -> None:
+    dest = tmp_path / out
+    r = factory("constitution", "import", "tests/data/llm_swarm_multiturn.json", "--out", dest)
+    if dest.parent.is_dir():
+        assert r.returncode == 0, r.stderr
+        assert factory("constitution", "lint", dest).returncode == 0 and "anthropic-cai" in dest.read_text()
+    else:
+        assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr
+    bad_name = factory("constitution", "import", "tests/data/llm_swarm_sample.json", "--out", tmp_path / "y.yaml",
+                       "--name", "Bad Name")
+    assert bad_name.returncode == 2 and "bad-name" in bad_name.stderr and not (tmp_path / "y.yaml").exists()
+
+
 @pytest.mark.parametrize("args", [[], ["run"], ["try"], ["retry-failed"], ["constitution"], ["constitution", "lint"],
                                   ["constitution", "import"]])
 def test_help_everywhere(args: list[str]) -> None:

@@ -1,7 +1,9 @@
+import json
 from pathlib import Path
 
 import pytest
 
+from factory.config import JudgeConfig
 from factory.constitution import Constitution, import_llm_swarm, load_constitution
 from factory.errors import InputError
 
@@ -124,3 +126,37 @@ def test_import_rejects_broken_json(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         import_llm_swarm(p, "x")
     assert e.value.line == 3
+
+
+def test_import_multiturn_examples_with_derived_judge_texts(repo: Path, tmp_path: Path) -> None:
+    """llm-swarm's published files mix 6-turn examples with longer ones (its Grok file has an 8-turn
+    example): the earlier turns go into the prompt, and every principle gets a judge text."""
+    data = import_llm_swarm(repo / "tests" / "data" / "llm_swarm_multiturn.json", "Grok.Constitution")
+    c = Constitution.model_validate(data)
+    assert c.name == "grok-constitution" and len(c.examples) == 3
+    assert [ex.principle for ex in c.examples[:2]] == ["p02", "p01"]
+    long = c.examples[2]
+    assert long.prompt.startswith("Human: Tell me something interesting about tides.\n\nAssistant: Tides")
+    assert long.prompt.endswith("Human: Why are there two high tides a day?") and "1066" in long.response
+    assert long.critique_request and "1066" in long.critique
+    assert all(p.judge and p.critique in p.judge for p in c.principles)
+    assert "derived" in c.description
+    from factory.stages.judge import JudgeStage
+
+    JudgeStage(JudgeConfig(), c, None, "m", 0)  # a pipeline with a judge accepts it
+
+
+@pytest.mark.parametrize("bad", [
+    {"constitutions": [{"critic": "", "revision": "r"}]},
+    {"constitutions": [{"critic": 3, "revision": "r"}]},
+    {"constitutions": [{"critic": "c", "revision": "r"}], "system_chat": [[{"role": "user", "content": "x"}] * 5]},
+    {"constitutions": [{"critic": "c", "revision": "r"}], "system_chat": [[{"role": "user", "content": "x"}] * 6]},
+    {"constitutions": [{"critic": "c", "revision": "r"}], "system_chat": [[{"role": "user"}] * 6]},
+    {"constitutions": [{"critic": "c", "revision": "r"}], "system_chat": "hello"},
+])
+def test_import_rejects_bad_input_with_a_located_error(tmp_path: Path, bad: dict) -> None:
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps(bad))
+    with pytest.raises(InputError) as e:
+        import_llm_swarm(p, "x")
+    assert e.value.field
