@@ -323,6 +323,8 @@ class FakeAPIServer:
             messages = ([{"role": "system", "content": body["system"]}] if "system" in body else []) + body["messages"]
         else:
             messages = body["messages"]
+            if (refused := _reasoning_refusal(body)) is not None:
+                return _error(path, 400, refused)
 
         reply = self.responder(messages, body)
         reply = Reply(reply) if isinstance(reply, str) else reply
@@ -642,6 +644,24 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(block.get("text", "") for block in content)
+
+
+REASONING = re.compile(r"^(o\d|gpt-5)(?!-chat)")  # OpenAI's reasoning models: o1, o3, o4-mini, gpt-5, gpt-5-mini...
+
+
+def _reasoning_refusal(body: dict) -> str | None:
+    """What OpenAI's 400 says when a reasoning model gets a parameter it rejects; None if none."""
+    if not REASONING.match(str(body.get("model"))):
+        return None
+    if "max_tokens" in body:
+        return "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+    if "temperature" in body and body["temperature"] != 1:
+        return (f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. "
+                "Only the default (1) value is supported.")
+    for param in ("top_p", "logprobs", "top_logprobs", "stop"):
+        if param in body:
+            return f"Unsupported parameter: '{param}' is not supported with this model."
+    return None
 
 
 def _words(text: str) -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.shapes import shapes
 from factory.models.transport import JSONClient
 from factory.ratelimit import LimitInfo, parse_openai_headers
 
@@ -78,19 +79,18 @@ class OpenAIModel(Model):
 
 
 def openai_request(model: str, messages: list[Message], params: GenParams) -> dict[str, Any]:
-    """The body of one chat completion request (also one line of a Batch API input file)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-    }
+    """The body of one chat completion request (also one line of a Batch API input file), shaped
+    for the model as openai_models.yaml says."""
+    shape = shapes().openai_shape(model)
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if shape.sampling:
+        body |= {"temperature": params.temperature, "top_p": params.top_p}
+    body["max_completion_tokens" if shape.max_completion_tokens else "max_tokens"] = params.max_tokens
     if params.seed is not None:
         body["seed"] = params.seed
-    if params.stop:
+    if params.stop and shape.stop:
         body["stop"] = list(params.stop)
-    if params.logprob_tokens:
+    if params.logprob_tokens and shape.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = TOP_LOGPROBS
     return body
