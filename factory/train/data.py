@@ -25,6 +25,7 @@ class TrainData:
     train: object  # datasets.Dataset
     test: object | None
     provenance: dict = field(default_factory=dict)
+    note: str | None = None  # said to the user before training (e.g. training on the only split there is)
 
 
 def card_configs(folder: Path) -> dict[str, list[dict]]:
@@ -77,18 +78,24 @@ def load(folder: str | Path, config: str) -> TrainData:
         hint = f"; {HINTS[config]}" if config in HINTS else ""
         raise FactoryError(f"{folder}: no '{config}' config here (it has: {', '.join(configs) or 'none'}){hint}")
     splits = {f["split"] for f in configs[config]}
-    if f"train_{config}" not in splits:
+    train_split, note = f"train_{config}", None
+    if train_split not in splits and f"test_{config}" in splits:
+        # A small run can put every prompt in the test split (the split is by prompt hash): train on it.
+        train_split = f"test_{config}"
+        note = (f"{folder}: the '{config}' config has no train_{config} split, only test_{config} (a small run's "
+                f"prompts can all land in the test split); training on test_{config}, with nothing held out")
+    elif train_split not in splits:
         raise FactoryError(f"{folder}: the '{config}' config has no train_{config} split "
                            f"(it has: {', '.join(sorted(splits)) or 'none'})")
     missing = [f["path"] for f in configs[config] if not (folder / f["path"]).is_file()]
     if missing:
         raise FactoryError(f"{folder}: files listed in README.md are missing: {', '.join(missing)}")
     ds = load_dataset(str(folder), config)
-    train, test = ds[f"train_{config}"], ds.get(f"test_{config}")
+    train, test = ds[train_split], ds.get(f"test_{config}") if note is None else None
     if train.num_rows == 0:
-        raise FactoryError(f"{folder}: train_{config} is empty")
+        raise FactoryError(f"{folder}: {train_split} is empty")
     train, test = (shape(d, config) if d is not None and d.num_rows else None for d in (train, test))
-    return TrainData(folder, config, train, test, provenance(folder, config, configs[config]))
+    return TrainData(folder, config, train, test, provenance(folder, config, configs[config]), note)
 
 
 def shape(ds, config: str):

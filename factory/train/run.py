@@ -130,6 +130,8 @@ def train(objective: str, data_dir: str | Path, model_spec: str, out: str | Path
     warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
     trainer = build_trainer(objective, path, tokenizer, data, cfg, args, callback)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours prints one line per log
+    if main and data.note:
+        console.print(f"[yellow]{data.note}[/yellow]", highlight=False)
     if main:
         console.print(f"[bold]{objective}[/bold] on {data.folder} ({data.config}: {data.train.num_rows} train"
                       f"{f', {data.test.num_rows} test' if data.test is not None else ''} rows), model {model_spec}"
@@ -148,7 +150,7 @@ def train(objective: str, data_dir: str | Path, model_spec: str, out: str | Path
     meta = {
         "objective": objective,
         "kind": "reward_model" if objective == "reward" else "causal_lm",
-        "data": {**data.provenance, "rows": {"train": data.train.num_rows,
+        "data": {**data.provenance, **({"note": data.note} if data.note else {}), "rows": {"train": data.train.num_rows,
                                              "test": data.test.num_rows if data.test is not None else 0}},
         "base_model": {"spec": model_spec, "path": str(path.resolve())},
         "config": cfg.model_dump(mode="json"),
