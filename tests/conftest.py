@@ -4,6 +4,7 @@ end to end uses the real local HTTP server (tests/server.py) or the real embedde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import sys
@@ -191,3 +192,15 @@ def srv(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         yield server
+
+
+@contextlib.contextmanager
+def openai_server(monkeypatch: pytest.MonkeyPatch, **settings):
+    """The real local HTTP server with these settings (a responder, a token counter...), and the env
+    the OpenAI backend reads."""
+    from server import FakeAPIServer
+
+    with FakeAPIServer(**settings) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        yield srv

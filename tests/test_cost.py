@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import openai_server
 from test_cli import PROMPTS, api_config, factory, write_prompts
 
 from factory.calllog import CallLog
@@ -59,11 +60,7 @@ def test_token_bound_holds_for_dense_text() -> None:
 @pytest.fixture
 def dense(monkeypatch: pytest.MonkeyPatch):
     """The test server counting one token per character, as tokenizers roughly do for CJK."""
-    from server import FakeAPIServer
-
-    with FakeAPIServer(tokens=len) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with openai_server(monkeypatch, tokens=len) as srv:
         yield srv
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import server_script
+from conftest import openai_server, server_script
 from test_cli import ROOT, factory
 
 from factory.config import load_config
@@ -40,11 +40,7 @@ def full_length(messages: list[dict], body: dict):
 
 @pytest.fixture
 def worst(monkeypatch: pytest.MonkeyPatch):
-    from server import FakeAPIServer
-
-    with FakeAPIServer(responder=full_length) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with openai_server(monkeypatch, responder=full_length) as srv:
         yield srv
 
 
