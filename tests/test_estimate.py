@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import openai_server, server_script
+from server import Reply
 from test_cli import ROOT, factory
 
 from factory.config import load_config
@@ -27,9 +28,11 @@ LIMITS = {"api.yaml": 3, "default.yaml": 10, "idk.yaml": 6}  # default: 8 seeds 
 
 def full_length(messages: list[dict], body: dict):
     """The scripted model, verbose: every reply as long as max_tokens allows (distinct per seed), the
-    claim lists as long as well; the judge's verdicts and the question lists as scripted."""
+    claim lists as long as well; the judge's verdicts and scores and the question lists as scripted."""
     reply, user = server_script(messages, body), messages[-1]["content"].rstrip()
     limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+    if user.endswith("Reply with the number only."):  # the 1-10 score judge
+        return Reply(str(1 + body.get("seed", 0) % 10), logprobs={str(1 + body.get("seed", 0) % 10): 0.0})
     if not isinstance(reply, str) or user.endswith(("Correct:", "one per line.")):
         return reply
     if user.endswith("Claims:"):  # within max_tokens: the server's cut would join the lines
@@ -44,9 +47,30 @@ def worst(monkeypatch: pytest.MonkeyPatch):
         yield srv
 
 
-@pytest.mark.parametrize("name", PIPELINES)
-def test_dry_run_bounds_the_real_run(worst, tmp_path: Path, name: str) -> None:
-    config, limit = ROOT / "pipelines" / name, LIMITS.get(name)
+VARIANTS = [  # stage settings the shipped pipelines leave off: (pipeline, stage, settings)
+    ("factcheck.yaml", "factcheck", {"revise": True, "recheck": True}),
+    ("idk.yaml", "idk", {"match": "judge"}),
+    ("opinion.yaml", "judge", {"method": "score", "principles": 2}),
+]
+
+
+def variant(tmp_path: Path, name: str, stage: str, settings: dict) -> Path:
+    """A shipped pipeline with some stage settings changed, its paths made absolute."""
+    cfg = yaml.safe_load((ROOT / "pipelines" / name).read_text())
+    for key in ("constitution", "prompts_dir"):
+        cfg[key] = str((ROOT / "pipelines" / cfg[key]).resolve())
+    cfg["stages"]["questions"]["seeds"] = [str((ROOT / "pipelines" / p).resolve()) for p in cfg["stages"]["questions"]["seeds"]]
+    cfg["stages"][stage] |= settings
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("name, changes", [(name, None) for name in PIPELINES] +
+                         [(name, (stage, settings)) for name, stage, settings in VARIANTS])
+def test_dry_run_bounds_the_real_run(worst, tmp_path: Path, name: str, changes) -> None:
+    config = ROOT / "pipelines" / name if changes is None else variant(tmp_path, name, *changes)
+    limit = LIMITS.get(name)
     pipe = Pipeline.prepare(load_config(config), Overrides(model=MODEL, limit=limit))
     lines = estimate(pipe, False)
     est_calls, est_usd = sum(x.calls for x in lines), sum(x.usd for x in lines)
@@ -63,7 +87,7 @@ def test_dry_run_bounds_the_real_run(worst, tmp_path: Path, name: str) -> None:
     assert real_calls == sum(worst.counts.values())
     for line in lines:
         assert line.calls >= per_stage.get(line.stage, 0), (line.stage, line.calls, per_stage)
-    print(f"{name}: calls {est_calls} est / {real_calls} real; USD {est_usd:.5f} est / {real_usd:.5f} real")
+    print(f"{name} {changes or ''}: calls {est_calls} est / {real_calls} real; USD {est_usd:.5f} est / {real_usd:.5f} real")
     assert real_calls <= est_calls <= 3 * real_calls
     assert real_usd <= est_usd <= 3 * real_usd
     stats = json.loads((out / "stats.json").read_text())
