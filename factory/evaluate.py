@@ -40,7 +40,7 @@ from factory.records import Candidate, Record
 from factory.rundir import create_run_dir, now, write_json
 from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
-from factory.stages.export import split_of
+from factory.stages.export import SPLITS_FILE, split_of
 from factory.stages.judge import JudgeStage
 from factory.stats import Stats
 
@@ -55,10 +55,12 @@ def held_out(source: Path, limit: int | None) -> list[Record]:
     if not manifest.is_file() or not (source / "records.jsonl").is_file():
         raise FactoryError(f"{source}: not a finished run directory (no manifest.json or records.jsonl)")
     fraction = json.loads(manifest.read_text())["config"]["stages"]["export"]["test_fraction"]
+    splits = source / SPLITS_FILE  # the prompts the export moved so that neither split is empty
+    moved = json.loads(splits.read_text())["moved"] if splits.is_file() else {}
     out = []
     for line in (source / "records.jsonl").read_text().splitlines():
         rec = Record.model_validate_json(line)
-        if split_of(rec.id, fraction) == "test":
+        if split_of(rec.id, fraction, moved) == "test":
             out.append(Record.new(rec.prompt, "file", **rec.metadata))
     if not out:
         raise FactoryError(f"{source}: its test split holds no prompts; pass --prompts FILE.jsonl instead")

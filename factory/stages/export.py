@@ -55,9 +55,30 @@ SCHEMAS = {
 SPLITS = ("train", "test")
 
 
-def split_of(prompt_id: str, test_fraction: float) -> str:
-    """Deterministic: the same prompt lands in the same split in every run."""
-    return "test" if int(prompt_id[:8], 16) / 0x1_0000_0000 < test_fraction else "train"
+def _position(prompt_id: str) -> float:
+    return int(prompt_id[:8], 16) / 0x1_0000_0000
+
+
+def split_of(prompt_id: str, test_fraction: float, moved: dict[str, str] | None = None) -> str:
+    """Deterministic: the same prompt lands in the same split in every run (`moved`: split_plan's)."""
+    if moved and prompt_id in moved:
+        return moved[prompt_id]
+    return "test" if _position(prompt_id) < test_fraction else "train"
+
+
+def split_plan(prompt_ids: Iterable[str], test_fraction: float) -> dict[str, str]:
+    """The prompts that leave the split split_of gives them: with two prompts or more and a fraction
+    between 0 and 1, neither split is left empty (a small run could hash every prompt to one side),
+    so the prompt nearest the boundary moves over. All of a prompt's rows move with it, in every
+    config. Written to SPLITS_FILE, which `factory eval` reads to find the test prompts."""
+    ids = sorted(set(prompt_ids), key=_position)
+    if len(ids) < 2 or not 0 < test_fraction < 1:
+        return {}
+    sides = {split_of(i, test_fraction) for i in ids}
+    return {ids[-1]: "train"} if sides == {"test"} else {ids[0]: "test"} if sides == {"train"} else {}
+
+
+SPLITS_FILE = "splits.json"
 
 
 class SplitWriter:
@@ -238,9 +259,17 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     scratch = StageStats()  # the first pass's row counts are not the export's
-    drops = (cleaner or Cleaner(cfg.clean, Path)).plan(
-        ((rec, sft_target(review.apply(rec.id, rows(rec, constitution, generator, cfg, scratch), scratch)))
-         for rec in records() if not review.rejected(rec.id)), tmp)
+    ids: list[str] = []  # of the records planned, in order
+
+    def planned() -> Iterator[tuple[Record, str | None]]:
+        for rec in records():
+            if not review.rejected(rec.id):
+                ids.append(rec.id)
+                yield rec, sft_target(review.apply(rec.id, rows(rec, constitution, generator, cfg, scratch), scratch))
+
+    drops = (cleaner or Cleaner(cfg.clean, Path)).plan(planned(), tmp)
+    moved = split_plan((i for position, i in enumerate(ids) if position not in drops), cfg.test_fraction)
+    (tmp / SPLITS_FILE).write_text(json.dumps({"test_fraction": cfg.test_fraction, "moved": moved}, indent=1) + "\n")
     names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
     writers = {name: SplitWriter(review.schema(SCHEMAS[name]), tmp / name, name, cfg.jsonl) for name in names}
     example = None
@@ -257,7 +286,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
         if report is not None and rec.judgement is not None:
             report.add(rec.judgement)
         for name, row in review.apply(rec.id, rows(rec, constitution, generator, cfg, st), st):
-            writers[name].add(split_of(row["prompt_id"], cfg.test_fraction), row)
+            writers[name].add(split_of(row["prompt_id"], cfg.test_fraction, moved), row)
             if name == "prefs" and example is None:
                 example = row
     configs = []
@@ -278,7 +307,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)
-    for name in ("README.md", "dedup.jsonl", "decontam.jsonl"):
+    for name in ("README.md", "dedup.jsonl", "decontam.jsonl", SPLITS_FILE):
         (tmp / name).replace(run_dir / name)
     tmp.rmdir()
     st.records_out = sum(counts["sft"].values())

@@ -1,0 +1,56 @@
+"""Splits: with two prompts or more, neither train nor test is left empty, every config follows the
+same prompts, and `factory eval` on the run finds the same test prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from test_clean import HARMLESS, rec
+
+from factory.config import ExportConfig
+from factory.evaluate import held_out
+from factory.records import prompt_id
+from factory.stages.export import _position, export, split_plan
+from factory.stats import StageStats
+
+
+def prompts_where(test: bool, n: int, fraction: float) -> list[str]:
+    """n prompts that split_of puts all in test (or all in train) at this fraction."""
+    found = (f"Question {i} about a topic?" for i in range(10_000))
+    return [p for p in found if (_position(prompt_id(p)) < fraction) == test][:n]
+
+
+def split_rows(run: Path, config: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for f in (run / config).glob("*.parquet"):
+        out.setdefault(f.name.split("_")[0], set()).update(r["prompt_id"] for r in pq.read_table(f).to_pylist())
+    return out
+
+
+def test_split_plan() -> None:
+    assert split_plan(["a" * 8, "b" * 8], 0.0) == {} and split_plan(["0" * 8], 0.5) == {}
+    low, high = "00000001", "fffffff0"
+    assert split_plan([low, high], 0.5) == {}
+    assert split_plan([low, "00000002"], 0.5) == {"00000002": "train"}  # both test: the nearer the boundary moves
+    assert split_plan(["f0000000", high], 0.1) == {"f0000000": "test"}  # both train
+
+
+def test_a_small_run_all_hashed_to_test_gets_a_train_split_in_every_config(tmp_path: Path) -> None:
+    fraction = 0.2
+    prompts = prompts_where(test=True, n=3, fraction=fraction)
+    records = [rec(p, f"Short answer {i}.", f"A longer and kinder answer number {i}, with care and detail.")
+               for i, p in enumerate(prompts)]
+    run = tmp_path / "run"
+    run.mkdir()
+    export(lambda: iter(records), run, ExportConfig(test_fraction=fraction, kto=True, reward=True), HARMLESS, "m",
+           StageStats(), lambda c, e: "card")
+    moved = json.loads((run / "splits.json").read_text())["moved"]
+    assert list(moved.values()) == ["train"]
+    for config in ("sft", "prefs", "kto", "reward"):
+        by = split_rows(run, config)
+        assert by["train"] == set(moved) and len(by["test"]) == 2, config
+    (run / "manifest.json").write_text(json.dumps({"config": {"stages": {"export": {"test_fraction": fraction}}}}))
+    (run / "records.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records))
+    assert {r.id for r in held_out(run, None)} == {r.id for r in records} - set(moved)
