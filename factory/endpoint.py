@@ -126,7 +126,7 @@ class Endpoint:
             return result, spent
         except ModelCallError as e:
             if isinstance(e, CallTimeout):
-                spent = self.cost(token_bound(messages), 0)  # a cut request may have been billed for its input
+                spent = self.cost(prompt_est, 0)  # a cut request may still have been billed for its input
             on_error(e, time.monotonic() - start, spent)
             raise
         finally:

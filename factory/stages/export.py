@@ -211,7 +211,7 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, set(), kto=False)
         for i in (pair.chosen, pair.rejected):
             kto.setdefault(i, prov)
-    if cfg.kto:
+    if cfg.kto and kto:
         yield from _ranked_kto(user, j.options, j.scores, kto, st)
 
 
