@@ -28,6 +28,7 @@ import uvloop
 from rich.console import Console
 
 from factory.caller import Caller
+from factory.calllog import CallLog
 from factory.config import PipelineConfig
 from factory.errors import FactoryError
 from factory.pipeline import Overrides, Pipeline
@@ -42,7 +43,7 @@ INPUT = "input.jsonl"
 RECORDS_PER_SHARD = 1000  # default shard size: a retried shard redoes at most this many records' open calls
 FLUSH_LINES = 20_000  # records buffered by the plan before they are appended to the shard files
 ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "TAVILY_", "BRAVE_", "SEARXNG_", "WIKIPEDIA_", "FACTORY_", "HF_")
-SUMMED = ("calls", "cached_calls", "failed_calls", "retries", "rate_limited", "cost", "prompt_tokens",
+SUMMED = ("calls", "cached_calls", "failed_calls", "retries", "rate_limited", "cost", "saved", "prompt_tokens",
           "completion_tokens", "call_seconds")
 
 
@@ -204,6 +205,7 @@ def merge_shard(run: Run, index: int, records: int) -> None:
     its records (and the run's counters, which already include the shard's) into state.sqlite with the
     shard's merged mark, in one transaction. Merging a shard twice changes nothing."""
     folder = shard_dir(run.dir, index)
+    CallLog(folder / "calls.sqlite").close()  # a shard log from an older version gains the tables it lacks
     _attach_copy(run.log.db, folder / "calls.sqlite", [
         "INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls",
         "INSERT OR IGNORE INTO main.searches SELECT * FROM shard.searches",
