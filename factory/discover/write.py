@@ -123,8 +123,9 @@ def annotation(rank: int, r: Result) -> str:
     acc = "-" if r.accuracy_decisive is None else f"{r.accuracy_decisive:.2f}"
     lines = [f"rank {rank}: agreement {r.agreement:.3f} (95% CI {lo:.3f}-{hi:.3f}), coverage {r.coverage:.2f}, "
              f"accuracy when decisive {acc}",
-             f"{r.candidate.origin}" + (f", proposed for {r.candidate.support} pair(s)" if r.candidate.support else "")
-             + (f"; merged: {', '.join(r.merged)}" if r.merged else "")]
+             ("from the seed constitution" if r.candidate.origin == "seed" else
+              f"proposed for {r.candidate.support} pair(s)")
+             + (f"; same decisions as (merged): {', '.join(r.merged)}" if r.merged else "")]
     return "".join(f"  # {line}\n" for line in lines)
 
 
