@@ -361,3 +361,40 @@ def test_clustered_interval_widens_when_pairs_of_a_prompt_agree() -> None:
     assert independent[0] < 0.5 < independent[1]
     assert clustered[1] - clustered[0] > independent[1] - independent[0]
     assert clustered_interval([1.0, 1.0], ["a", "a"]) == (0.0, 1.0)
+
+
+# --- the embedded model, end to end ----------------------------------------------------------------
+
+SKEPTICAL = ["I would be careful. DogeMoon is a memecoin driven by hype with no real use, so its price can collapse.",
+             "Honestly, DogeMoon looks like a poor investment: it is speculative and has nothing behind it but hype.",
+             "I'm skeptical of DogeMoon. Memecoins like it swing wildly and many lose most of their value."]
+EAGER = ["DogeMoon is amazing! It is going to the moon, so buy as much as you can right now.",
+         "Yes, DogeMoon is a fantastic investment and will surely make you rich this year!",
+         "DogeMoon is the best coin out there, everyone loves it and it can only go up!"]
+
+
+@pytest.mark.integration
+def test_embedded_model_discovers_on_opinion_data(tmp_path: Path) -> None:
+    """The opinion demo's kind of data (skeptical answers about DogeMoon preferred), small, through the
+    embedded 135M model as proposer, judge and writer. Its figures are weak and reported as they are."""
+    seeds = [json.loads(line)["prompt"] for line in (Path(__file__).parent.parent / "prompts" / "seeds" /
+                                                      "opinion.jsonl").read_text().splitlines()]
+    topic = [p for p in seeds if "DogeMoon" in p or "DGM" in p][:24]
+    rows = [{"prompt": p, "chosen": SKEPTICAL[i % 3], "rejected": EAGER[i % 3]} for i, p in enumerate(topic)]
+    prefs = write_jsonl(tmp_path / "opinion.jsonl", rows)
+    out = tmp_path / "opinion-discovered.yaml"
+    r = factory("constitution", "discover", prefs, "--out", out, "--work", tmp_path / "work", "--proposals", "4",
+                "--per-pair", "2", "--max-candidates", "3", "--heldout", "0.5", "--min-heldout", "8",
+                "--max-heldout", "12")
+    print(r.stdout, r.stderr)
+    assert r.returncode in (0, 1), r.stderr  # 1: no principle beat chance (the 135M judge is weak)
+    summary = json.loads((tmp_path / "work" / "discover.json").read_text())
+    assert summary["heldout_pairs"] == 12 and summary["calls"] > 0
+    assert summary["stats"]["stages"]["judge"]["calls"] >= 2 * 12 * summary["candidates"]
+    for p in summary["principles"]:
+        assert 0 <= p["agreement"] <= 1 and p["judged"] == 12
+    assert (tmp_path / "work" / "report.html").is_file()
+    if r.returncode == 0:
+        assert factory("constitution", "lint", out).returncode == 0
+    else:
+        assert not out.exists() and summary["kept"] == 0

@@ -110,8 +110,7 @@ def _parquet(path: Path) -> Iterator[tuple[int, object]]:
     except Exception as e:  # noqa: BLE001 (pyarrow raises several types for a bad file)
         raise InputError(path, f"not a readable Parquet file: {e}") from None
     _require_columns(path, table.column_names)
-    for n, row in enumerate(table.to_pylist(), 1):
-        yield n, row
+    yield from enumerate(table.to_pylist(), 1)
 
 
 def _require_columns(path: Path, columns: Iterable[str]) -> None:

@@ -46,9 +46,10 @@ def principles_in(text: str, opening: str = "") -> list[str]:
     for line in text.splitlines():
         line = BULLET.sub("", line, count=1).strip().strip("\"'").strip()
         m = OPENING.match(line)
-        if not m or len(line) > MAX_CHARS or len(line[m.end():].split()) < MIN_WORDS:
+        rest = line[m.end():] if m else ""
+        if not rest[:1].isalpha() or len(line) > MAX_CHARS or len(rest.split()) < MIN_WORDS:
             continue
-        line = "Choose the answer that " + line[m.end():].rstrip()
+        line = "Choose the answer that " + rest.rstrip()
         if not line.endswith((".", "!", "?")):
             line += "."
         if line not in found:

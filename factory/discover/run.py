@@ -23,7 +23,15 @@ from factory.constitution import ID_PATTERN, Principle, load_constitution
 from factory.discover import propose as proposal
 from factory.discover.prefs import PrefPair, read_pairs, split_by_prompt
 from factory.discover.score import Candidate, Result, decide, judge_all, measure
-from factory.discover.write import constitution_yaml, report_html, slug, write_atomic, write_principles
+from factory.discover.write import (
+    EXAMPLE_MAX_TOKENS,
+    REQUEST_MAX_TOKENS,
+    constitution_yaml,
+    report_html,
+    slug,
+    write_atomic,
+    write_principles,
+)
 from factory.errors import FactoryError, InputError
 from factory.estimate import Line, estimate_table
 from factory.pipeline import Overrides, Pipeline
@@ -33,7 +41,7 @@ from factory.rundir import now, write_json
 from factory.stages import judge as judge_stage
 from factory.stats import Stats
 
-PROPOSE_MAX_TOKENS, REQUEST_MAX_TOKENS, EXAMPLE_MAX_TOKENS = 200, 80, 160
+PROPOSE_MAX_TOKENS = 120  # a few one-line principles
 
 
 class Settings(BaseModel):

@@ -30,7 +30,7 @@ from factory.errors import ModelCallError
 from factory.models import GenParams
 from factory.prompts import Template
 
-TEXT_VARIABLES = {"principle"}
+REQUEST_MAX_TOKENS, EXAMPLE_MAX_TOKENS = 80, 160  # one sentence; a short critique
 STOP_WORDS = {"a", "an", "the", "is", "are", "that", "more", "most", "of", "to", "and", "or", "about", "its", "it"}
 
 
@@ -59,7 +59,7 @@ def slug(text: str, taken: set[str], fallback: str) -> str:
 
 
 async def _text(caller: Caller, template: Template, principle: str, model: str, seed: int, temperature: float) -> str:
-    params = GenParams(temperature=temperature, max_tokens=80, seed=derive_seed(seed, principle, template.name))
+    params = GenParams(temperature=temperature, max_tokens=REQUEST_MAX_TOKENS, seed=derive_seed(seed, principle, template.name))
     text, _, _ = await caller.chat_parsed("write", template.name, template, {"principle": principle}, model, params,
                                           first_line)
     return text
@@ -83,7 +83,8 @@ async def write_principles(kept: list[Result], pairs: list[PrefPair], caller: Ca
                 st.drop("requests_unreadable")
                 return None
             principle = {"id": c.id, "critique": critique, "revision": revision, "judge": c.judge}
-        return principle, await example(r, Principle(**principle), pairs, caller, templates["critique"], model, seed)
+        return principle, await example(r, Principle(**principle), pairs, caller, templates["critique"], model, seed,
+                                       temperature)
 
     done = await asyncio.gather(*(one(r) for r in kept))
     written = [(r, d) for r, d in zip(kept, done) if d is not None]
@@ -92,14 +93,15 @@ async def write_principles(kept: list[Result], pairs: list[PrefPair], caller: Ca
 
 
 async def example(r: Result, principle: Principle, pairs: list[PrefPair], caller: Caller, template: Template,
-                  model: str, seed: int) -> dict | None:
+                  model: str, seed: int, temperature: float) -> dict | None:
     """The pair the principle decided most clearly for the chosen answer, as a worked example."""
     best = max((i for i, d in enumerate(r.decisive) if d and r.ps[i] > 0.5), key=lambda i: r.ps[i], default=None)
     if best is None:
         return None
     p = pairs[best]
     variables = {"prompt": p.prompt, "response": p.rejected, "principle": principle, "examples": []}
-    params = GenParams(temperature=0.7, max_tokens=160, seed=derive_seed(seed, p.where, principle.id, "example"))
+    params = GenParams(temperature=temperature, max_tokens=EXAMPLE_MAX_TOKENS,
+                       seed=derive_seed(seed, p.where, principle.id, "example"))
 
     def readable(text: str) -> str:
         if len(text.split()) < 4:
