@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -383,16 +385,17 @@ def test_embedded_model_discovers_on_opinion_data(tmp_path: Path) -> None:
     rows = [{"prompt": p, "chosen": SKEPTICAL[i % 3], "rejected": EAGER[i % 3]} for i, p in enumerate(topic)]
     prefs = write_jsonl(tmp_path / "opinion.jsonl", rows)
     out = tmp_path / "opinion-discovered.yaml"
-    r = factory("constitution", "discover", prefs, "--out", out, "--work", tmp_path / "work", "--proposals", "4",
-                "--per-pair", "2", "--max-candidates", "3", "--heldout", "0.5", "--min-heldout", "8",
-                "--max-heldout", "12")
-    print(r.stdout, r.stderr)
+    args = ["constitution", "discover", prefs, "--out", out, "--work", tmp_path / "work", "--proposals", "2",
+            "--per-pair", "2", "--max-candidates", "2", "--heldout", "0.5", "--min-heldout", "8", "--max-heldout", "8"]
+    # Slow on a shared 2-core machine (about 12 minutes at load 11 for twice this size): a longer limit.
+    r = subprocess.run([sys.executable, "-m", "factory", *map(str, args)], capture_output=True, text=True, timeout=1800)
+    print(r.stdout)
     assert r.returncode in (0, 1), r.stderr  # 1: no principle beat chance (the 135M judge is weak)
     summary = json.loads((tmp_path / "work" / "discover.json").read_text())
-    assert summary["heldout_pairs"] == 12 and summary["calls"] > 0
-    assert summary["stats"]["stages"]["judge"]["calls"] >= 2 * 12 * summary["candidates"]
+    assert summary["heldout_pairs"] == 8 and summary["calls"] > 0
+    assert summary["stats"]["stages"]["judge"]["calls"] == 2 * 8 * summary["candidates"]
     for p in summary["principles"]:
-        assert 0 <= p["agreement"] <= 1 and p["judged"] == 12
+        assert 0 <= p["agreement"] <= 1 and p["judged"] == 8
     assert (tmp_path / "work" / "report.html").is_file()
     if r.returncode == 0:
         assert factory("constitution", "lint", out).returncode == 0
