@@ -248,6 +248,16 @@ def test_dry_run_prints_calls_and_usd_and_calls_nothing(scripted_api, tmp_path: 
     assert scripted_api.requests == [] and not (tmp_path / "work").exists() and not (tmp_path / "x.yaml").exists()
 
 
+def test_stops_before_passing_max_cost_with_exit_3(scripted_api, tmp_path: Path) -> None:
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", synthetic_pairs())
+    out = tmp_path / "x.yaml"
+    r = factory("constitution", "discover", prefs, "--out", out, "--model", "openai:gpt-4o-mini", "--work",
+                tmp_path / "work", "--max-cost", "0.002")
+    assert r.returncode == 3, r.stderr
+    assert "--max-cost" in r.stderr and "rerun with a larger" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and (tmp_path / "work" / "calls.sqlite").is_file()
+
+
 @pytest.mark.parametrize(("rows", "field"), [
     ([{"prompt": "p", "chosen": "a"}], "rejected"),
     ([{"question": "p", "chosen": "a", "rejected": "b"}], "prompt"),
@@ -393,7 +403,7 @@ def test_embedded_model_discovers_on_opinion_data(tmp_path: Path) -> None:
     assert r.returncode in (0, 1), r.stderr  # 1: no principle beat chance (the 135M judge is weak)
     summary = json.loads((tmp_path / "work" / "discover.json").read_text())
     assert summary["heldout_pairs"] == 8 and summary["calls"] > 0
-    assert summary["stats"]["stages"]["judge"]["calls"] == 2 * 8 * summary["candidates"]
+    assert summary["stats"]["stages"]["judge"]["calls"] >= 2 * 8 * summary["candidates"]
     for p in summary["principles"]:
         assert 0 <= p["agreement"] <= 1 and p["judged"] == 8
     assert (tmp_path / "work" / "report.html").is_file()

@@ -87,7 +87,7 @@ async def propose(pairs: list[PrefPair], caller: Caller, template: Template, mod
             st.drop("no_principle_in_reply")
             return []
         except ModelCallError as e:
-            if getattr(e, "fatal", False):
+            if e.fatal:
                 raise
             st.drop("call_failed")
             return []

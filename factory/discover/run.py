@@ -32,13 +32,14 @@ from factory.discover.write import (
     write_atomic,
     write_principles,
 )
-from factory.errors import FactoryError, InputError
+from factory.errors import FactoryError, InputError, ModelCallError
 from factory.estimate import Line, estimate_table
 from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, estimate_tokens
+from factory.prices import Budget, BudgetExceeded, estimate_tokens
 from factory.prompts import Template, load_template
 from factory.rundir import now, write_json
-from factory.stages import judge as judge_stage
+from factory.stages.critique_revise import CRITIQUE_VARIABLES
+from factory.stages.judge import load_judge_template
 from factory.stats import Stats
 
 PROPOSE_MAX_TOKENS = 120  # a few one-line principles
@@ -60,6 +61,12 @@ class Settings(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2, description="for proposals and written requests")
     seed: int = 0
     max_cost: float | None = Field(default=None, gt=0)
+
+
+class OverBudget(FactoryError):
+    """Stopped before a call could pass --max-cost (exit 3, as for `factory run`)."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -114,17 +121,13 @@ def plan(prefs: Path, out: Path, s: Settings, seed_constitution: Path | None, wo
     pipe = Pipeline.prepare(cfg, Overrides(model=s.model, seed=s.seed, max_cost=s.max_cost), needs_seeds=False)
     jcfg = pipe.cfg.stages.judge or JudgeConfig()
     pdir = pipe.cfg.path(pipe.cfg.prompts_dir)
-    judge_name, judge_vars = {"choice": (jcfg.template, judge_stage.CHOICE_VARIABLES),
-                              "cot": (jcfg.cot_template, judge_stage.CHOICE_VARIABLES),
-                              "score": (jcfg.score_template, judge_stage.SCORE_VARIABLES)}[jcfg.method]
     cr = pipe.cfg.stages.critique_revise
     templates = {
         "propose": load_template(pdir, "discover/propose", proposal.VARIABLES),
         "critique_request": load_template(pdir, "discover/critique_request", {"principle"}),
         "revision_request": load_template(pdir, "discover/revision_request", {"principle"}),
-        "critique": load_template(pdir, cr.critique_template if cr else "critique",
-                                  {"prompt", "response", "principle", "examples"}),
-        "judge": load_template(pdir, judge_name, judge_vars),
+        "critique": load_template(pdir, cr.critique_template if cr else "critique", CRITIQUE_VARIABLES),
+        "judge": load_judge_template(pdir, jcfg),
     }
     work = work or ROOT / "outputs" / f"discover-{name}"
     return Plan(prefs, out, name, work, s, pairs, train, held, seeds, untestable, pipe, jcfg, templates)
@@ -216,6 +219,11 @@ def run(p: Plan, console: Console) -> dict:
     log = CallLog(p.work / "calls.sqlite")
     try:
         results, (principles, examples, written), proposed = asyncio.run(_work(p, log, stats))
+    except BudgetExceeded as e:
+        raise OverBudget(f"{e}; nothing written. Every call made is cached in {p.work}: rerun with a larger "
+                         "--max-cost (and the same --work) to continue") from None
+    except ModelCallError as e:  # fatal: a rejected key, an unknown model
+        raise FactoryError(str(e)) from None
     finally:
         log.close()
     report = p.work / "report.html"

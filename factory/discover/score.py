@@ -28,6 +28,7 @@ from factory.caller import Caller
 from factory.config import JudgeConfig
 from factory.constitution import Constitution, Principle
 from factory.discover.prefs import PrefPair
+from factory.errors import ModelCallError
 from factory.prompts import Template
 from factory.records import Candidate as Answer
 from factory.records import Record
@@ -104,7 +105,17 @@ async def judge_all(candidates: list[Candidate], pairs: list[PrefPair], caller: 
     cfg = cfg.model_copy(update={"compare": "initial", "teacher": None, "principles": 1})
     stages = [JudgeStage(cfg, judge_constitution(c), template, model, seed) for c in candidates]
     judged = [records(pairs) for _ in candidates]
-    await asyncio.gather(*(stage.process(rec, caller) for stage, recs in zip(stages, judged) for rec in recs))
+
+    async def one(stage: JudgeStage, rec: Record) -> None:
+        try:
+            await stage.process(rec, caller)
+        except ModelCallError as e:
+            if e.fatal:
+                raise
+            caller.stats["judge"].drop("call_failed")  # the pair counts as unjudged (0.5)
+            rec.judgement = None
+
+    await asyncio.gather(*(one(stage, rec) for stage, recs in zip(stages, judged) for rec in recs))
     return judged
 
 

@@ -82,6 +82,11 @@ async def write_principles(kept: list[Result], pairs: list[PrefPair], caller: Ca
             except ParseFailure:
                 st.drop("requests_unreadable")
                 return None
+            except ModelCallError as e:
+                if e.fatal:
+                    raise
+                st.drop("call_failed")
+                return None
             principle = {"id": c.id, "critique": critique, "revision": revision, "judge": c.judge}
         return principle, await example(r, Principle(**principle), pairs, caller, templates["critique"], model, seed,
                                        temperature)
@@ -112,7 +117,7 @@ async def example(r: Result, principle: Principle, pairs: list[PrefPair], caller
         critique, _, _ = await caller.chat_parsed("write", f"example {principle.id}", template, variables, model,
                                                   params, readable)
     except (ParseFailure, ModelCallError) as e:
-        if getattr(e, "fatal", False):
+        if isinstance(e, ModelCallError) and e.fatal:
             raise
         caller.stats["write"].drop("example_critique_unreadable")
         return None

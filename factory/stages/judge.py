@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 
 from factory.caller import Caller, derive_seed, rng
 from factory.config import JudgeConfig
@@ -33,13 +34,20 @@ from factory.judging import (
 )
 from factory.judging.ranking import scores as ranking_scores
 from factory.models import GenParams
-from factory.prompts import Template
+from factory.prompts import Template, load_template
 from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, normalise
 from factory.stages import Stage
 
 CHOICE_VARIABLES = {"prompt", "principle", "a", "b"}
 SCORE_VARIABLES = {"prompt", "principle", "response"}
 SCALE = tuple(str(i) for i in range(1, 11))
+
+
+def load_judge_template(prompts_dir: Path, cfg: JudgeConfig) -> Template:
+    """The template of the configured judging method, checked against the variables it is given."""
+    name, variables = {"choice": (cfg.template, CHOICE_VARIABLES), "cot": (cfg.cot_template, CHOICE_VARIABLES),
+                       "score": (cfg.score_template, SCORE_VARIABLES)}[cfg.method]
+    return load_template(prompts_dir, name, variables)
 
 
 class JudgeStage(Stage):
