@@ -138,8 +138,9 @@ def _chars(messages: list) -> int:
 
 
 def estimate(p: Plan) -> list[Line]:
-    """Upper bounds: every candidate slot filled, every kept principle written, outputs at max_tokens.
-    Inputs are counted from the real rendered prompts of the sampled and held-out pairs."""
+    """Upper bounds: every candidate slot filled, every candidate kept and written, outputs at max_tokens.
+    Inputs are counted from the real rendered prompts of the sampled and held-out pairs. Not counted:
+    fresh samples of replies that do not parse (at most `retries.parse_attempts` per call)."""
     s, t, model = p.settings, p.templates, p.settings.model
     sampled = proposal.sample(p.train, s.proposal_pairs, s.seed)
     prop_in = sum(estimate_tokens(_chars(t["propose"].render(prompt=x.prompt, preferred=x.chosen, other=x.rejected,
@@ -148,16 +149,15 @@ def estimate(p: Plan) -> list[Line]:
     principle = _placeholder_principle()
     per_pair = [estimate_tokens(_chars(t["judge"].render(prompt=x.prompt, principle=principle, a=x.chosen,
                                                          b=x.rejected, response=x.chosen))) for x in p.held]
-    orders = 1 if p.judge_cfg.method == "score" else 2
-    answers = 2 if p.judge_cfg.method == "score" else orders
-    judge_calls = candidates * len(p.held) * answers * p.judge_cfg.samples
+    per = 2 * p.judge_cfg.samples  # two orders (or, scoring, two answers), each up to `samples` verdicts
+    judge_calls = candidates * len(p.held) * per
     x = p.held[0]
     request_in = estimate_tokens(_chars(t["critique_request"].render(principle=principle.judge)))
     example_in = estimate_tokens(_chars(t["critique"].render(prompt=x.prompt, response=x.rejected,
                                                              principle=principle, examples=[])))
     proposed = s.max_candidates if s.proposal_pairs else 0
     lines = [Line("propose", model, len(sampled), prop_in, len(sampled) * PROPOSE_MAX_TOKENS),
-             Line("test (judge)", model, judge_calls, candidates * sum(per_pair) * answers * p.judge_cfg.samples,
+             Line("test (judge)", model, judge_calls, candidates * sum(per_pair) * per,
                   judge_calls * p.judge_cfg.max_tokens),
              Line("write", model, 2 * proposed + candidates, 2 * proposed * request_in + candidates * example_in,
                   2 * proposed * REQUEST_MAX_TOKENS + candidates * EXAMPLE_MAX_TOKENS)]

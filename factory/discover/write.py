@@ -59,7 +59,8 @@ def slug(text: str, taken: set[str], fallback: str) -> str:
 
 
 async def _text(caller: Caller, template: Template, principle: str, model: str, seed: int, temperature: float) -> str:
-    params = GenParams(temperature=temperature, max_tokens=REQUEST_MAX_TOKENS, seed=derive_seed(seed, principle, template.name))
+    params = GenParams(temperature=temperature, max_tokens=REQUEST_MAX_TOKENS,
+                       seed=derive_seed(seed, principle, template.name))
     text, _, _ = await caller.chat_parsed("write", template.name, template, {"principle": principle}, model, params,
                                           first_line)
     return text
@@ -70,6 +71,7 @@ async def write_principles(kept: list[Result], pairs: list[PrefPair], caller: Ca
     """(principles, examples, results written) for the constitution, in rank order. A proposed principle
     whose requests never parse is left out and counted (`caller.stats['write']`)."""
     st = caller.stats["write"]
+
     async def one(r: Result) -> tuple[dict, dict | None] | None:
         c = r.candidate
         if c.seed is not None:
