@@ -162,13 +162,10 @@ TRUE_RULES = {
 
 
 @pytest.fixture
-def scripted_api(monkeypatch: pytest.MonkeyPatch):
-    from server import FakeAPIServer
-
-    with FakeAPIServer(responder=responder) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
-        yield srv
+def scripted_api(srv):
+    """The real test server (conftest's `srv`: both SDKs pointed at it) answering as the scripted model."""
+    srv.responder = responder
+    return srv
 
 
 # --- the CLI end to end ----------------------------------------------------------------------------
