@@ -108,6 +108,8 @@ def responder(messages: list[dict], body: dict):
         return "Does the answer follow this rule: " + user.split("principle:\n", 1)[1].split("\n", 1)[0]
     if "Start with \"Rewrite the answer\"" in user:
         return "Rewrite the answer so that a judge would pick it by this rule: " + user.split("principle:\n", 1)[1].split("\n", 1)[0]
+    if "already meets the principle" in user:
+        return "The response meets the principle; no change is needed."
     if user.rstrip().endswith("Critique:"):
         return "The response misses what the principle asks for; the other answer shows how."
     return "I do not know this request."
@@ -215,8 +217,10 @@ def test_recovers_each_known_rule_within_5_points_of_the_true_rules(scripted_api
     # Figures and examples are in the file, ranked: comments, then one worked example per principle.
     text = out.read_text()
     assert text.count("# rank ") == 3 and "agreement" in text and "coverage" in text
-    assert len(found["examples"]) == 3 and {e["principle"] for e in found["examples"]} == set(results) & {
-        p["id"] for p in found["principles"]}
+    examples = found["examples"]  # one per principle, then one that needed no change
+    assert [e["principle"] for e in examples] == [p["id"] for p in found["principles"]] + [examples[0]["principle"]]
+    assert examples[-1]["response"] == examples[-1]["revision"] == examples[0]["revision"]
+    assert "no change" in examples[-1]["critique"] and "warning" not in lint.stdout
     report = (tmp_path / "work-discovered" / "report.html").read_text()
     assert "Principles, ranked" in report and all(p["id"] in report for p in found["principles"])
     assert "http" not in report.split("</style>", 1)[1] or "<script" not in report  # self-contained

@@ -127,6 +127,7 @@ def plan(prefs: Path, out: Path, s: Settings, seed_constitution: Path | None, wo
         "critique_request": load_template(pdir, "discover/critique_request", {"principle"}),
         "revision_request": load_template(pdir, "discover/revision_request", {"principle"}),
         "critique": load_template(pdir, cr.critique_template if cr else "critique", CRITIQUE_VARIABLES),
+        "no_change": load_template(pdir, "discover/no_change", {"prompt", "response", "principle"}),
         "judge": load_judge_template(pdir, jcfg),
     }
     work = work or ROOT / "outputs" / f"discover-{name}"
@@ -159,8 +160,8 @@ def estimate(p: Plan) -> list[Line]:
     lines = [Line("propose", model, len(sampled), prop_in, len(sampled) * PROPOSE_MAX_TOKENS),
              Line("test (judge)", model, judge_calls, candidates * sum(per_pair) * per,
                   judge_calls * p.judge_cfg.max_tokens),
-             Line("write", model, 2 * proposed + candidates, 2 * proposed * request_in + candidates * example_in,
-                  2 * proposed * REQUEST_MAX_TOKENS + candidates * EXAMPLE_MAX_TOKENS)]
+             Line("write", model, 2 * proposed + candidates + 1, 2 * proposed * request_in + (candidates + 1) * example_in,
+                  2 * proposed * REQUEST_MAX_TOKENS + (candidates + 1) * EXAMPLE_MAX_TOKENS)]
     provider, _, name = model.partition(":")
     for line in lines:
         line.usd = p.pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens)

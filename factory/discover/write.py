@@ -6,7 +6,9 @@ it; the model writes its critique and revision requests from it. A seed principl
 texts. Each kept principle gets one few-shot example: the held-out pair it decided most clearly
 for the chosen answer, the rejected answer as the response, the model's critique of it (the
 pipeline's own critique template with the new critique request) and the chosen answer as the
-revision. Principle annotations are YAML comments: the constitution schema has no place for
+revision. The best-ranked principle's example is repeated with the chosen answer as both response
+and revision, and a critique that says it meets the principle (`discover/no_change`): small models
+need an example that needed no change. Principle annotations are YAML comments: the constitution schema has no place for
 figures, and comments keep the file valid and editable.
 """
 
@@ -96,7 +98,15 @@ async def write_principles(kept: list[Result], pairs: list[PrefPair], caller: Ca
     done = await asyncio.gather(*(one(r) for r in kept))
     written = [(r, d) for r, d in zip(kept, done) if d is not None]
     st.records_out = len(written)
-    return ([d[0] for _, d in written], [d[1] for _, d in written if d[1] is not None], [r for r, _ in written])
+    examples = [d[1] for _, d in written if d[1] is not None]
+    if examples:  # the chosen answer of the best-ranked example: one that needed no change
+        first = examples[0]
+        principle = Principle(**next(d[0] for _, d in written if d[0]["id"] == first["principle"]))
+        critique = await _critique(caller, templates["no_change"], {"prompt": first["prompt"], "response":
+                                   first["revision"], "principle": principle}, model, seed, temperature, "no change")
+        if critique is not None:
+            examples.append(first | {"response": first["revision"], "critique": critique})
+    return [d[0] for _, d in written], examples, [r for r, _ in written]
 
 
 async def example(r: Result, principle: Principle, pairs: list[PrefPair], caller: Caller, template: Template,
@@ -107,8 +117,18 @@ async def example(r: Result, principle: Principle, pairs: list[PrefPair], caller
         return None
     p = pairs[best]
     variables = {"prompt": p.prompt, "response": p.rejected, "principle": principle, "examples": []}
+    critique = await _critique(caller, template, variables, model, seed, temperature, p.where)
+    if critique is None:
+        return None
+    return {"prompt": p.prompt, "response": p.rejected, "principle": principle.id, "critique": critique,
+            "revision": p.chosen}
+
+
+async def _critique(caller: Caller, template: Template, variables: dict, model: str, seed: int, temperature: float,
+                    purpose: str) -> str | None:
+    """An example's critique, written by the model; None (counted) when it never reads as one."""
     params = GenParams(temperature=temperature, max_tokens=EXAMPLE_MAX_TOKENS,
-                       seed=derive_seed(seed, p.where, principle.id, "example"))
+                       seed=derive_seed(seed, purpose, variables["principle"].id, "example"))
 
     def readable(text: str) -> str:
         if len(text.split()) < 4:
@@ -116,15 +136,14 @@ async def example(r: Result, principle: Principle, pairs: list[PrefPair], caller
         return text.strip()
 
     try:
-        critique, _, _ = await caller.chat_parsed("write", f"example {principle.id}", template, variables, model,
-                                                  params, readable)
+        critique, _, _ = await caller.chat_parsed("write", f"example {purpose}", template, variables, model, params,
+                                                  readable)
     except (ParseFailure, ModelCallError) as e:
         if isinstance(e, ModelCallError) and e.fatal:
             raise
         caller.stats["write"].drop("example_critique_unreadable")
         return None
-    return {"prompt": p.prompt, "response": p.rejected, "principle": principle.id, "critique": critique,
-            "revision": p.chosen}
+    return critique
 
 
 def annotation(rank: int, r: Result) -> str:
