@@ -399,7 +399,7 @@ def train_(objective: str, data: Path, model_spec: str, out: Path, config_file: 
 
 @cli.group()
 def constitution() -> None:
-    """Check and convert constitution files."""
+    """Check, convert and discover constitution files."""
 
 
 @constitution.command()

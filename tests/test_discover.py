@@ -334,6 +334,19 @@ def test_reads_parquet_dataset_folders_and_save_to_disk(tmp_path: Path) -> None:
         read_pairs(tmp_path / "empty")
 
 
+def test_reads_a_run_directory(api, tmp_path: Path) -> None:
+    from test_cli import PROMPTS, write_prompts
+
+    run = tmp_path / "run"
+    r = factory("run", "--model", "openai:test-model", "--prompts", write_prompts(tmp_path / "p.jsonl", PROMPTS),
+                "--out", run)
+    assert r.returncode == 0, r.stderr
+    pairs = read_pairs(run)
+    assert sorted(p.prompt for p in pairs) == sorted(PROMPTS)
+    assert all(".parquet:" in p.where for p in pairs)
+    assert all("careful" in p.chosen and "careful" not in p.rejected for p in pairs)
+
+
 def test_split_is_by_prompt_and_seeded() -> None:
     from factory.discover.prefs import PrefPair
 
