@@ -8,8 +8,8 @@ for the chosen answer, the rejected answer as the response, the model's critique
 pipeline's own critique template with the new critique request) and the chosen answer as the
 revision. The best-ranked principle's example is repeated with the chosen answer as both response
 and revision, and a critique that says it meets the principle (`discover/no_change`): small models
-need an example that needed no change. Principle annotations are YAML comments: the constitution schema has no place for
-figures, and comments keep the file valid and editable.
+need an example that needed no change. Principle annotations are YAML comments: the constitution
+schema has no place for figures, and comments keep the file valid and editable.
 """
 
 from __future__ import annotations
