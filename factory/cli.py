@@ -444,7 +444,7 @@ def import_(file: Path, dest: Path, name: str | None) -> None:
 @click.argument("prefs", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The constitution YAML to write, e.g. constitutions/NAME.yaml (must not exist).")
-@click.option("--model", default="local:smollm2", show_default=True, help="Proposer, judge and writer model spec.")
+@click.option("--model", help="Proposer, judge and writer model spec (default: the config's, local:smollm2).")
 @click.option("--seed-constitution", type=click.Path(dir_okay=False, path_type=Path),
               help="Also test this constitution's principles (their `judge` texts) the same way.")
 @click.option("--proposals", "proposal_pairs", type=click.IntRange(min=0), default=32, show_default=True,
@@ -467,7 +467,7 @@ def import_(file: Path, dest: Path, name: str | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the sample and sampling.")
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD", help="Stop before spending more.")
 @click.option("--dry-run", is_flag=True, help="Print the calls and USD of proposal, testing and writing; call nothing.")
-def discover(prefs: Path, out: Path, model: str, seed_constitution: Path | None, proposal_pairs: int, per_pair: int,
+def discover(prefs: Path, out: Path, model: str | None, seed_constitution: Path | None, proposal_pairs: int, per_pair: int,
              max_candidates: int, heldout: float, max_heldout: int, min_heldout: int, margin: float, name: str | None,
              config: Path | None, work: Path | None, seed: int, max_cost: float | None, dry_run: bool) -> None:
     """Discover the principles that explain a preference dataset, test each as a judge on held-out pairs,

@@ -47,7 +47,7 @@ PROPOSE_MAX_TOKENS = 120  # a few one-line principles
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = "local:smollm2"
+    model: str | None = Field(default=None, description="one model for every step (default: the config's)")
     config: Path | None = None
     name: str | None = Field(default=None, description="constitution name (default: from --out)")
     proposal_pairs: int = Field(default=32, ge=0, description="pairs the model explains (0: test seeds only)")
@@ -118,7 +118,8 @@ def plan(prefs: Path, out: Path, s: Settings, seed_constitution: Path | None, wo
     if not s.proposal_pairs and not seeds:
         raise FactoryError("nothing to test: --proposals 0 needs --seed-constitution")
     cfg = load_config(s.config)
-    pipe = Pipeline.prepare(cfg, Overrides(model=s.model, seed=s.seed, max_cost=s.max_cost), needs_seeds=False)
+    pipe = Pipeline.prepare(cfg, Overrides(model=s.model or cfg.model, seed=s.seed, max_cost=s.max_cost),
+                            needs_seeds=False)
     jcfg = pipe.cfg.stages.judge or JudgeConfig()
     pdir = pipe.cfg.path(pipe.cfg.prompts_dir)
     cr = pipe.cfg.stages.critique_revise
@@ -142,7 +143,7 @@ def estimate(p: Plan) -> list[Line]:
     """Upper bounds: every candidate slot filled, every candidate kept and written, outputs at max_tokens.
     Inputs are counted from the real rendered prompts of the sampled and held-out pairs. Not counted:
     fresh samples of replies that do not parse (at most `retries.parse_attempts` per call)."""
-    s, t, model = p.settings, p.templates, p.settings.model
+    s, t, model = p.settings, p.templates, p.pipe.cfg.model
     sampled = proposal.sample(p.train, s.proposal_pairs, s.seed)
     prop_in = sum(estimate_tokens(_chars(t["propose"].render(prompt=x.prompt, preferred=x.chosen, other=x.rejected,
                                                              n=s.per_pair))) for x in sampled)
@@ -189,7 +190,7 @@ def candidates_from(clusters: list[proposal.Cluster], seeds: list[Candidate], li
 
 
 async def _work(p: Plan, log: CallLog, stats: Stats) -> tuple[list[Result], tuple, list[list[str]]]:
-    s, t, model = p.settings, p.templates, p.settings.model
+    s, t, model = p.settings, p.templates, p.pipe.cfg.model
     caller = p.pipe.caller(log, stats, Budget(p.pipe.cfg.max_cost))
     try:
         proposed: list[list[str]] = []
@@ -229,7 +230,7 @@ def run(p: Plan, console: Console) -> dict:
         log.close()
     report = p.work / "report.html"
     summary = {
-        "name": p.name, "prefs": str(p.prefs), "model": s.model, "finished": now(),
+        "name": p.name, "prefs": str(p.prefs), "model": p.pipe.cfg.model, "finished": now(),
         "pairs": len(p.pairs), "proposal_pairs": len(proposed), "heldout_pairs": len(p.held),
         "heldout_prompts": len({x.prompt_id for x in p.held}), "candidates": len(results),
         "kept": sum(r.status == "kept" for r in results), "written": len(principles),
@@ -243,7 +244,7 @@ def run(p: Plan, console: Console) -> dict:
     }
     if principles:
         header = [f"Discovered by `factory constitution discover` from {p.prefs.name} on {summary['finished']} "
-                  f"with {s.model}.",
+                  f"with {p.pipe.cfg.model}.",
                   f"{len(p.pairs)} pairs; {len(proposed)} explained by the model; each principle tested alone as the "
                   f"judge on {len(p.held)} held-out pairs",
                   f"over {summary['heldout_prompts']} prompts, both orders. Agreement = mean P(chosen better); chance "
