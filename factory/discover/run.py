@@ -273,4 +273,4 @@ def results_table(results: list[Result]) -> Table:
 
 
 def dry_run_table(p: Plan) -> Table:
-    return estimate_table(estimate(p), batch=False)
+    return estimate_table(estimate(p), batch=False, parse_attempts=p.pipe.cfg.retries.parse_attempts)

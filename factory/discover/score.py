@@ -70,7 +70,12 @@ class Result:
 
 def clustered_interval(values: list[float], groups: list[str], z: float = 1.96) -> tuple[float, float]:
     """Mean +- z x cluster-robust standard error (CR1: G/(G-1) x sum of squared cluster residual
-    sums / n^2). With fewer than 2 clusters nothing is known: (0, 1)."""
+    sums / n^2). With fewer than 2 clusters nothing is known: (0, 1).
+
+    Not `factory.evaluate.clustered_interval`: that one floors its bootstrap at a Wilson interval with
+    one trial per prompt, right for 0/1 win outcomes but far too wide for soft agreements, most of
+    them exactly 0.5 (a principle that does not apply): a rule that decides a third of the pairs
+    perfectly (agreement 0.63 over 24 prompts) would never be kept."""
     n, clusters = len(values), sorted(set(groups))
     if n == 0 or len(clusters) < 2:
         return 0.0, 1.0
