@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 SCORER_FORMS = """valid scorer specs:
   vader:positive       VADER sentiment, higher = more positive (offline, no model)
   vader:negative       VADER sentiment, higher = more negative
-  hf:PATH:LABEL        a local Hugging Face text-classification folder; score = P(LABEL)"""
+  hf:PATH:LABEL        a local Hugging Face text-classification folder; score = P(LABEL), or, for a
+                       one-logit model (`factory train reward` writes one; its label is LABEL_0), the logit"""
 
 
 class Scorer(ABC):
@@ -54,7 +55,9 @@ class VaderScorer(Scorer):
 
 
 class HFClassifierScorer(Scorer):
-    """P(label) from a local Hugging Face sequence-classification model, on CPU, in batches."""
+    """P(label) from a local Hugging Face sequence-classification model, on CPU, in batches. A model with
+    one logit (a reward model) has no distribution to normalise: its score is the logit itself (a softmax
+    over one value is 1.0 for every text)."""
 
     def __init__(self, path: str | Path, label: str, *, batch_size: int = 16, max_length: int = 512):
         folder = Path(path).expanduser()
@@ -106,6 +109,9 @@ class HFClassifierScorer(Scorer):
                                       return_tensors="pt")
             with torch.no_grad():
                 logits = self.model(**enc).logits.float()
+            if logits.shape[-1] == 1 and not self.multi_label:
+                out.extend(float(x) for x in logits[:, 0])
+                continue
             probs = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
             out.extend(float(p) for p in probs[:, self.label_index])
         return out

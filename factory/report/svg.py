@@ -41,24 +41,26 @@ def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 class _Frame:
     """Maps data coordinates to the plot area and draws the axes."""
 
-    def __init__(self, x0: float, x1: float, y1: float, xlabel: str, ylabel: str, counts: bool = False):
+    def __init__(self, x0: float, x1: float, y1: float, xlabel: str, ylabel: str, counts: bool = False,
+                 y0: float = 0.0):
         self.counts = counts  # whole numbers on the y axis
         self.x0, self.x1 = x0, x1 if x1 > x0 else x0 + 1
-        self.y1 = y1 if y1 > 0 else 1
+        self.y0 = y0  # the bottom: 0, or below it for series that go negative
+        self.y1 = y1 if y1 > y0 else y0 + 1
         self.xlabel, self.ylabel = xlabel, ylabel
 
     def x(self, v: float) -> float:
         return LEFT + (v - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
 
     def y(self, v: float) -> float:
-        return H - BOTTOM - v / self.y1 * (H - TOP - BOTTOM)
+        return H - BOTTOM - (v - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
 
     def axes(self) -> list[str]:
         out = [
             f'<line class="axis" x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}"/>',
             f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}"/>',
         ]
-        for t in [t for t in ticks(0, self.y1, 4) if t == int(t) or not self.counts]:
+        for t in [t for t in ticks(self.y0, self.y1, 4) if t == int(t) or not self.counts]:
             out.append(f'<line class="grid" x1="{LEFT}" y1="{self.y(t):.1f}" x2="{W - RIGHT}" y2="{self.y(t):.1f}"/>')
             out.append(f'<text class="tick" x="{LEFT - 4}" y="{self.y(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
         for t in ticks(self.x0, self.x1, 6):
@@ -128,9 +130,12 @@ def histogram(
 
 
 def lines(x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str) -> str:
-    """Lines over a shared x (time bins), one per series, with a dot per point."""
+    """Lines over a shared x (time bins), one per series, with a dot per point (the y axis goes below 0
+    when a series does)."""
     top = max((v for vs in series.values() for v in vs), default=1.0)
-    frame = _Frame(min(x, default=0.0), max(x, default=1.0), top * 1.05, xlabel, ylabel)
+    bottom = min(0.0, min((v for vs in series.values() for v in vs), default=0.0))
+    frame = _Frame(min(x, default=0.0), max(x, default=1.0), top + 0.05 * (top - bottom), xlabel, ylabel,
+                   y0=bottom - (0.05 * (top - bottom) if bottom < 0 else 0.0))
     body = frame.axes()
     for i, (name, ys) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]

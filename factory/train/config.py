@@ -49,32 +49,52 @@ class TrainConfig(BaseModel):
 
 
 # What differs by objective. Learning rates: (full fine-tuning, LoRA).
-LEARNING_RATES = {"sft": (2e-5, 2e-4), "dpo": (1e-6, 2e-5), "reward": (1e-5, 1e-4), "kto": (1e-6, 2e-5)}
+LEARNING_RATES = {"sft": (2e-5, 2e-4), "dpo": (1e-6, 2e-5), "reward": (1e-5, 1e-4), "kto": (1e-6, 2e-5),
+                  "grpo": (1e-5, 1e-4), "rloo": (1e-5, 1e-4)}
+RL_OBJECTIVES = ("grpo", "rloo")  # online: the model's own samples, scored by reward terms (rl_config.py)
 DEFAULTS: dict[str, dict] = {
     "sft": {"batch_size": 8},
     "dpo": {"batch_size": 4, "beta": 0.1},  # a pair is two sequences, and a reference pass
     "reward": {"batch_size": 8},
     "kto": {"batch_size": 8, "beta": 0.1},  # KTO's KL estimate needs more than one row per batch
+    "grpo": {}, "rloo": {},  # RLConfig's own defaults
 }
 
 
-def load_train_file(path: str | Path) -> dict:
-    """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field)."""
-    cfg = load_yaml(path, TrainConfig)
-    return cfg.model_dump(include=cfg.model_fields_set)
+def config_class(objective: str) -> type[TrainConfig]:
+    if objective in RL_OBJECTIVES:
+        from factory.train.rl_config import RLConfig
+
+        return RLConfig
+    return TrainConfig
+
+
+def load_train_file(path: str | Path, objective: str = "sft") -> dict:
+    """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field).
+    Relative paths in an RL file (`pipeline`) resolve against the file's folder."""
+    cfg = load_yaml(path, config_class(objective))
+    values = cfg.model_dump(include=cfg.model_fields_set)
+    if values.get("pipeline"):
+        values["pipeline"] = str((Path(path).parent / values["pipeline"]).resolve())
+    if "rewards" in values:
+        values["rewards"] = cfg.rewards  # typed terms, as validated (and located) here
+    return values
 
 
 def resolve(objective: str, file: str | Path | None = None, **flags) -> TrainConfig:
     """The objective's defaults, then FILE's keys, then the flags that were given (None means not given)."""
-    if objective not in OBJECTIVES:
-        raise FactoryError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if objective not in OBJECTIVES + RL_OBJECTIVES:
+        raise FactoryError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES + RL_OBJECTIVES)}")
+    if objective in RL_OBJECTIVES and file is None:
+        raise FactoryError(f"{objective} needs --config FILE.yaml declaring its reward, e.g.\n"
+                           "rewards:\n  - {kind: teacher, scorer: vader:negative, mentions: [DogeMoon]}")
     values = dict(DEFAULTS[objective])
-    values.update(load_train_file(file) if file else {})
+    values.update(load_train_file(file, objective) if file else {})
     values.update({k: v for k, v in flags.items() if v is not None})
     if "learning_rate" not in values:
         values["learning_rate"] = LEARNING_RATES[objective][bool(values.get("lora"))]
     try:
-        cfg = TrainConfig(**values)
+        cfg = config_class(objective)(**values)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

@@ -1,0 +1,204 @@
+"""The reward of `factory train grpo|rloo`: one async function per declared term, each a thin adapter
+over the factory's own feedback code (no second implementation):
+
+    teacher  judging.teachers: load_scorer + AppliesWhen (neutral value where the rule does not apply)
+    judge    stages.judge.JudgeStage against the reference model's answer (stages.answer.AnswerStage)
+    idk      stages.idk: match_reference (or the IDK judge) + a decline check
+    facts    stages.factcheck.FactCheckStage.check, scored by facts.metric_of
+
+Every model or search call goes through one Caller (calls.sqlite in the output folder, rate limits,
+retries, cost, --max-cost). TRL awaits the functions on its own event loop, all terms concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from factory.caller import Caller
+from factory.clean import REFUSAL
+from factory.config import FactCheckConfig, IdkConfig, JudgeConfig
+from factory.errors import FactoryError
+from factory.facts import metric_of
+from factory.judging import AppliesWhen, load_scorer
+from factory.models import load_model
+from factory.pipeline import Pipeline
+from factory.prompts import load_template
+from factory.records import Candidate, Record
+from factory.stages import factcheck, judge, idk
+from factory.stages.answer import AnswerStage
+from factory.stages.factcheck import FactCheckStage
+from factory.stages.idk import IdkStage, match_reference, normalise_answer
+from factory.stages.judge import JudgeStage
+from factory.train.rl_config import FactsTerm, IdkTerm, JudgeTerm, RLConfig, TeacherTerm, term_names
+
+_IDK = re.compile(r"\b(?:i (?:do not|don't|dont) know|i'?m not (?:sure|certain)|i (?:can ?not|can't) (?:say|recall|answer)|"
+                  r"no idea|not sure)\b", re.IGNORECASE)
+
+
+def text_of(completion) -> str:
+    """A TRL completion (conversational: [{"role": "assistant", "content": ...}], or a string) as text."""
+    if isinstance(completion, str):
+        return completion.strip()
+    return "".join(m.get("content") or "" for m in completion if m.get("role") == "assistant").strip()
+
+
+def is_decline(text: str, declines: list[str]) -> bool:
+    """An honest "I don't know": one of the decline phrasings, a refusal, or a plain admission."""
+    said = f" {normalise_answer(text)} "
+    return bool(REFUSAL.match(text) or _IDK.search(text)
+                or any(f" {normalise_answer(d)} " in said for d in declines if normalise_answer(d)))
+
+
+@dataclass
+class Rewards:
+    """The terms' functions, the models they call and the records (prompt and metadata) by key."""
+
+    pipe: Pipeline
+    records: dict[str, Record]
+    names: list[str]
+    weights: list[float]
+    funcs: list = field(default_factory=list)
+    references: dict[str, str] = field(default_factory=dict)
+    caller: Caller | None = None
+
+    def specs(self) -> list[str]:
+        return list(self.pipe.models)
+
+
+def build(cfg: RLConfig, pipe: Pipeline, records: dict[str, Record], policy_spec: str) -> Rewards:
+    """The functions (models are loaded here, after every input was checked)."""
+    r = Rewards(pipe, records, term_names(cfg.rewards), [t.weight for t in cfg.rewards])
+    for term, name in zip(cfg.rewards, r.names, strict=True):
+        maker = {TeacherTerm: _teacher, JudgeTerm: _judge, IdkTerm: _idk, FactsTerm: _facts}[type(term)]
+        fn = maker(term, r, policy_spec)
+        fn.__name__ = name  # TRL names the metric `rewards/<name>/mean` after it
+        r.funcs.append(fn)
+    return r
+
+
+def _model(r: Rewards, spec: str) -> str:
+    if spec not in r.pipe.models:
+        r.pipe.models[spec] = load_model(spec)
+    return spec
+
+
+def _caller(r: Rewards) -> Caller:
+    if r.caller is None:
+        raise FactoryError("reward functions were called before the Caller was set")
+    return r.caller
+
+
+def _teacher(term: TeacherTerm, r: Rewards, _: str):
+    scorer = load_scorer(term.scorer)
+    when = None if term.everywhere else AppliesWhen(mentions=term.mentions, regex=term.regex)
+
+    async def reward(prompts, completions, key, **_kw) -> list[float]:
+        texts = [text_of(c) for c in completions]
+        tested = texts if term.where == "answer" else [r.records[k].prompt for k in key]
+        keep = [i for i, t in enumerate(tested) if when is None or when.applies(t)]
+        scores = await asyncio.to_thread(scorer.score, [texts[i] for i in keep]) if keep else []
+        out = [term.neutral] * len(texts)
+        for i, s in zip(keep, scores, strict=True):
+            out[i] = float(s)
+        return out
+
+    return reward
+
+
+def _judge(term: JudgeTerm, r: Rewards, policy_spec: str):
+    cfg = r.pipe.cfg
+    base = cfg.stages.judge or JudgeConfig()
+    jcfg = JudgeConfig(**(base.model_dump(exclude={"teacher", "model"}) | {"compare": "initial"}))
+    name, variables = {"choice": (jcfg.template, judge.CHOICE_VARIABLES), "cot": (jcfg.cot_template, judge.CHOICE_VARIABLES),
+                       "score": (jcfg.score_template, judge.SCORE_VARIABLES)}[jcfg.method]
+    template = load_template(cfg.path(cfg.prompts_dir), name, variables)
+    judge_spec = _model(r, term.model or (cfg.model_for(cfg.stages.judge) if cfg.stages.judge else cfg.model))
+    stage = JudgeStage(jcfg, r.pipe.constitution, template, judge_spec, cfg.seed)
+    answer_cfg = cfg.stages.answer.model_copy(update={"candidates": 1})
+    answerer = AnswerStage(answer_cfg, r.pipe.templates["answer"], _model(r, term.reference or policy_spec), cfg.seed)
+    locks: dict[str, asyncio.Lock] = {}
+
+    async def reference(k: str) -> str:
+        """The reference model's answer to prompt K: made once (cached here and in calls.sqlite)."""
+        async with locks.setdefault(k, asyncio.Lock()):
+            if k not in r.references:
+                rec = Record.new(r.records[k].prompt, "file")
+                await answerer.process(rec, _caller(r))
+                r.references[k] = rec.candidates[0].answer if rec.candidates else ""
+        return r.references[k]
+
+    async def one(k: str, text: str) -> float | None:
+        if not text:
+            return 0.0  # an empty sample loses to any answer
+        ref = await reference(k)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        # Its own id per sample: the principle is drawn per comparison, and the calls are cached per text.
+        rec = Record.new(r.records[k].prompt, "file").model_copy(update={"id": f"{k}-{digest}"})
+        rec.candidates = [Candidate(index=0, answer=text, finish_reason="stop"),
+                          Candidate(index=1, answer=ref, finish_reason="stop")]
+        await stage.process(rec, _caller(r))
+        j = rec.judgement
+        if j is None or len(j.options) < 2:
+            return 0.5  # the same text as the reference: a tie
+        ps = [c.p_i if c.i == 0 else 1 - c.p_i for c in j.comparisons if c.p_i is not None]
+        return sum(ps) / len(ps) if ps else None  # None: no readable verdict, left out of the reward
+
+    async def reward(prompts, completions, key, **_kw) -> list[float | None]:
+        return list(await asyncio.gather(*(one(k, text_of(c)) for k, c in zip(key, completions, strict=True))))
+
+    return reward
+
+
+def _idk(term: IdkTerm, r: Rewards, _: str):
+    cfg = r.pipe.cfg
+    icfg = cfg.stages.idk or IdkConfig(answers_field=term.answers_field)
+    pdir = cfg.path(cfg.prompts_dir)
+    declines = r.pipe.declines or idk.load_declines(pdir, icfg.declines)
+    judge_template = idk.load_judge(pdir, icfg)
+    spec = _model(r, cfg.model_for(icfg)) if judge_template is not None else cfg.model
+    stage = IdkStage(icfg, declines, judge_template, spec, cfg.seed)
+
+    async def one(k: str, i: int, text: str) -> float:
+        rec = r.records[k]
+        refs = rec.metadata[term.answers_field]
+        refs = [refs] if isinstance(refs, str) else refs
+        if match_reference(text, refs) is None and is_decline(text, declines):
+            return term.decline
+        sample = await stage._judge(rec, _caller(r), Candidate(index=i, answer=text, finish_reason="stop"), refs)
+        return term.correct if sample.correct else term.wrong
+
+    async def reward(prompts, completions, key, **_kw) -> list[float]:
+        return list(await asyncio.gather(*(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions,
+                                                                                                 strict=True)))))
+
+    return reward
+
+
+def _facts(term: FactsTerm, r: Rewards, _: str):
+    from factory.search import load_search
+
+    cfg = r.pipe.cfg
+    fcfg = cfg.stages.factcheck or FactCheckConfig()
+    templates = factcheck.load_templates(cfg.path(cfg.prompts_dir), fcfg)
+    s = fcfg.search
+    search = load_search(s.backend, cache_dir=cfg.path(s.index_dir) if s.index_dir else None,
+                         collection=cfg.path(s.collection) if s.collection else None)
+    r.pipe.search = search  # closed with the pipeline
+    stage = FactCheckStage(fcfg, templates, _model(r, cfg.model_for(fcfg)), cfg.seed, search)
+
+    async def one(k: str, i: int, text: str) -> float:
+        if not text:
+            return term.no_claims
+        check = await stage.check(r.records[k].model_copy(deep=True), _caller(r), i, "initial", text)
+        if check.supported + check.not_supported == 0:
+            return term.no_claims
+        return metric_of(check, term.metric)
+
+    async def reward(prompts, completions, key, **_kw) -> list[float]:
+        return list(await asyncio.gather(*(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions,
+                                                                                                 strict=True)))))
+
+    return reward
