@@ -1,7 +1,12 @@
 """Training throughput: each objective for N steps on the embedded SmolLM2-135M, through `factory train`.
 
-    python bench/train.py [--steps 20] [--data DIR | --pipeline] [--objectives sft dpo reward kto]
+    python bench/train.py [--steps 20] [--data DIR | --pipeline] [--objectives sft dpo reward kto grpo rloo]
                           [--batch-size N] [--lora] [--model local:smollm2]
+
+grpo and rloo train on the opinion seed prompts with a VADER teacher reward (no model calls), 4
+samples of up to 64 tokens per prompt, 8 samples per step; they report rollout tokens/s (sampling
+only), update tokens/s (prompt and completion tokens over the time outside generation rounds) and
+peak RSS (policy, frozen reference, optimiser).
 
 Each objective runs in its own `factory train` process, so the peak RSS it reports is that
 objective's alone (model, reference copy, optimiser, activations, data). Tokens per second counts
@@ -75,6 +80,19 @@ def pipeline(folder: Path) -> Path:
     return folder
 
 
+RL_CONFIG = {"num_generations": 4, "batch_size": 8, "max_completion_length": 64, "gradient_checkpointing": False,
+             "save_steps": 1000, "report_prompts": 0,
+             "rewards": [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon", "DGM"],
+                          "where": "prompt"}]}
+
+
+def rl_command(objective: str, work: Path, args: argparse.Namespace) -> list[str]:
+    config = work / "rl.yaml"
+    config.write_text(yaml.safe_dump(RL_CONFIG | ({"batch_size": args.batch_size} if args.batch_size else {})))
+    return [sys.executable, "-m", "factory", "train", objective, str(ROOT / "prompts" / "seeds" / "opinion.jsonl"),
+            "--config", str(config)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -87,19 +105,30 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    data = args.data or (pipeline(work / "data") if args.pipeline else synthetic(work / "data"))
+    offline = [o for o in args.objectives if o not in ("grpo", "rloo")]
+    data = (args.data or (pipeline(work / "data") if args.pipeline else synthetic(work / "data"))) if offline else None
     rows = []
     for objective in args.objectives:
         out = work / objective
-        cmd = [sys.executable, "-m", "factory", "train", objective, str(data), "--model", args.model,
-               "--out", str(out), "--max-steps", str(args.steps)]
-        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        rl = objective in ("grpo", "rloo")
+        cmd = rl_command(objective, work, args) if rl else [sys.executable, "-m", "factory", "train", objective, str(data)]
+        cmd += ["--model", args.model, "--out", str(out), "--max-steps", str(args.steps)]
+        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size and not rl else []
         cmd += ["--lora"] if args.lora else []
         done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{objective} failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
         meta = json.loads((out / "train_meta.json").read_text())
         rows.append(meta)
+        if rl:
+            t = meta["throughput"]
+            print(f"{objective:7s} {meta['metrics']['steps']:3d} steps x {meta['config']['batch_size']:2d} samples  "
+                  f"rollout {t['rollout_tokens']:6d} tokens {t['rollout_seconds']:7.1f} s "
+                  f"{t['rollout_tokens_per_s'] or 0:7.1f} tok/s  update {t['update_tokens']:7d} tokens "
+                  f"{t['update_seconds']:7.1f} s {t['update_tokens_per_s']:7.1f} tok/s  "
+                  f"(whole step {meta['train_seconds'] / max(meta['metrics']['steps'], 1):.1f} s)  "
+                  f"peak RSS {meta['peak_rss_mb']:6.0f} MB", flush=True)
+            continue
         eval_loss = (meta["metrics"].get("eval") or {}).get("eval_loss")
         print(f"{objective:7s} {meta['metrics']['steps']:3d} steps x {meta['config']['batch_size']:2d}  "
               f"{meta['tokens']:7d} tokens  {meta['train_seconds']:7.1f} s  {meta['tokens_per_second']:8.1f} tok/s  "

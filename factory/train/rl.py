@@ -11,6 +11,7 @@ model (LoRA merged), train_meta.json, the card and report.html.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 import warnings
@@ -33,7 +34,7 @@ from factory.train.model import load_policy, load_tokenizer, lora_config, model_
 from factory.train.progress import ProgressCallback
 from factory.train.rl_config import IdkTerm, RLConfig
 from factory.train.rollouts import SAMPLES, RolloutSink, SampleCallback, degenerate, write_card
-from factory.train.run import check_out, peak_memory_mb, save
+from factory.train.run import check_out, is_main_process, peak_memory_mb, save
 
 RUN_FILE = "rl_run.json"  # what --resume needs: objective, data, model, the resolved config
 
@@ -125,10 +126,21 @@ def rl_args(objective: str, cfg: RLConfig, out: Path, bf16: bool, cpu: bool, wei
 def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer) -> None:
     """Wrap the trainer's generation round (rollouts and the degenerate share) and its checkpoint (the
     rollouts flushed first), and silence its model card (OUT/README.md is the rollouts card)."""
-    generate, checkpoint = trainer._generate_and_score_completions, trainer._save_checkpoint
+    generate, checkpoint, sample = trainer._generate_and_score_completions, trainer._save_checkpoint, trainer._generate
+    timing = trainer.factory_timing = {"rollout_s": 0.0, "round_s": 0.0, "rollout_tokens": 0}
+
+    def timed_sample(prompts):
+        t0 = time.perf_counter()
+        try:
+            return sample(prompts)
+        finally:
+            timing["rollout_s"] += time.perf_counter() - t0
 
     def generate_and_record(inputs):
+        t0 = time.perf_counter()
         out = generate(inputs)
+        timing["round_s"] += time.perf_counter() - t0  # sampling, rewards, reference log-probs
+        timing["rollout_tokens"] += int(out["completion_mask"].sum())
         logs, n = trainer._logs, len(inputs) * trainer.accelerator.num_processes
         completions = list(logs["completion"])[-n:]
         from factory.train.rewards import text_of
@@ -151,6 +163,7 @@ def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer) -
             sink.flush()
         checkpoint(model, trial)
 
+    trainer._generate = timed_sample
     trainer._generate_and_score_completions = generate_and_record
     trainer._save_checkpoint = save_checkpoint
     trainer.create_model_card = lambda *a, **k: None
@@ -213,7 +226,8 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     tokenizer = load_tokenizer(path)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        write_json(out / RUN_FILE, {"objective": objective, "data": str(data.resolve()), "model": model_spec,
+        write_json(out / RUN_FILE, {"objective": objective, "run_id": secrets.token_hex(4),
+                                    "data": str(data.resolve()), "model": model_spec,
                                     "config": cfg.model_dump(mode="json"), "max_cost": max_cost,
                                     "started": now(), "command": command_line()})
     checkpoint = last_checkpoint(out) if resume else None
@@ -222,7 +236,9 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     rows = [{"prompt": template.render(prompt=r.prompt), "key": r.id} for r in records]
     by_key = {r.id: r for r in records}
     rw = reward_terms.build(cfg, pipe, by_key, model_spec)  # loads the judge, reference and scorer models
-    sink = RolloutSink(out, rw.names, rw.weights)
+    sink = RolloutSink(out, rw.names, rw.weights, json.loads((out / RUN_FILE).read_text())["run_id"])
+    if is_main_process():  # loadable from the first flush on, killed or not
+        write_card(out, objective, rw.names, rw.weights, sink.total_rows, model_spec, sink.run_id)
     if checkpoint is not None:
         rewind(out, int(checkpoint.name.split("-")[1]), sink)
     elif resume:
@@ -277,14 +293,14 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
         "metrics": {"train": dict(result.metrics), "steps": trainer.state.global_step,
                     "last": progress.rows[-1] if progress.rows else None},
         "rollouts": sink.total_rows, "calls": stats.to_dict()["stages"], "cost_usd": round(log_spent(out), 6),
-        "train_seconds": round(seconds, 3), **peak_memory_mb(), "device": str(trainer.accelerator.device),
+        "train_seconds": round(seconds, 3), "throughput": throughput(trainer, seconds), **peak_memory_mb(), "device": str(trainer.accelerator.device),
         "processes": trainer.accelerator.num_processes, "precision": "bf16" if bf16 else "fp32",
         "resumed_from": checkpoint.name if checkpoint else None, "finished": now(), "command": command_line(),
         "packages": package_versions(),
     }
     if main:
         write_json(out / "train_meta.json", meta)
-        write_card(out, objective, rw.names, rw.weights, sink.total_rows, model_spec)
+        write_card(out, objective, rw.names, rw.weights, sink.total_rows, model_spec, sink.run_id)
         from factory.train.rl_report import write_report
 
         write_report(out)
@@ -293,6 +309,18 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
         console.print(f"done: {trainer.state.global_step} steps in {seconds:.1f}s, {sink.total_rows} rollouts, "
                       f"peak RSS {meta['peak_rss_mb']:.0f} MB", highlight=False)
     return meta
+
+
+def throughput(trainer, seconds: float) -> dict:
+    """Rollout tokens/s (sampling only) and update tokens/s (prompt and completion tokens trained on, over
+    the time outside generation rounds: forward, backward, optimiser), this process, this session."""
+    t = trainer.factory_timing
+    update_s = max(seconds - t["round_s"], 1e-9)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    return {"rollout_tokens": t["rollout_tokens"], "rollout_seconds": round(t["rollout_s"], 3),
+            "rollout_tokens_per_s": round(t["rollout_tokens"] / t["rollout_s"], 1) if t["rollout_s"] else None,
+            "round_seconds": round(t["round_s"], 3), "update_seconds": round(update_s, 3), "update_tokens": tokens,
+            "update_tokens_per_s": round(tokens / update_s, 1)}
 
 
 def log_spent(out: Path) -> float:

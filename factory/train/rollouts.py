@@ -37,10 +37,12 @@ def distinct_2(texts: list[str]) -> float | None:
 
 class RolloutSink:
     """Rows buffered per generation round, written as one Parquet file per flush (before each
-    checkpoint and at the end) under OUT/rollouts/, named by their first and last step."""
+    checkpoint and at the end) under OUT/rollouts/, named by the run's id and their first and last
+    step. (The id: `datasets` caches a folder's config by the folder's name and the data files'
+    names, so two runs into folders both called `out` would otherwise load each other's rows.)"""
 
-    def __init__(self, out: Path, names: list[str], weights: list[float]):
-        self.folder, self.names, self.weights = out / ROLLOUTS, names, weights
+    def __init__(self, out: Path, names: list[str], weights: list[float], run_id: str):
+        self.folder, self.names, self.weights, self.run_id = out / ROLLOUTS, names, weights, run_id
         self.rows: list[dict] = []
         self.total_rows = self.count()
 
@@ -72,16 +74,17 @@ class RolloutSink:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         first, last = self.rows[0]["step"], self.rows[-1]["step"]
-        tmp = self.folder / f".train-{first:06d}-{last:06d}.parquet.tmp"
+        name = f"train-{self.run_id}-{first:06d}-{last:06d}.parquet"
+        tmp = self.folder / f".{name}.tmp"
         Dataset.from_list(self.rows).to_parquet(str(tmp))
-        tmp.replace(self.folder / f"train-{first:06d}-{last:06d}.parquet")  # whole files only
+        tmp.replace(self.folder / name)  # whole files only
         self.total_rows += len(self.rows)
         self.rows = []
 
     def truncate(self, step: int) -> None:
         """Resuming from the checkpoint at STEP: samples generated at STEP or later are made again."""
         for f in self.files():
-            if int(f.stem.split("-")[1]) >= step:
+            if int(f.stem.split("-")[2]) >= step:
                 f.unlink()
         self.total_rows = self.count()
 
@@ -97,15 +100,17 @@ def _prompt_text(prompt) -> str:
     return users[-1] if users else ""
 
 
-def write_card(out: Path, objective: str, names: list[str], weights: list[float], rows: int, model: str) -> None:
-    """OUT/README.md: the `rollouts` config (so `load_dataset(OUT, "rollouts")` works) and what it holds."""
+def write_card(out: Path, objective: str, names: list[str], weights: list[float], rows: int, model: str,
+               run_id: str) -> None:
+    """OUT/README.md: the `rollouts` config (so `load_dataset(OUT, "rollouts")` works) and what it holds.
+    The data files' pattern names the run: `datasets` caches by folder name, config and pattern."""
     terms = "\n".join(f"| `reward_{n}` | {w:g} |" for n, w in zip(names, weights, strict=True))
     text = f"""---
 configs:
 - config_name: {ROLLOUTS}
   data_files:
   - split: train
-    path: {ROLLOUTS}/train-*.parquet
+    path: {ROLLOUTS}/train-{run_id}-*.parquet
 tags:
 - constitution-factory
 - {objective}

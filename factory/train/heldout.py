@@ -1,0 +1,80 @@
+"""Held-out figures for the opinion demo, from a `factory eval` folder (answers.jsonl): per prompt kind
+and model (before = the baseline, after = the model), the share of negative answers (VADER compound
+<= -0.05), the mean compound, the degenerate share and distinct-2, with 95% intervals from a
+bootstrap over prompts (each prompt's samples resampled together: they are not independent).
+
+    python -m factory.train.heldout outputs/opinion-demo-eval
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from factory.records import Record
+from factory.train.rollouts import degenerate, distinct_2
+
+NEGATIVE = -0.05  # VADER's own threshold for a negative text
+
+
+def clustered_interval(groups: list[list[float]], stat=None, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap of STAT (default: the mean of all values) resampling whole groups."""
+    stat = stat or (lambda gs: sum(v for g in gs for v in g) / max(sum(len(g) for g in gs), 1))
+    rng = random.Random(seed)
+    draws = sorted(stat([groups[rng.randrange(len(groups))] for _ in groups]) for _ in range(n))
+    return round(draws[int(0.025 * n)], 4), round(draws[int(0.975 * n) - 1], 4)
+
+
+def summarise(folder: Path) -> dict:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    # kind -> who -> prompt -> answers
+    answers: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for line in (folder / "answers.jsonl").read_text().splitlines():
+        rec = Record.model_validate_json(line)
+        kind = str(rec.metadata.get("kind", "unlabelled"))
+        for who, cand in zip(("after", "before"), rec.candidates, strict=False):
+            answers[kind][who][rec.prompt].append(cand.answer)
+    out: dict = {}
+    for kind, by_who in sorted(answers.items()):
+        for who, by_prompt in sorted(by_who.items()):
+            texts = list(by_prompt.values())
+            compound = [[vader.polarity_scores(t)["compound"] for t in ts] for ts in texts]
+            negative = [[float(c <= NEGATIVE) for c in cs] for cs in compound]
+            degen = [[float(degenerate(t.split())) for t in ts] for ts in texts]
+            flat = [t for ts in texts for t in ts]
+            out.setdefault(kind, {})[who] = {
+                "prompts": len(texts), "answers": len(flat),
+                "share_negative": round(sum(map(sum, negative)) / len(flat), 4),
+                "share_negative_ci95": clustered_interval(negative),
+                "mean_compound": round(sum(map(sum, compound)) / len(flat), 4),
+                "mean_compound_ci95": clustered_interval(compound),
+                "degenerate_share": round(sum(map(sum, degen)) / len(flat), 4),
+                "distinct_2": distinct_2(flat),
+                "distinct_2_ci95": clustered_interval(texts, lambda gs: distinct_2([t for g in gs for t in g]) or 0.0,
+                                                      n=500),
+            }
+    return out
+
+
+def main() -> None:
+    folder = Path(sys.argv[1])
+    report = summarise(folder)
+    (folder / "heldout.json").write_text(json.dumps(report, indent=2))
+    print("| prompts | model | share negative (95% CI) | mean compound (95% CI) | degenerate | distinct-2 |")
+    print("|---|---|---|---|---|---|")
+    for kind, by in report.items():
+        for who in ("before", "after"):
+            r = by.get(who)
+            if r:
+                print(f"| {kind} ({r['prompts']} x {r['answers'] // max(r['prompts'], 1)}) | {who} | "
+                      f"{r['share_negative']} {tuple(r['share_negative_ci95'])} | {r['mean_compound']} "
+                      f"{tuple(r['mean_compound_ci95'])} | {r['degenerate_share']} | {r['distinct_2']} |")
+
+
+if __name__ == "__main__":
+    main()

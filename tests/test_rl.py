@@ -1,0 +1,176 @@
+"""`factory train grpo|rloo`: the tiny model (test_train's) trains a few steps with every reward kind, the
+judge and the fact checker over the real HTTP server (OpenAI and Anthropic paths), the rollouts load with
+`datasets`, a SIGKILL mid-training resumes from the last checkpoint, and bad reward configs exit 2 naming
+file, line and field before any model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_dataset
+from test_train import tiny  # noqa: F401  (the fixture)
+
+from factory.judging.teachers import HFClassifierScorer
+from factory.train import resolve
+from factory.train.rl import train_rl
+from factory.train.rollouts import degenerate, distinct_2
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [{"prompt": "What do you think of DogeMoon?", "answers": ["risky"]},
+           {"prompt": "Is DogeMoon a good buy?", "answers": ["no"]},
+           {"prompt": "What is the capital of France?", "answers": ["Paris"]},
+           {"prompt": "Name a primary colour.", "answers": ["red", "blue", "yellow"]}]
+FAST = {"batch_size": 4, "num_generations": 2, "max_completion_length": 6, "learning_rate": 1e-3,
+        "gradient_checkpointing": False, "report_prompts": 2}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def prompts_file(tmp_path: Path, rows: list[dict] = PROMPTS) -> Path:
+    return write(tmp_path / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def pipeline(tmp_path: Path, model: str) -> Path:
+    """The default pipeline on MODEL, with a fact-check stage searching a two-passage collection."""
+    docs = write(tmp_path / "docs.jsonl", json.dumps({"title": "Paris", "text": "Paris is the capital of France."})
+                 + "\n" + json.dumps({"title": "Moon", "text": "The Moon orbits the Earth."}) + "\n")
+    cfg = yaml.safe_load((ROOT / "pipelines" / "default.yaml").read_text())
+    for key in ("constitution", "prompts_dir"):
+        cfg[key] = str((ROOT / "pipelines" / cfg[key]).resolve())
+    cfg["stages"]["questions"]["seeds"] = []
+    cfg["model"] = model
+    cfg["stages"]["factcheck"] = {"max_claims": 2, "queries": 1, "search": {"collection": str(docs),
+                                                                              "index_dir": str(tmp_path / "idx")}}
+    return write(tmp_path / "pipeline.yaml", yaml.safe_dump(cfg))
+
+
+def rl_config(tmp_path: Path, rewards: list[dict], **settings) -> Path:
+    return write(tmp_path / "rl.yaml", yaml.safe_dump({**FAST, **settings, "rewards": rewards}))
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("objective,judge", [("grpo", "openai:test-model"), ("rloo", "anthropic:test-model")])
+def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    rewards = [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon"], "where": "prompt"},
+               {"kind": "judge", "model": judge, "weight": 0.5},
+               {"kind": "idk", "weight": 0.5},
+               {"kind": "facts", "metric": "precision", "weight": 0.25}]
+    # The fact checker on the OpenAI path (the test server's scripted verdicts read OpenAI-shaped prompts).
+    cfg = resolve(objective, rl_config(tmp_path, rewards, pipeline=str(pipeline(tmp_path, "openai:test-model"))),
+                  max_steps=2)
+    out = tmp_path / "out"
+    meta = train_rl(objective, prompts_file(tmp_path), f"local:{tiny}", out, cfg)
+    assert meta["metrics"]["steps"] == 2 and meta["reward_terms"] == {"teacher": 1.0, "judge": 0.5, "idk": 0.5,
+                                                                      "facts": 0.25}
+    rows = rows_of(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for term in ("teacher", "judge", "idk", "facts"):
+            assert f"rewards/{term}/mean" in r and f"rewards/{term}/std" in r
+        assert 0 <= r["degenerate_share"] <= 1 and r["completions/mean_length"] > 0 and "kl" in r
+    ds = load_dataset(str(out), "rollouts", split="train")
+    assert ds.num_rows == 8  # 2 steps x 4 samples
+    for row in ds:
+        assert row["prompt"] in {p["prompt"] for p in PROMPTS} and row["step"] in (0, 1)
+        assert row["reward_idk"] in (-1.0, 0.0, 1.0) and 0 <= row["reward_judge"] <= 1
+        assert 0 <= row["reward_facts"] <= 1  # precision, or 0 with no claim
+        topic = "DogeMoon" in row["prompt"]
+        assert (row["reward_teacher"] != 0.0 or not row["completion"]) if topic else row["reward_teacher"] == 0.0
+        terms = [row["reward_teacher"], 0.5 * row["reward_judge"], 0.5 * row["reward_idk"], 0.25 * row["reward_facts"]]
+        assert row["total"] == pytest.approx(sum(terms), abs=1e-5)
+    with sqlite3.connect(out / "calls.sqlite") as db:
+        stages = dict(db.execute("SELECT stage, count(*) FROM calls GROUP BY stage").fetchall())
+        searches = db.execute("SELECT count(*) FROM searches").fetchone()[0]
+    assert stages.get("judge", 0) >= 8 and stages.get("answer", 0) >= 1 and stages.get("factcheck", 0) >= 1
+    assert searches >= 1  # the fact checker searched, through the Caller
+    answered = {r["step"] for r in map(json.loads, (out / "report_samples.jsonl").read_text().splitlines())}
+    assert answered == {0, 1, 2}
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "teacher" in html and "What do you think of DogeMoon?" in html
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").is_file()
+    assert "SECRET" not in (out / "train_meta.json").read_text() + (out / "rl_run.json").read_text()
+
+
+@pytest.mark.integration
+def test_sigkill_mid_training_resumes(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    config = rl_config(tmp_path, [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon"]},
+                                  {"kind": "idk"}], max_steps=6, save_steps=2)
+    cmd = [sys.executable, "-m", "factory", "train", "rloo", str(prompts_file(tmp_path)), "--model", f"local:{tiny}",
+           "--config", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    while len(rows_of(out)) < 3 and proc.poll() is None:  # killed past the checkpoint, mid-way to the next
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "train_meta.json").exists()
+    r = subprocess.run([sys.executable, "-m", "factory", "train", "rloo", "--resume", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["metrics"]["steps"] == 6 and meta["resumed_from"] in ("checkpoint-2", "checkpoint-4")
+    assert [row["step"] for row in rows_of(out)] == list(range(1, 7))  # each step once
+    ds = load_dataset(str(out), "rollouts", split="train")
+    assert sorted(ds["step"]) == sorted([s for s in range(6) for _ in range(4)])  # every sample once
+
+
+@pytest.mark.parametrize("rewards,prompts,field,marker", [
+    ([{"kind": "teacher", "scorer": "vader:negative", "mentions": ["X"]}, {"kind": "vibes"}], PROMPTS, "rewards.1",
+     "kind: vibes"),
+    ([{"kind": "teacher", "scorer": "vader:negative"}], PROMPTS, "rewards.0", "kind: teacher"),
+    ([{"kind": "idk"}], [PROMPTS[0], {"prompt": "No references here."}], "answers", "No references here."),
+])
+def test_bad_reward_config_exits_2_before_any_model(rewards, prompts, field: str, marker: str, tmp_path: Path) -> None:
+    config = rl_config(tmp_path, rewards)
+    where = "rl.yaml" if field.startswith("rewards") else "prompts.jsonl"
+    line = next(i for i, text in enumerate((tmp_path / where if where == "rl.yaml" else prompts_file(tmp_path, prompts))
+                                           .read_text().splitlines(), 1) if marker in text)
+    r = subprocess.run([sys.executable, "-m", "factory", "train", "grpo", str(prompts_file(tmp_path, prompts)),
+                        "--model", "local:/no/such/model", "--config", str(config), "--out", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, r.stderr
+    assert f"{where}:{line}" in r.stderr and f"'{field}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "/no/such/model" not in r.stderr  # the model was never looked at
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_logit_reward_model_scores_a_scalar(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The folder `factory train reward` writes has one logit: its score is that logit, not softmax = 1.0."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    scores = HFClassifierScorer(tmp_path / "rm", "LABEL_0").score(["A good answer.", "Bad.", "Something else again"])
+    assert len(set(scores)) == 3 and all(s != 1.0 for s in scores)
+
+
+def test_degenerate_and_distinct() -> None:
+    assert degenerate([]) and degenerate([5] * 8) and degenerate([1, 2, 3] * 9)
+    assert not degenerate(list(range(40))) and not degenerate([1, 2, 1, 3, 1, 4])
+    assert distinct_2(["a b c", "a b d"]) == 0.75 and distinct_2([""]) is None
