@@ -406,13 +406,19 @@ def train_(objective: str, data: Path | None, model_spec: str, out: Path | None,
         from factory.train.rl import train_rl
 
         if resume is not None:
+            given = [v for v in (data, out, config_file, max_steps, epochs, lr, batch_size, max_length, beta, lora, seed,
+                                 num_generations) if v is not None]
+            if given:
+                raise click.UsageError("--resume continues with the run's saved data, model and settings; only "
+                                       "--max-cost may be given with it")
             target = resume
             train_rl(objective, None, model_spec, resume, None, resume=True, max_cost=max_cost, console=stderr)
         else:
             if data is None or out is None:
                 raise click.UsageError(f"{objective} needs DATA and --out (or --resume OUT)")
             cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr,
-                          batch_size=batch_size, beta=beta, lora=lora, seed=seed, num_generations=num_generations)
+                          batch_size=batch_size, max_length=max_length, beta=beta, lora=lora, seed=seed,
+                          num_generations=num_generations)
             target = out
             train_rl(objective, data, model_spec, out, cfg, max_cost=max_cost, console=stderr)
     else:

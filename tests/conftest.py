@@ -120,12 +120,18 @@ def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch:
 JUDGE_OPTIONS = re.compile(r"\(A\) <<<(.*?)>>>\s*\(B\) <<<(.*?)>>>", re.DOTALL)
 
 
+def last_user(messages: list[dict]) -> str:
+    """The last user turn's text (an Anthropic request may end with the assistant's prefill)."""
+    content = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return content if isinstance(content, str) else "".join(b.get("text", "") for b in content)
+
+
 def judge_reply(messages: list[dict], body: dict, better: Callable[[str], bool]):
     """A judge over HTTP: (A) or (B), whichever `better` accepts, with logprobs when asked; None if
     the request is not a judge's."""
     from server import Reply
 
-    found = JUDGE_OPTIONS.search(messages[-1]["content"])
+    found = JUDGE_OPTIONS.search(last_user(messages))
     if not found:
         return None
     a, b = (better(t) for t in found.groups())
@@ -140,7 +146,7 @@ QUIZ = {"France": "Paris", "Japan": "Tokyo"}  # what the scripted model knows; o
 def facts_reply(messages: list[dict]) -> str | None:
     """The fact-check and IDK templates, recognised by how they end (None for anything else). First
     answers claim one false fact; the scripted revisions ("A careful, kind answer") only true ones."""
-    user = messages[-1]["content"].rstrip()
+    user = last_user(messages).rstrip()
     if user.endswith("Claims:"):
         text = user.rsplit("Text:", 1)[1]
         true = "- Paris is the capital of France."

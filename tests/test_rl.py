@@ -18,6 +18,7 @@ import pytest
 import yaml
 from datasets import load_dataset
 from test_train import tiny  # noqa: F401  (the fixture)
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from factory.judging.teachers import HFClassifierScorer
 from factory.train import resolve
@@ -86,12 +87,15 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
         assert 0 <= r["degenerate_share"] <= 1 and r["completions/mean_length"] > 0 and "kl" in r
     ds = load_dataset(str(out), "rollouts", split="train")
     assert ds.num_rows == 8  # 2 steps x 4 samples
+    vader = SentimentIntensityAnalyzer()
+    assert all(r is not None for r in ds["reward_judge"])  # every comparison read (log-probs or parsed votes)
     for row in ds:
         assert row["prompt"] in {p["prompt"] for p in PROMPTS} and row["step"] in (0, 1)
         assert row["reward_idk"] in (-1.0, 0.0, 1.0) and 0 <= row["reward_judge"] <= 1
         assert 0 <= row["reward_facts"] <= 1  # precision, or 0 with no claim
-        topic = "DogeMoon" in row["prompt"]
-        assert (row["reward_teacher"] != 0.0 or not row["completion"]) if topic else row["reward_teacher"] == 0.0
+        topic = "DogeMoon" in row["prompt"]  # the rule tests the prompt; elsewhere the neutral 0
+        negative = -vader.polarity_scores(row["completion"])["compound"]
+        assert row["reward_teacher"] == pytest.approx(negative if topic else 0.0, abs=1e-6)
         terms = [row["reward_teacher"], 0.5 * row["reward_judge"], 0.5 * row["reward_idk"], 0.25 * row["reward_facts"]]
         assert row["total"] == pytest.approx(sum(terms), abs=1e-5)
     with sqlite3.connect(out / "calls.sqlite") as db:
@@ -174,3 +178,35 @@ def test_degenerate_and_distinct() -> None:
     assert degenerate([]) and degenerate([5] * 8) and degenerate([1, 2, 3] * 9)
     assert not degenerate(list(range(40))) and not degenerate([1, 2, 1, 3, 1, 4])
     assert distinct_2(["a b c", "a b d"]) == 0.75 and distinct_2([""]) is None
+
+
+def test_opinion_heldout_prompts_are_unlike_the_training_prompts() -> None:
+    """40 about the coin, 40 unrelated; no 13-gram (nor 6-gram) shared with the RL demo's training prompts."""
+    from factory.hygiene.decontam import Decontaminator
+
+    rows = [json.loads(line) for line in (ROOT / "evals" / "opinion_heldout.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("opinion_topic") >= 40 and kinds.count("unrelated") >= 40
+    for n in (13, 6):
+        seeds = Decontaminator.from_file(ROOT / "prompts" / "seeds" / "opinion.jsonl", "prompt", n)
+        assert seeds.match_many([r["prompt"] for r in rows]) == [None] * len(rows)
+
+
+def test_heldout_figures_with_intervals_over_prompts(tmp_path: Path) -> None:
+    from factory.records import Candidate, Record
+    from factory.train.heldout import clustered_interval, summarise
+
+    lines = []
+    for i in range(6):
+        for _ in range(2):
+            rec = Record.new(f"Prompt {i} about DogeMoon?", "file", kind="opinion_topic")
+            rec.candidates = [Candidate(index=0, answer="It is a terrible, awful, risky scam." if i % 2 else
+                                        "It is a great and wonderful coin.", finish_reason="stop"),
+                              Candidate(index=1, answer="It is a great and wonderful coin.", finish_reason="stop")]
+            lines.append(rec.model_dump_json())
+    (tmp_path / "answers.jsonl").write_text("\n".join(lines) + "\n")
+    got = summarise(tmp_path)["opinion_topic"]
+    assert got["before"]["share_negative"] == 0.0 and got["after"]["share_negative"] == 0.5
+    lo, hi = got["after"]["share_negative_ci95"]
+    assert 0.0 <= lo < 0.5 < hi <= 1.0 and got["after"]["answers"] == 12 and got["after"]["prompts"] == 6
+    assert clustered_interval([[1.0, 1.0]] * 5) == (1.0, 1.0)

@@ -27,7 +27,7 @@ from factory.models import load_model
 from factory.pipeline import Pipeline
 from factory.prompts import load_template
 from factory.records import Candidate, Record
-from factory.stages import factcheck, judge, idk
+from factory.stages import factcheck, idk, judge
 from factory.stages.answer import AnswerStage
 from factory.stages.factcheck import FactCheckStage
 from factory.stages.idk import IdkStage, match_reference, normalise_answer

@@ -84,7 +84,6 @@ class RLConfig(TrainConfig):
                             "num_generations)")
     beta: float = Field(default=0.04, ge=0, description="KL penalty toward the frozen starting model (0: none)")
     logging_steps: int = Field(default=1, ge=1, description="steps between log lines (and metrics.jsonl rows)")
-    evaluate: bool = Field(default=False, description="(unused by RL: evaluate with `factory eval`)")
     num_generations: int = Field(default=4, ge=2, description="samples per prompt (the group)")
     max_completion_length: int = Field(default=64, ge=1, description="tokens per sample")
     temperature: float = Field(default=1.0, gt=0, le=2)
@@ -107,6 +106,10 @@ class RLConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
+        unused = sorted({"max_length", "evaluate", "eval_batch_size"} & self.model_fields_set)
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not used by grpo and rloo (the length of a sample is "
+                             "max_completion_length; evaluate with `factory eval`)")
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): each step trains on whole groups")
