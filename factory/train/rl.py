@@ -237,12 +237,10 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     by_key = {r.id: r for r in records}
     rw = reward_terms.build(cfg, pipe, by_key, model_spec)  # loads the judge, reference and scorer models
     sink = RolloutSink(out, rw.names, rw.weights, json.loads((out / RUN_FILE).read_text())["run_id"])
+    if resume:
+        rewind(out, int(checkpoint.name.split("-")[1]) if checkpoint else 0, sink)
     if is_main_process():  # loadable from the first flush on, killed or not
         write_card(out, objective, rw.names, rw.weights, sink.total_rows, model_spec, sink.run_id)
-    if checkpoint is not None:
-        rewind(out, int(checkpoint.name.split("-")[1]), sink)
-    elif resume:
-        rewind(out, 0, sink)
     log = CallLog(out / "calls.sqlite")
     budget = Budget(pipe.cfg.max_cost, spent=log.spent())
     stats = Stats(["answer", "judge", "idk", "factcheck"])
@@ -251,7 +249,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     cuda = torch.cuda.is_available()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     set_seed(cfg.seed)
-    progress = ProgressCallback(out / "metrics.jsonl", console)
+    progress = ProgressCallback(out / "metrics.jsonl" if is_main_process() else None, console)
     samples = SampleCallback(out / SAMPLES, [row["prompt"] for row in rows[:cfg.report_prompts]], tokenizer,
                              cfg.max_completion_length)
     warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
