@@ -20,6 +20,7 @@ from datasets import load_dataset
 from test_train import tiny  # noqa: F401  (the fixture)
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from factory.errors import FactoryError
 from factory.judging.teachers import HFClassifierScorer
 from factory.train import resolve
 from factory.train.rl import train_rl
@@ -109,6 +110,22 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
     assert "<svg" in html and "teacher" in html and "What do you think of DogeMoon?" in html
     assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").is_file()
     assert "SECRET" not in (out / "train_meta.json").read_text() + (out / "rl_run.json").read_text()
+
+
+@pytest.mark.integration
+def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    pipe = pipeline(tmp_path, "openai:test-model")
+    cfg = yaml.safe_load(pipe.read_text())
+    cfg["prices"] = str(write(tmp_path / "prices.yaml", "openai:\n  test-model: {input: 10.0, output: 10.0}\n"))
+    pipe.write_text(yaml.safe_dump(cfg))
+    config = resolve("grpo", rl_config(tmp_path, [{"kind": "judge", "model": "openai:test-model"}], pipeline=str(pipe)),
+                     max_steps=2)
+    out = tmp_path / "out"
+    with pytest.raises(FactoryError, match=r"stopped before passing the budget.*--resume"):
+        train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, config, max_cost=0.05)
+    with sqlite3.connect(out / "calls.sqlite") as db:
+        spent = db.execute("SELECT coalesce(sum(cost), 0) FROM calls").fetchone()[0]
+    assert 0 < spent <= 0.05
 
 
 @pytest.mark.integration

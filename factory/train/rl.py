@@ -24,7 +24,7 @@ from factory.config import DEFAULT_CONFIG, load_config
 from factory.errors import FactoryError, InputError
 from factory.inputs import PromptFile
 from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, BudgetExceeded
+from factory.prices import Budget, BudgetExceeded, require_prices
 from factory.records import Record
 from factory.rundir import command_line, now, package_versions, write_json
 from factory.stages.idk import references_of
@@ -236,6 +236,8 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     rows = [{"prompt": template.render(prompt=r.prompt), "key": r.id} for r in records]
     by_key = {r.id: r for r in records}
     rw = reward_terms.build(cfg, pipe, by_key, model_spec)  # loads the judge, reference and scorer models
+    if pipe.cfg.max_cost is not None:
+        require_prices(pipe.prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.models], "--max-cost")
     sink = RolloutSink(out, rw.names, rw.weights, json.loads((out / RUN_FILE).read_text())["run_id"])
     if resume:
         rewind(out, int(checkpoint.name.split("-")[1]) if checkpoint else 0, sink)
