@@ -116,16 +116,16 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
 def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     pipe = pipeline(tmp_path, "openai:test-model")
     cfg = yaml.safe_load(pipe.read_text())
-    cfg["prices"] = str(write(tmp_path / "prices.yaml", "openai:\n  test-model: {input: 10.0, output: 10.0}\n"))
+    cfg["prices"] = str(write(tmp_path / "prices.yaml", "openai:\n  test-model: {input: 1.0, output: 1.0}\n"))
     pipe.write_text(yaml.safe_dump(cfg))
     config = resolve("grpo", rl_config(tmp_path, [{"kind": "judge", "model": "openai:test-model"}], pipeline=str(pipe)),
                      max_steps=2)
     out = tmp_path / "out"
     with pytest.raises(FactoryError, match=r"stopped before passing the budget.*--resume"):
-        train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, config, max_cost=0.05)
+        train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, config, max_cost=0.002)
     with sqlite3.connect(out / "calls.sqlite") as db:
         spent = db.execute("SELECT coalesce(sum(cost), 0) FROM calls").fetchone()[0]
-    assert 0 < spent <= 0.05
+    assert 0 < spent <= 0.002
 
 
 @pytest.mark.integration

@@ -228,7 +228,8 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     if not resume:
         write_json(out / RUN_FILE, {"objective": objective, "run_id": secrets.token_hex(4),
                                     "data": str(data.resolve()), "model": model_spec,
-                                    "config": cfg.model_dump(mode="json"), "max_cost": max_cost,
+                                    "config": cfg.model_dump(mode="json", exclude={"max_length", "evaluate", "eval_batch_size"}),
+                                    "max_cost": max_cost,
                                     "started": now(), "command": command_line()})
     checkpoint = last_checkpoint(out) if resume else None
 
@@ -252,8 +253,9 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     set_seed(cfg.seed)
     progress = ProgressCallback(out / "metrics.jsonl" if is_main_process() else None, console)
-    samples = SampleCallback(out / SAMPLES, [row["prompt"] for row in rows[:cfg.report_prompts]], tokenizer,
-                             cfg.max_completion_length)
+    n = min(cfg.report_prompts, len(rows))  # spread over the prompts file: the first, the last, between
+    fixed = [rows[round(i * (len(rows) - 1) / max(n - 1, 1))]["prompt"] for i in range(n)]
+    samples = SampleCallback(out / SAMPLES, fixed, tokenizer, cfg.max_completion_length)
     warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
     from trl import GRPOTrainer, RLOOTrainer
 
