@@ -47,8 +47,9 @@ from factory.stats import Stats
 SCORER_PREFIXES = ("vader:", "hf:")
 
 
-def held_out(source: Path, limit: int | None) -> list[Record]:
-    """Prompts to evaluate on: a JSONL file, or a run directory's test split (its metadata kept)."""
+def held_out(source: Path, limit: int | None, split: str = "test") -> list[Record]:
+    """Prompts to evaluate on: a JSONL file, or a run directory's test split (its metadata kept).
+    `split="train"`: the run's training prompts instead (`factory train grpo|rloo`)."""
     if not source.is_dir():
         return read_prompts(source, "file", limit)
     manifest = source / "manifest.json"
@@ -60,10 +61,10 @@ def held_out(source: Path, limit: int | None) -> list[Record]:
     out = []
     for line in (source / "records.jsonl").read_text().splitlines():
         rec = Record.model_validate_json(line)
-        if split_of(rec.id, fraction, moved) == "test":
+        if split_of(rec.id, fraction, moved) == split:
             out.append(Record.new(rec.prompt, "file", **rec.metadata))
     if not out:
-        raise FactoryError(f"{source}: its test split holds no prompts; pass --prompts FILE.jsonl instead")
+        raise FactoryError(f"{source}: its {split} split holds no prompts; pass a prompts FILE.jsonl instead")
     return out[:limit]
 
 

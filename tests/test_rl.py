@@ -227,3 +227,17 @@ def test_heldout_figures_with_intervals_over_prompts(tmp_path: Path) -> None:
     lo, hi = got["after"]["share_negative_ci95"]
     assert 0.0 <= lo < 0.5 < hi <= 1.0 and got["after"]["answers"] == 12 and got["after"]["prompts"] == 6
     assert clustered_interval([[1.0, 1.0]] * 5) == (1.0, 1.0)
+
+
+def test_prompts_from_a_dataset_folder_a_pipeline_or_a_file(tmp_path: Path) -> None:
+    from test_train import exported
+
+    from factory.train.rl import load_prompts
+
+    cfg = resolve("grpo", rl_config(tmp_path, [{"kind": "teacher", "scorer": "vader:negative", "everywhere": True}]))
+    folder = load_prompts(exported(tmp_path / "data", n=8, test_fraction=0.25), cfg)
+    assert 0 < len(folder) < 8 and all(r.prompt.startswith("Question number") for r in folder)  # train split only
+    seeds = load_prompts(ROOT / "pipelines" / "opinion.yaml", cfg)
+    assert len(seeds) == 48 and any("DogeMoon" in r.prompt for r in seeds)
+    file = load_prompts(prompts_file(tmp_path), cfg.model_copy(update={"max_prompts": 3}))
+    assert [r.prompt for r in file] == [p["prompt"] for p in PROMPTS[:3]] and file[0].metadata["answers"] == ["risky"]

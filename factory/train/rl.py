@@ -53,15 +53,9 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
         pf = PromptFile(data, "file")
         return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf._lines()]
     if (data / "records.jsonl").is_file() and (data / "manifest.json").is_file():
-        from factory.stages.export import split_of
+        from factory.evaluate import held_out
 
-        fraction = json.loads((data / "manifest.json").read_text())["config"]["stages"]["export"]["test_fraction"]
-        out = []
-        for line, text in enumerate((data / "records.jsonl").read_text().splitlines(), 1):
-            rec = Record.model_validate_json(text)
-            if split_of(rec.id, fraction) == "train":
-                out.append((Record.new(rec.prompt, "file", **rec.metadata), data / "records.jsonl", line))
-        return out
+        return [(rec, data / "records.jsonl", None) for rec in held_out(data, None, split="train")]
     from datasets import load_dataset
 
     configs = card_configs(data)
@@ -69,7 +63,8 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
     if name is None:
         raise FactoryError(f"{data}: no prefs, kto or sft config to take prompts from")
     rows = load_dataset(str(data), name)[f"train_{name}"]
-    texts = rows["prompt"] if "prompt" in rows.column_names else [m[0]["content"] for m in rows["messages"]]
+    turns = rows["prompt"] if "prompt" in rows.column_names else rows["messages"]
+    texts = [t if isinstance(t, str) else next(m["content"] for m in t if m["role"] == "user") for t in turns]
     return [(Record.new(t, "file"), data, None) for t in texts]
 
 
@@ -82,8 +77,10 @@ def load_prompts(data: Path, cfg: RLConfig) -> list[Record]:
     for rec, path, line in _located(data):
         for term in (t for t in cfg.rewards if isinstance(t, IdkTerm)):
             if isinstance(references_of(rec, term.answers_field), str):
-                raise InputError(path, f"the idk reward needs reference answers on every prompt: a list of strings, "
-                                 f"e.g. \"{term.answers_field}\": [\"Paris\"]", line=line, field=term.answers_field)
+                which = "" if line else f" (prompt {rec.prompt[:60]!r})"
+                raise InputError(path, f"the idk reward needs reference answers on every prompt{which}: a list of "
+                                 f"strings, e.g. \"{term.answers_field}\": [\"Paris\"]", line=line,
+                                 field=term.answers_field)
         if rec.id not in seen:
             seen.add(rec.id)
             out.append(rec)
