@@ -211,7 +211,7 @@ def test_opinion_heldout_prompts_are_unlike_the_training_prompts() -> None:
 
 def test_heldout_figures_with_intervals_over_prompts(tmp_path: Path) -> None:
     from factory.records import Candidate, Record
-    from factory.train.heldout import clustered_interval, summarise
+    from factory.train.heldout import bootstrap_stat, summarise
 
     lines = []
     for i in range(6):
@@ -226,7 +226,7 @@ def test_heldout_figures_with_intervals_over_prompts(tmp_path: Path) -> None:
     assert got["before"]["share_negative"] == 0.0 and got["after"]["share_negative"] == 0.5
     lo, hi = got["after"]["share_negative_ci95"]
     assert 0.0 <= lo < 0.5 < hi <= 1.0 and got["after"]["answers"] == 12 and got["after"]["prompts"] == 6
-    assert clustered_interval([[1.0, 1.0]] * 5) == (1.0, 1.0)
+    assert bootstrap_stat([[1.0, 1.0]] * 5) == (1.0, 1.0)
 
 
 def test_prompts_from_a_dataset_folder_a_pipeline_or_a_file(tmp_path: Path) -> None:

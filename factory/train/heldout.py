@@ -14,14 +14,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from factory.evaluate import clustered_interval
 from factory.records import Record
 from factory.train.rollouts import degenerate, distinct_2
 
 NEGATIVE = -0.05  # VADER's own threshold for a negative text
 
 
-def clustered_interval(groups: list[list[float]], stat=None, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap of STAT (default: the mean of all values) resampling whole groups."""
+def bootstrap_stat(groups: list[list], stat=None, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap of STAT (default: the mean of all values) resampling whole groups. For
+    what is not a proportion (a mean compound in [-1, 1], distinct-2 of the resampled texts), where
+    evaluate.clustered_interval's Wilson floor does not apply; shares use that one."""
     stat = stat or (lambda gs: sum(v for g in gs for v in g) / max(sum(len(g) for g in gs), 1))
     rng = random.Random(seed)
     draws = sorted(stat([groups[rng.randrange(len(groups))] for _ in groups]) for _ in range(n))
@@ -50,13 +53,13 @@ def summarise(folder: Path) -> dict:
             out.setdefault(kind, {})[who] = {
                 "prompts": len(texts), "answers": len(flat),
                 "share_negative": round(sum(map(sum, negative)) / len(flat), 4),
-                "share_negative_ci95": clustered_interval(negative),
+                "share_negative_ci95": clustered_interval(negative),  # a proportion: eval's own interval
                 "mean_compound": round(sum(map(sum, compound)) / len(flat), 4),
-                "mean_compound_ci95": clustered_interval(compound),
+                "mean_compound_ci95": bootstrap_stat(compound),
                 "degenerate_share": round(sum(map(sum, degen)) / len(flat), 4),
                 "distinct_2": distinct_2(flat),
-                "distinct_2_ci95": clustered_interval(texts, lambda gs: distinct_2([t for g in gs for t in g]) or 0.0,
-                                                      n=500),
+                "distinct_2_ci95": bootstrap_stat(texts, lambda gs: distinct_2([t for g in gs for t in g]) or 0.0,
+                                                  n=500),
             }
     return out
 
