@@ -64,9 +64,6 @@ class Rewards:
     references: dict[str, str] = field(default_factory=dict)
     caller: Caller | None = None
 
-    def specs(self) -> list[str]:
-        return list(self.pipe.models)
-
 
 def build(cfg: RLConfig, pipe: Pipeline, records: dict[str, Record], policy_spec: str) -> Rewards:
     """The functions (models are loaded here, after every input was checked)."""
