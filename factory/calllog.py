@@ -95,7 +95,7 @@ class CallLog:
         if row is None:
             return None
         resp = json.loads(row[0])
-        return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"))
+        return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"), resp.get("cached_tokens", 0))
 
     def copy_from(self, other: CallLog, key: str) -> None:
         """Bring one call over from the shared cache, so this run's log is complete on its own. This
@@ -109,7 +109,10 @@ class CallLog:
 
     def put(self, key: str, stage: str, model: str, template: str, template_hash: str, request: str,
             result: Completion, latency: float, cost: float) -> None:
-        response = json.dumps({"text": result.text, "logprobs": result.logprobs}, ensure_ascii=False)
+        response = {"text": result.text, "logprobs": result.logprobs}
+        if result.cached_tokens:
+            response["cached_tokens"] = result.cached_tokens
+        response = json.dumps(response, ensure_ascii=False)
         self.db.execute(
             f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",
             (key, stage, model, template, template_hash, request, response, result.prompt_tokens,

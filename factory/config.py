@@ -46,6 +46,8 @@ class QuestionsConfig(Sampling):
     max_calls: int | None = Field(default=None, ge=1, description="cap on generation calls (default 3x needed)")
     template: str = "questions"
     temperature: float = Field(default=1.0, ge=0, le=2)
+    gate_incoherent: bool = Field(default=True, description="drop generated prompts that are not a request a user "
+                                  "could send (cut off, no question or request form, non-words)")
 
 
 class AnswerConfig(Sampling):
@@ -58,6 +60,8 @@ class CritiqueReviseConfig(Sampling):
     few_shot: int = Field(default=2, ge=0, description="constitution examples shown per call")
     critique_template: str = "critique"
     revision_template: str = "revision"
+    gate_critique: bool = Field(default=True, description="set aside revisions that read as a critique of the answer")
+    gate_off_topic: bool = Field(default=True, description="set aside revisions less related to the prompt than the answer")
 
 
 class TeacherConfig(Strict):
@@ -180,6 +184,8 @@ class ExportConfig(Strict):
     license: str = Field(default="other", description="license field of the dataset card")
     min_margin: float = Field(default=0.0, ge=0, le=1, description="judged pairs: drop those with 2p-1 below this")
     consistent_only: bool = Field(default=False, description="judged pairs: keep only position-consistent ones")
+    gate_judge_reversed: bool = Field(default=True, description="judged pairs: drop a pair whose direct comparison "
+                                      "preferred the rejected text in both orders")
     kto: bool = Field(default=False, description="also write a `kto` config: prompt, completion, label")
     reward: bool = Field(default=False, description="also write a `reward` config: implicit prompts and a margin")
     jsonl: bool = Field(default=False, description="also write each split as JSONL next to its Parquet file")

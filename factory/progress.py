@@ -77,6 +77,16 @@ def summary_table(stats: Stats) -> Table:
     return table
 
 
+def gates_summary(stats: Stats, judged: bool = False) -> str:
+    """One line: how many pairs each revision gate removed at export, and generated prompts the
+    request gate removed (zeros included, so a reader sees the gates ran)."""
+    pairs = ["critique", "off_topic"] + ["judge_reversed"] * judged
+    dropped = {reason: n for st in stats.stages.values() for reason, n in st.dropped.items()}
+    parts = [f"{gate} {dropped.get(f'prefs:gate_{gate}', 0)} pairs" for gate in pairs]
+    parts.append(f"incoherent_request {dropped.get('gate_incoherent_request', 0)} generated prompts")
+    return "gates removed: " + ", ".join(parts)
+
+
 def judge_table(report: dict) -> Table:
     """The judge quality report (stats.json `judge_quality`): how far to trust the preference labels."""
     table = Table(title="Judge quality")

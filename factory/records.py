@@ -37,6 +37,8 @@ class Round(Typed):
     critique: str
     revision: str
     noop: bool  # the revision left the text unchanged
+    gate: str | None = None  # why the revision was set aside (hygiene/gates.py); the next round revises the text before it
+
 
 
 class Candidate(Typed):
@@ -47,7 +49,13 @@ class Candidate(Typed):
 
     @property
     def final(self) -> str:
-        return self.rounds[-1].revision if self.rounds else self.answer
+        """The last revision that passed the gates, else the first answer."""
+        return next((r.revision for r in reversed(self.rounds) if r.gate is None), self.answer)
+
+    @property
+    def gated(self) -> str | None:
+        """The gate that set aside the last round's revision, if one did."""
+        return self.rounds[-1].gate if self.rounds else None
 
 
 class Option(Typed):

@@ -24,10 +24,11 @@ from factory.card import card_body
 from factory.config import PipelineConfig
 from factory.errors import FactoryError, ModelCallError
 from factory.judging.report import JudgeReport
+from factory.liblog import LibraryLog
 from factory.models import Completion, GenParams, Message
 from factory.pipeline import Overrides, Pipeline
 from factory.prices import Budget, BudgetExceeded
-from factory.progress import Display, judge_table, summary_table
+from factory.progress import Display, gates_summary, judge_table, summary_table
 from factory.records import Record
 from factory.report import write_report
 from factory.rundir import FINISHED, create_run_dir, now, write_json
@@ -304,18 +305,23 @@ def conclude(run: Run, manifest: dict, work: Callable[[], None]) -> Outcome:
         raise
     outcome = run.finish(manifest)
     run.console.print(summary_table(run.stats))
+    run.console.print(gates_summary(run.stats, run.pipe.cfg.stages.judge is not None), highlight=False)
     if run.judge_quality is not None:
         run.console.print(judge_table(run.judge_quality))
     return outcome
 
 
 def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = False, debug: bool = False) -> Outcome:
-    """A new run: load models, create the run directory, run every stage, export."""
-    pipe.load_models()
-    run_dir = create_run_dir(out)
-    manifest = pipe.manifest(run_dir, batch)
-    write_json(run_dir / "manifest.json", manifest)
-    return _invoke(Run(pipe, run_dir, console, batch=batch, debug=debug), manifest)
+    """A new run: load models, create the run directory, run every stage, export. Library warnings
+    and progress bars go to the run's debug.log, not the console."""
+    log = LibraryLog()
+    with log.capture():
+        pipe.load_models()
+        run_dir = create_run_dir(out)
+        log.attach(run_dir / "debug.log")
+        manifest = pipe.manifest(run_dir, batch)
+        write_json(run_dir / "manifest.json", manifest)
+        return _invoke(Run(pipe, run_dir, console, batch=batch, debug=debug), manifest)
 
 
 def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
@@ -345,12 +351,19 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
         from factory.executors.ray_run import resume_ray
 
         return resume_ray(pipe, run_dir, manifest, console, address=ray_address, workers=workers)
-    pipe.load_models()
+    log = LibraryLog()
+    with log.capture():
+        pipe.load_models()
+        log.attach(run_dir / "debug.log")
+        return _resume(pipe, run_dir, manifest, console, retry_failed, debug)
+
+
+def _resume(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, retry_failed: bool, debug: bool) -> Outcome:
     run = Run(pipe, run_dir, console, batch=manifest.get("batch", False), debug=debug)
     if retry_failed:
         n = run.state.reset_failed()
         console.print(f"retrying {n} failed record(s) and any failed generation call")
     manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1, "config": pipe.cfg.model_dump(mode="json")}
-    write_json(manifest_path, manifest)
+    write_json(run_dir / "manifest.json", manifest)
     return _invoke(run, manifest)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from factory.config import cache_root
 from factory.errors import FactoryError
+from factory.liblog import stderr_to_log
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
@@ -68,7 +69,8 @@ def _convert(out: Path) -> None:
     """Rebuild the GGUF-loaded model as a plain fp32 model (same weights, no quantizer) and save it."""
     from transformers import AutoModelForCausalLM
 
-    quantized, tokenizer = load_gguf()
+    with stderr_to_log():  # the converter's progress bar: to the run's debug.log inside a run
+        quantized, tokenizer = load_gguf()
     config = quantized.config
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)

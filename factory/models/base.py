@@ -36,6 +36,8 @@ class Completion:
     finish_reason: str  # "stop", "length", or the provider's own word
     # log P(token) at the first generated position, for each requested token the backend could score.
     logprobs: dict[str, float] | None = field(default=None)
+    # Of prompt_tokens, those served from a prompt cache (a provider's, or the local prefix cache).
+    cached_tokens: int = field(default=0, compare=False)
     # The endpoint's limits as its response headers gave them (not cached: they describe that moment).
     limits: LimitInfo | None = field(default=None, compare=False)
 

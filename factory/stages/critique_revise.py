@@ -9,6 +9,7 @@ import re
 from factory.caller import Caller, derive_seed, rng
 from factory.config import CritiqueReviseConfig
 from factory.constitution import Constitution
+from factory.hygiene.gates import revision_gate
 from factory.prompts import Template
 from factory.records import Candidate, Record, Round, normalise
 from factory.stages import Stage, params
@@ -90,5 +91,15 @@ class CritiqueReviseStage(Stage):
                 revised = text
             noop = normalise(revised) == normalise(text)
             st.counters["noop_revision" if noop else "changed_revision"] += 1
-            cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop))
-            text = revised
+            gate = None if noop else self.gate(record.prompt, text, revised)
+            if gate:
+                st.counters[f"gate:{gate}"] += 1
+            cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop,
+                                     gate=gate))
+            text = text if gate else revised
+
+    def gate(self, prompt: str, before: str, revision: str) -> str | None:
+        """Why this revision must not replace the text it revises (a critique, or off the subject)."""
+        reason = revision_gate(prompt, before, revision)
+        enabled = {"critique": self.cfg.gate_critique, "off_topic": self.cfg.gate_off_topic}
+        return reason if reason and enabled[reason] else None

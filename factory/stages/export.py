@@ -173,7 +173,7 @@ def _rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportCo
             if cand.index == rec.candidates[0].index:
                 yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *_turn(cand.final)], **prov}
             if normalise(cand.final) == normalise(cand.answer):
-                st.drop("prefs:revision_unchanged")
+                st.drop(f"prefs:gate_{cand.gated}" if cand.gated else "prefs:revision_unchanged")
                 continue
             yield from pair_rows(rec.prompt, cand.final, cand.answer, prov, {}, cfg, set())
         return
@@ -202,6 +202,9 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         if cfg.consistent_only and pair.consistent is False:
             st.drop("prefs:position_inconsistent")
             continue
+        if cfg.gate_judge_reversed and reversed_both_orders(j, pair.chosen, pair.rejected):
+            st.drop("prefs:gate_judge_reversed")
+            continue
         chosen, rejected = j.options[pair.chosen], j.options[pair.rejected]
         prov = _provenance(rec, sorted(set(rounds[chosen.candidate] + rounds[rejected.candidate])), constitution,
                            generator)
@@ -226,6 +229,17 @@ def _ranked_kto(user: list[dict], options: list, scores: list[float], kept: dict
             st.drop("kto:middle_of_ranking")
             continue
         yield "kto", {"prompt": user, "completion": _turn(options[i].text), "label": scores[i] == top, **prov}
+
+
+def reversed_both_orders(j, chosen: int, rejected: int) -> bool:
+    """The judge compared the two texts directly, in both orders, and each time preferred `rejected`."""
+    prefers = []
+    for comp in j.comparisons:
+        for v in comp.verdicts:
+            if {v.a, v.b} == {chosen, rejected} and v.p_a is not None and v.p_a != 0.5:
+                prefers.append((v.a == rejected) == (v.p_a > 0.5))
+    orders = {v.a for comp in j.comparisons for v in comp.verdicts if {v.a, v.b} == {chosen, rejected}}
+    return len(orders) == 2 and bool(prefers) and all(prefers)
 
 
 def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from factory.caller import Caller, ParseError, derive_seed, rng
 from factory.config import QuestionsConfig
 from factory.errors import ModelCallError
+from factory.hygiene.gates import incoherent_request
 from factory.inputs import PromptFile
 from factory.prompts import Template
 from factory.records import Record
@@ -134,6 +135,8 @@ class QuestionsStage:
                 for rec in res:
                     if rec.id in taken:
                         st.drop("duplicate_generated")
+                    elif self.cfg.gate_incoherent and incoherent_request(rec.prompt):
+                        st.drop("gate_incoherent_request")
                     elif made >= want:
                         st.drop("surplus_generated")
                     else:
