@@ -91,6 +91,7 @@ class Caller:
         st.cached_calls += cached
         st.prompt_tokens += result.prompt_tokens
         st.completion_tokens += result.completion_tokens
+        st.cached_prompt_tokens += result.cached_tokens
         st.call_seconds += latency
         st.cost += cost
         if cached:

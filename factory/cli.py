@@ -216,6 +216,36 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
     stdout.print(table)
 
 
+@cli.command("revision-check")
+@click.argument("triples", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def revision_check_(triples: Path | None, as_json: bool) -> None:
+    """How well do the revision gates work? Each gate's precision and recall on (prompt, answer,
+    revision) triples labelled better / worse / off_topic / critique by reading them (TRIPLES,
+    default: evals/revision_check.jsonl). No model is called: the gates are deterministic."""
+    import json
+
+    from rich.table import Table
+
+    from factory.revisioncheck import DEFAULT_SET, GATES, revision_check
+
+    report = revision_check(triples or DEFAULT_SET)
+    if as_json:
+        stdout.print(json.dumps(report, indent=2), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"Revision gates on {report['triples']} labelled triples ({report['labels']})")
+    for col in ("gate", "flagged", "precision", "recall"):
+        table.add_column(col, justify="left" if col == "gate" else "right")
+    for gate in GATES:
+        g = report[gate]
+        table.add_row(gate, str(g["flagged"]), str(g["precision"]), str(g["recall"]))
+    stdout.print(table)
+    a = report["all_gates"]
+    stdout.print(f"all gates: {a['bad_caught']} of off_topic + critique revisions caught, "
+                 f"{a['better_dropped']} of better ones dropped, {a['worse_dropped']} of worse ones dropped",
+                 highlight=False)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True, help="Records to show in full.")

@@ -71,8 +71,9 @@ class Endpoint:
         self.counts: Counter[str] = Counter()  # attempts, retries, rate_limited, timeouts
         self._slots = asyncio.Semaphore(concurrency)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        usd = self.prices.cost(self.model.provider, self.name, prompt_tokens, completion_tokens, self.model.batched)
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached: int = 0, written: int = 0) -> float:
+        usd = self.prices.cost(self.model.provider, self.name, prompt_tokens, completion_tokens, self.model.batched,
+                               cached, written)
         return usd or 0.0
 
     async def call(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
@@ -122,7 +123,8 @@ class Endpoint:
                 result = await self.model.complete(messages, params)
             else:
                 result = await self._online(messages, params, template, st, prompt_est)
-            spent = self.cost(result.prompt_tokens, result.completion_tokens)
+            spent = self.cost(result.prompt_tokens, result.completion_tokens, result.cached_tokens,
+                              result.cache_write_tokens)
             return result, spent
         except ModelCallError as e:
             if isinstance(e, CallTimeout):

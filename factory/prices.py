@@ -19,6 +19,10 @@ MESSAGE_OVERHEAD = 8  # tokens a chat format may add per message (OpenAI's adds 
 class Price(Strict):
     input: float = Field(ge=0, description="USD per million input tokens")
     output: float = Field(ge=0, description="USD per million output tokens")
+    cached_input: float | None = Field(default=None, ge=0, description="USD per million input tokens read from "
+                                       "the provider's prompt cache (default: the input price)")
+    cache_write: float | None = Field(default=None, ge=0, description="USD per million input tokens written to "
+                                      "the prompt cache (Anthropic; default: the input price)")
 
 
 class PriceTable(Strict):
@@ -38,11 +42,17 @@ class PriceTable(Strict):
         return table[max(prefixes, key=len)] if prefixes else None
 
     def cost(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int,
-             batch: bool = False) -> float | None:
+             batch: bool = False, cached_tokens: int = 0, cache_write_tokens: int = 0) -> float | None:
+        """`prompt_tokens` counts every input token; `cached_tokens` and `cache_write_tokens` are the
+        parts of it read from and written to the provider's prompt cache, billed at their own prices."""
         p = self.price(provider, model)
         if p is None:
             return None
-        usd = (prompt_tokens * p.input + completion_tokens * p.output) / 1e6
+        plain = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
+        read_price = p.input if p.cached_input is None else p.cached_input
+        write_price = p.input if p.cache_write is None else p.cache_write
+        usd = (plain * p.input + cached_tokens * read_price + cache_write_tokens * write_price
+               + completion_tokens * p.output) / 1e6
         return usd * self.batch_discount if batch else usd
 
 

@@ -21,6 +21,7 @@ class StageStats:
     saved: float = 0.0  # USD the calls served from a cache (this run's log or the shared one) would cost
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, read from a prompt cache (provider's or local prefix cache)
     call_seconds: float = 0.0
     in_flight: int = 0
     counters: Counter[str] = field(default_factory=Counter)
@@ -49,6 +50,7 @@ class StageStats:
             "saved_usd": round(self.saved, 6),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "call_seconds": round(self.call_seconds, 3),
             "seconds": round((self.ended or 0) - (self.started or 0), 3),
             **({"counters": dict(sorted(self.counters.items()))} if self.counters else {}),

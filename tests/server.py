@@ -119,6 +119,7 @@ class FakeAPIServer:
         port: int = 0,
         record: bool = True,
         tokens: Callable[[str], int] | None = None,
+        prompt_cache: bool = False,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
@@ -129,6 +130,9 @@ class FakeAPIServer:
         self.enforce_rpm, self.window_s = enforce_rpm, window_s
         self.host, self.port, self.record = host, port, record
         self.tokens = tokens or _words
+        # A provider's prompt cache, simplified: the system text is the cached prefix. OpenAI caches it
+        # by itself; Anthropic only where the request marks it with cache_control.
+        self.prompt_cache, self._prefixes = prompt_cache, set()
         self.url = ""
         self.requests: list[dict] = []  # {"method", "path", "query", "headers" (lower-cased keys), "body"}
         self.counts: Counter[str] = Counter()  # chat/messages outcomes: "200", "429", "drop", ...
@@ -320,11 +324,12 @@ class FakeAPIServer:
             sampling = [p for p in ("temperature", "top_p", "top_k") if p in body]
             if sampling and headers.get("anthropic-version", "") >= "2026-10-21":
                 return _error(path, 400, f"{sampling[0]}: Extra inputs are not permitted")
-            messages = ([{"role": "system", "content": body["system"]}] if "system" in body else []) + body["messages"]
+            messages = ([{"role": "system", "content": _text(body["system"])}] if "system" in body else []) + body["messages"]
         else:
             messages = body["messages"]
             if (refused := _reasoning_refusal(body)) is not None:
                 return _error(path, 400, refused)
+        cached = self._cached_prefix(path, body, messages)
 
         reply = self.responder(messages, body)
         reply = Reply(reply) if isinstance(reply, str) else reply
@@ -332,7 +337,21 @@ class FakeAPIServer:
         if limit and len(words) > limit:
             reply = Reply(" ".join(words[:limit]), "length", reply.logprobs)
         build = _anthropic_message if path == "/v1/messages" else _openai_completion
-        return 200, {}, build(body, reply, _prompt_tokens(path, body, self.tokens))
+        return 200, {}, build(body, reply, _prompt_tokens(path, body, self.tokens), cached)
+
+    def _cached_prefix(self, path: str, body: dict, messages: list[dict]) -> tuple[int, int]:
+        """(tokens read from the prompt cache, tokens written to it) for this request."""
+        if not self.prompt_cache or not messages or messages[0]["role"] != "system":
+            return 0, 0
+        if path == "/v1/messages" and not any(isinstance(b, dict) and b.get("cache_control")
+                                              for b in (body["system"] if isinstance(body["system"], list) else [])):
+            return 0, 0
+        prefix = _text(messages[0]["content"])
+        with self._lock:
+            hit = prefix in self._prefixes
+            self._prefixes.add(prefix)
+        n = self.tokens(prefix)
+        return (n, 0) if hit else (0, n if path == "/v1/messages" else 0)
 
     # --- OpenAI Files ----------------------------------------------------------------------------
 
@@ -675,7 +694,7 @@ def _prompt_tokens(path: str, body: dict, tokens: Callable[[str], int] = _words)
     return sum(tokens(_text(m.get("content", ""))) for m in messages if isinstance(m, dict))
 
 
-def _openai_completion(body: dict, reply: Reply, prompt_tokens: int) -> dict:
+def _openai_completion(body: dict, reply: Reply, prompt_tokens: int, cached: tuple[int, int] = (0, 0)) -> dict:
     completion_tokens = len(reply.text.split())
     choice: dict[str, Any] = {
         "index": 0,
@@ -701,11 +720,12 @@ def _openai_completion(body: dict, reply: Reply, prompt_tokens: int) -> dict:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            **({"prompt_tokens_details": {"cached_tokens": cached[0]}} if cached[0] else {}),
         },
     }
 
 
-def _anthropic_message(body: dict, reply: Reply, prompt_tokens: int) -> dict:
+def _anthropic_message(body: dict, reply: Reply, prompt_tokens: int, cached: tuple[int, int] = (0, 0)) -> dict:
     stop_reason = {"stop": "end_turn", "length": "max_tokens"}.get(reply.finish_reason, reply.finish_reason)
     return {
         "id": f"msg_{time.monotonic_ns()}",
@@ -715,7 +735,9 @@ def _anthropic_message(body: dict, reply: Reply, prompt_tokens: int) -> dict:
         "content": [{"type": "text", "text": reply.text}],
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": prompt_tokens, "output_tokens": len(reply.text.split())},
+        "usage": {"input_tokens": prompt_tokens - sum(cached), "output_tokens": len(reply.text.split()),
+                  **({"cache_read_input_tokens": cached[0], "cache_creation_input_tokens": cached[1]}
+                     if any(cached) else {})},
     }
 
 

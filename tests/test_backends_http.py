@@ -212,7 +212,7 @@ def test_anthropic_request(srv: FakeAPIServer) -> None:
     assert body == {
         "model": "claude-test",
         "max_tokens": 50,
-        "system": "Be brief.\n\nBe kind.",
+        "system": [{"type": "text", "text": "Be brief.\n\nBe kind.", "cache_control": {"type": "ephemeral"}}],
         "messages": USER,
         "stop_sequences": ["END"],
     }
@@ -271,3 +271,32 @@ def test_online_calls_do_not_import_the_sdk(srv: FakeAPIServer, spec: str) -> No
             "print(sorted({'openai', 'anthropic'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- prompt caching -------------------------------------------------------------------------------
+
+SHARED: list[Message] = [{"role": "system", "content": "You review answers against one principle. " * 3}]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_cached_prompt_tokens_are_read_and_priced(srv: FakeAPIServer, spec: str) -> None:
+    """The shared system text goes first; the second call reads it from the provider's cache, and the
+    usage fields become cached_tokens (and Anthropic's cache writes) priced at their own rates."""
+    from factory.prices import load_prices
+
+    srv.prompt_cache = True
+    first = call(load_model(spec), [*SHARED, {"role": "user", "content": "First question here"}])
+    second = call(load_model(spec), [*SHARED, {"role": "user", "content": "Another question"}])
+    shared = len(SHARED[0]["content"].split())
+    assert (first.cached_tokens, second.cached_tokens) == (0, shared)
+    assert first.prompt_tokens == shared + 3 and second.prompt_tokens == shared + 2
+    written = shared if spec.startswith("anthropic") else 0
+    assert (first.cache_write_tokens, second.cache_write_tokens) == (written, 0)
+    provider, name = ("openai", "gpt-4o-mini") if spec.startswith("openai") else ("anthropic", "claude-haiku-4-5")
+    prices = load_prices()
+    p = prices.price(provider, name)
+    cost = prices.cost(provider, name, second.prompt_tokens, second.completion_tokens, cached_tokens=shared)
+    assert cost == pytest.approx((2 * p.input + shared * p.cached_input + second.completion_tokens * p.output) / 1e6)
+    assert cost < prices.cost(provider, name, second.prompt_tokens, second.completion_tokens)
+    write = prices.cost(provider, name, first.prompt_tokens, 0, cache_write_tokens=first.cache_write_tokens)
+    assert write == pytest.approx((3 * p.input + written * (p.cache_write or p.input) + (shared - written) * p.input) / 1e6)

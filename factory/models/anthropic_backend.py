@@ -79,7 +79,9 @@ def anthropic_request(model: str, messages: list[Message], params: GenParams) ->
     }
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     if system:
-        body["system"] = system
+        # The system text is what every call of a template shares, so it is the cached prefix (a
+        # prefix under the model's minimum, 1024 to 4096 tokens, is silently not cached).
+        body["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
     if params.stop:
         body["stop_sequences"] = list(params.stop)
     return body
@@ -89,9 +91,12 @@ def completion_from_anthropic(body: dict[str, Any], limits: LimitInfo | None = N
     """A Messages JSON body (an online response, or one batch result's message) as a Completion."""
     stop_reason = body.get("stop_reason") or "unknown"
     usage = body.get("usage") or {}
+    read, written = usage.get("cache_read_input_tokens") or 0, usage.get("cache_creation_input_tokens") or 0
     return Completion(
         text="".join(block.get("text", "") for block in body.get("content") or [] if block.get("type") == "text"),
-        prompt_tokens=usage.get("input_tokens") or 0,
+        prompt_tokens=(usage.get("input_tokens") or 0) + read + written,  # input_tokens counts only the uncached rest
+        cached_tokens=read,
+        cache_write_tokens=written,
         completion_tokens=usage.get("output_tokens") or 0,
         finish_reason=FINISH_REASONS.get(stop_reason, stop_reason),
         limits=limits,

@@ -38,6 +38,8 @@ class Completion:
     logprobs: dict[str, float] | None = field(default=None)
     # Of prompt_tokens, those served from a prompt cache (a provider's, or the local prefix cache).
     cached_tokens: int = field(default=0, compare=False)
+    # Of prompt_tokens, those written to a provider's prompt cache (Anthropic bills them at a premium).
+    cache_write_tokens: int = field(default=0, compare=False)
     # The endpoint's limits as its response headers gave them (not cached: they describe that moment).
     limits: LimitInfo | None = field(default=None, compare=False)
 

@@ -27,7 +27,7 @@ BLOCK = 32  # tokens per prefix block
 
 class SlotCache:
     def __init__(self, layers: int, kv_heads: int, head_dim: int, slots: int, dtype: torch.dtype,
-                 device: torch.device, capacity: int = 512):
+                 device: torch.device, capacity: int = 256):
         self.shape = (layers, 2, slots, kv_heads, capacity, head_dim)
         self.kv = torch.zeros(self.shape, dtype=dtype, device=device)
         self._slots = slice(0, 0)

@@ -109,6 +109,7 @@ def completion_from_openai(body: dict[str, Any], params: GenParams, limits: Limi
         completion_tokens=usage.get("completion_tokens") or 0,
         finish_reason=choice.get("finish_reason") or "unknown",
         logprobs=_first_token_logprobs(choice, params.logprob_tokens) if params.logprob_tokens else None,
+        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,  # part of prompt_tokens
         limits=limits,
     )
 
