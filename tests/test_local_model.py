@@ -137,3 +137,63 @@ def test_logprobs_of_the_first_token(model: LocalModel) -> None:
     result = run(model, (messages, GenParams(max_tokens=1, logprob_tokens=("A", "B"))))[0]
     assert result.logprobs is not None and set(result.logprobs) == {"A", "B"}
     assert all(math.isfinite(v) and v <= 0 for v in result.logprobs.values())
+
+
+# --- continuous batching and the prefix cache -------------------------------------------------------
+
+
+def _twin(model: LocalModel, **kwargs) -> LocalModel:
+    """Another backend on the same weights (its own slots, queue and prefix cache)."""
+    return LocalModel(model.spec, model.model, model.tokenizer, **kwargs)
+
+
+@pytest.mark.integration
+def test_a_finished_row_leaves_and_a_waiting_request_joins(model: LocalModel) -> None:
+    """Two slots, three requests: the third takes the slot of the first short one as soon as it is
+    done, and finishes long before the long row (a static batch would make it wait for that row)."""
+    small = _twin(model, max_batch=2)
+    order: list[str] = []
+
+    async def one(name: str, messages: list[Message], params: GenParams) -> None:
+        await small.complete(messages, params)
+        order.append(name)
+
+    async def go() -> None:
+        await asyncio.gather(one("long", STORY, GenParams(temperature=0, max_tokens=40)),
+                             one("short1", QUESTION, GenParams(max_tokens=2, seed=1)),
+                             one("short2", QUESTION, GenParams(max_tokens=2, seed=2)))
+
+    asyncio.run(go())
+    assert order == ["short1", "short2", "long"]
+    assert (small.batches_run, small.rows_run) == (2, 3)  # the third row joined in a prefill of its own
+
+
+@pytest.mark.integration
+def test_a_request_that_joins_a_running_batch_gets_its_own_text(model: LocalModel) -> None:
+    params = GenParams(temperature=1.0, top_p=0.9, max_tokens=16, seed=11)
+    alone = run(model, (QUESTION, params))[0]
+
+    async def go() -> Completion:
+        long = asyncio.ensure_future(model.complete(STORY, GenParams(max_tokens=30, seed=3)))
+        await asyncio.sleep(0.3)  # the long row is decoding (or about to) when this one arrives
+        joined = await model.complete(QUESTION, params)
+        await long
+        return joined
+
+    assert asyncio.run(go()) == alone
+
+
+@pytest.mark.integration
+def test_a_shared_prefix_is_computed_once(model: LocalModel) -> None:
+    """The second call's shared system text comes from the prefix cache, with the same greedy text
+    as a backend without one."""
+    system: Message = {"role": "system", "content": "You review answers against one principle. " * 12}
+    first: list[Message] = [system, {"role": "user", "content": "Is honey good for a cough?"}]
+    second: list[Message] = [system, {"role": "user", "content": "How do I fold a paper plane?"}]
+    greedy = GenParams(temperature=0, max_tokens=12)
+    cached = _twin(model)
+    run(cached, (first, greedy))
+    result = run(cached, (second, greedy))[0]
+    assert result.cached_tokens >= 64 and result.cached_tokens % 32 == 0
+    plain = run(_twin(model, prefix_cache_bytes=0), (second, greedy))[0]
+    assert plain.cached_tokens == 0 and result.text == plain.text

@@ -1,0 +1,73 @@
+"""Revision and prompt gates (factory/hygiene/gates.py), the export's counted drops, and
+`factory revision-check` on the labelled set."""
+
+from __future__ import annotations
+
+import json
+
+from test_cli import factory
+
+from factory.config import ExportConfig
+from factory.constitution import load_constitution
+from factory.hygiene.gates import incoherent_request, relatedness, revision_gate
+from factory.records import Candidate, Record, Round
+from factory.revisioncheck import DEFAULT_SET, read_set
+from factory.stages.export import rows
+from factory.stats import StageStats
+
+MIRROR = "How do you hang a heavy mirror on a drywall wall?"
+MIRROR_ANSWER = "Use wall anchors rated for the mirror's weight, or screw into a stud, then hang it on a wire."
+
+
+def test_a_revision_that_leaves_the_subject_is_off_topic() -> None:
+    revision = "You can go to a doctor's office and ask them for advice about your health."
+    assert relatedness(MIRROR, revision) < relatedness(MIRROR, MIRROR_ANSWER)
+    assert revision_gate(MIRROR, MIRROR_ANSWER, revision) == "off_topic"
+
+
+def test_a_revision_that_critiques_the_answer_is_a_critique() -> None:
+    prompt = "How can I make my resume stand out?"
+    answer = "Lead with results: numbers, projects you shipped, and skills that match the job."
+    revision = "The answer is against the principle of having multiple sides and should mention the risks."
+    assert revision_gate(prompt, answer, revision) == "critique"
+
+
+def test_a_good_revision_passes() -> None:
+    revision = "Find a stud or use heavy-duty drywall anchors rated for the mirror's weight, and hang it on a wire."
+    assert revision_gate(MIRROR, MIRROR_ANSWER, revision) is None
+
+
+def test_incoherent_generated_prompts() -> None:
+    assert incoherent_request("One item, two, three that are around. Seven, e...")
+    assert incoherent_request("Your addlerram contains stolen cash from the ...")
+    assert not incoherent_request("How do I keep basil alive on a windowsill?")
+    assert not incoherent_request("Write a short poem about the sea.")
+
+
+def test_export_counts_a_gated_pair_and_trains_on_the_answer() -> None:
+    constitution = load_constitution("constitutions/harmless.yaml")
+    rec = Record.new(MIRROR, "seed")
+    revision = "You can go to a doctor's office and ask them for advice about your health."
+    rec.candidates = [Candidate(index=0, answer=MIRROR_ANSWER, finish_reason="stop", rounds=[
+        Round(principle_id="harmful-content", critique="c", revision=revision, noop=False, gate="off_topic")])]
+    st = StageStats()
+    out = list(rows(rec, constitution, "local:smollm2", ExportConfig(), st))
+    assert [name for name, _ in out] == ["sft"]
+    assert out[0][1]["messages"][-1]["content"] == MIRROR_ANSWER
+    assert st.dropped == {"prefs:gate_off_topic": 1}
+
+
+def test_revision_check_reports_each_gate() -> None:
+    assert len(read_set(DEFAULT_SET)) >= 40
+    result = factory("revision-check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"critique", "off_topic", "all_gates"}
+    assert report["triples"] >= 40 and 0 <= report["all_gates"]["bad_caught"] <= 1
+
+
+def test_revision_check_bad_line_names_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "set.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "answer": "a", "revision": "r", "label": "better"}) + "\n{oops\n")
+    result = factory("revision-check", bad)
+    assert result.returncode == 2 and f"{bad}:2" in result.stderr and "Traceback" not in result.stderr
