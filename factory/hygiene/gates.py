@@ -11,7 +11,8 @@ so they run on every revision:
   (third-person references to "the answer/response/assistant", verdicts such as "does not follow
   the principle", critique scaffolding).
 - `off_topic`: the revision shares less of the prompt's content words than the first answer did,
-  by more than a margin, and little of them overall. Relatedness is a TF-IDF-weighted overlap of
+  by more than a margin, and little of them overall; or it says next to nothing (fewer than three
+  content words, as "Example 3" or a row of emoji) where the answer said something. Relatedness is a TF-IDF-weighted overlap of
   content-word stems (idf from a fixed English frequency list would need a corpus; the prompt's own
   words weighted by length are enough to rank two answers to the same prompt).
 - `incoherent_request` (generated prompts): not shaped like something a user would send: no
@@ -94,6 +95,8 @@ def revision_gate(prompt: str, answer: str, revision: str, *, max_critique_marke
         return "critique"
     before, after = relatedness(prompt, answer), relatedness(prompt, revision)
     if after < off_topic_floor and after < before - off_topic_margin:
+        return "off_topic"
+    if len(content_words(revision)) < 3 <= len(content_words(answer)):  # "Example 3", a row of emoji: nothing said
         return "off_topic"
     return None
 

@@ -102,7 +102,7 @@ class RunView:
             previous = cand.answer
             for rnd, rnd_out in zip(cand.rounds, out["rounds"]):
                 rnd_out["diff"] = word_ops(previous, rnd.revision)
-                previous = rnd.revision
+                previous = previous if rnd.gate else rnd.revision  # a gated revision is not built on
             out["final"] = cand.final
             out["final_diff"] = word_ops(cand.answer, cand.final)
         return {"summary": self.summaries[record_id], "record": data, "target": e.target}

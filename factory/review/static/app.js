@@ -178,7 +178,7 @@ function candidates(record) {
       el("div.label", "initial answer"), el("div.text", c.answer));
     c.rounds.forEach((r, n) => {
       card.append(el("div.label", `critique ${n + 1} · ${r.principle_id}`), el("div.text.critique", r.critique),
-        el("div.label", `revision ${n + 1}${r.noop ? " · no change" : ""} (word diff against the text it revised)`),
+        el("div.label", `revision ${n + 1}${r.noop ? " · no change" : ""}${r.gate ? ` · set aside by the ${r.gate} gate, no pair` : ""} (word diff against the text it revised)`),
         el("div.text.diff", diffNodes(r.diff)));
     });
     if (c.rounds.length > 1) card.append(el("div.label", "initial → final"), el("div.text.diff", diffNodes(c.final_diff)));
