@@ -163,8 +163,12 @@ class LocalModel(Model):
             else:
                 request.future.set_result(result)
 
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(settle)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits for this result
+                pass
 
     def _slots(self) -> SlotCache:
         if self._cache is None:
