@@ -71,3 +71,30 @@ def test_revision_check_bad_line_names_file_and_line(tmp_path) -> None:
     bad.write_text(json.dumps({"prompt": "p", "answer": "a", "revision": "r", "label": "better"}) + "\n{oops\n")
     result = factory("revision-check", bad)
     assert result.returncode == 2 and f"{bad}:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_judged_pair_the_judge_reversed_in_both_orders_is_dropped() -> None:
+    from factory.records import Comparison, Judgement, Option, Pair, Verdict
+    from factory.stages.export import reversed_both_orders
+
+    def judged(p_first: float, p_second: float) -> Judgement:
+        """Option 1 (the revision) chosen over option 0 by the ranking; the verdicts say otherwise or not."""
+        verdicts = [Verdict(a=0, b=1, p_a=p_first, source="logprobs"), Verdict(a=1, b=0, p_a=p_second, source="logprobs")]
+        return Judgement(judge_model="local:smollm2", method="choice",
+                         options=[Option(candidate=0, kind="initial", text="a"), Option(candidate=0, kind="final", text="b")],
+                         comparisons=[Comparison(i=0, j=1, principle_id="p", p_i=0.5, consistent=True, by="judge",
+                                                 verdicts=verdicts)],
+                         scores=[0.0, 1.0],
+                         pairs=[Pair(judge_model="local:smollm2", chosen=1, rejected=0, p_chosen=0.6, score_chosen=1.0,
+                                     score_rejected=0.0, consistent=True, principle_ids=["p"])])
+
+    assert reversed_both_orders(judged(0.8, 0.3), 1, 0)  # (A)=answer wins, then (B)=answer wins
+    assert not reversed_both_orders(judged(0.8, 0.7), 1, 0)  # the orders disagree: position bias, not a verdict
+    assert not reversed_both_orders(judged(0.2, 0.7), 1, 0)  # both prefer the revision
+    rec = Record.new(MIRROR, "seed")
+    rec.candidates = [Candidate(index=0, answer="a", finish_reason="stop",
+                                rounds=[Round(principle_id="p", critique="c", revision="b", noop=False)])]
+    rec.judgement = judged(0.8, 0.3)
+    st = StageStats()
+    out = list(rows(rec, load_constitution("constitutions/harmless.yaml"), "local:smollm2", ExportConfig(), st))
+    assert [name for name, _ in out] == ["sft"] and st.dropped["prefs:gate_judge_reversed"] == 1
