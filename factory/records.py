@@ -40,7 +40,6 @@ class Round(Typed):
     gate: str | None = None  # why the revision was set aside (hygiene/gates.py); the next round revises the text before it
 
 
-
 class Candidate(Typed):
     index: int
     answer: str
