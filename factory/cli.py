@@ -233,13 +233,14 @@ def revision_check_(triples: Path | None, as_json: bool) -> None:
     if as_json:
         stdout.print(json.dumps(report, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    table = Table(title=f"Revision gates on {report['triples']} labelled triples ({report['labels']})")
+    table = Table(title=f"Revision gates on {report['triples']} labelled triples")
     for col in ("gate", "flagged", "precision", "recall"):
         table.add_column(col, justify="left" if col == "gate" else "right")
     for gate in GATES:
         g = report[gate]
         table.add_row(gate, str(g["flagged"]), str(g["precision"]), str(g["recall"]))
     stdout.print(table)
+    stdout.print("labels: " + ", ".join(f"{k} {v}" for k, v in report["labels"].items()), highlight=False)
     a = report["all_gates"]
     stdout.print(f"all gates: {a['bad_caught']} of off_topic + critique revisions caught, "
                  f"{a['better_dropped']} of better ones dropped, {a['worse_dropped']} of worse ones dropped",
