@@ -49,7 +49,9 @@ def test_embedded_model_end_to_end(tmp_path: Path) -> None:
         assert row["messages"][1]["content"] in text and "<|im_start|>assistant" in text
 
     n_prefs = sum(stats["datasets"]["prefs"].values())
-    assert n_prefs + stats["stages"]["export"]["dropped"].get("prefs:revision_unchanged", 0) == 2
+    unpaired = sum(n for reason, n in stats["stages"]["export"]["dropped"].items()
+                   if reason == "prefs:revision_unchanged" or reason.startswith("prefs:gate_"))
+    assert n_prefs + unpaired == 2
     prefs = load_dataset(str(out), "prefs")
     for row in (row for split in prefs.values() for row in split):
         assert list(row)[:3] == ["prompt", "chosen", "rejected"]
