@@ -16,7 +16,9 @@ so they run on every revision:
   content-word stems (idf from a fixed English frequency list would need a corpus; the prompt's own
   words weighted by length are enough to rank two answers to the same prompt).
 - `incoherent_request` (generated prompts): not shaped like something a user would send: no
-  question or request form, cut off mid-word, or mostly non-words.
+  question or request form, cut off, words run together ("Guilty,fty"), or many non-words (no
+  vowel, long consonant runs). A dictionary check was tried (the 42k words of the offline
+  Wikipedia summaries): it took seconds to load and missed common words ("windowsill"), so no.
 
 Measured on evals/revision_check.jsonl by `factory revision-check`.
 """
@@ -54,6 +56,8 @@ _REQUEST = re.compile(
     r"my|we|our|let's|any|need|want|looking)\b",
     re.IGNORECASE,
 )
+_ASKS = re.compile(r"\b(?:tell|show|help|give|teach) me\b|\b(?:can|could|would|will) you\b|\bhow (?:do|can|to|should)\b"
+                   r"|\bwhat (?:is|are|should)\b", re.IGNORECASE)  # a request inside a longer sentence
 _CUT = re.compile(r"(?:\.\.\.|…|\b\w{1,2}\.{0,3})\s*$")  # ends in an ellipsis or a word fragment
 _VOWEL = re.compile(r"[aeiouy]")
 
@@ -108,9 +112,11 @@ def incoherent_request(text: str) -> bool:
     if _CUT.search(text) and not text.endswith("?"):
         return True
     words = _WORD.findall(text.lower())
-    if len(words) < 3:
+    if len(words) < 3 or re.search(r"[a-z],[a-z]", text, re.IGNORECASE):  # "Guilty,fty": words run together
         return True
     odd = sum(1 for w in words if not _VOWEL.search(w) or re.search(r"[^aeiouy']{5,}", w))
     if odd / len(words) > 0.2:
         return True
+    if _ASKS.search(text):
+        return False
     return not any(_REQUEST.search(s) for s in re.split(r"(?<=[.!?])\s+", text) if s)
