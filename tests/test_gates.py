@@ -57,13 +57,27 @@ def test_export_counts_a_gated_pair_and_trains_on_the_answer() -> None:
     assert st.dropped == {"prefs:gate_off_topic": 1}
 
 
-def test_revision_check_reports_each_gate() -> None:
-    assert len(read_set(DEFAULT_SET)) >= 40
-    result = factory("revision-check", "--json")
+def test_revision_check_reports_each_gate(tmp_path) -> None:
+    resume = "How can I make my resume stand out?"
+    triples = [
+        (MIRROR, MIRROR_ANSWER, "You can go to a doctor's office and ask them for advice about your health.", "off_topic"),
+        (resume, "Lead with results and numbers.", "The answer is against the principle and should be longer.", "critique"),
+        (MIRROR, MIRROR_ANSWER, "Find a stud or use drywall anchors rated for the mirror, and hang it on a wire.", "better"),
+        (MIRROR, MIRROR_ANSWER, "Your answer about the mirror: use anchors for the heavy mirror on the wall.", "better"),
+        (resume, "Lead with results and numbers.", "Lead with results, numbers and a resume that stands out.", "worse"),
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": a, "revision": r, "label": lab}) + "\n"
+                            for p, a, r, lab in triples))
+    result = factory("revision-check", path, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) >= {"critique", "off_topic", "all_gates"}
-    assert report["triples"] >= 40 and 0 <= report["all_gates"]["bad_caught"] <= 1
+    assert report["triples"] == 5 and report["labels"] == {"better": 2, "worse": 1, "off_topic": 1, "critique": 1}
+    # the fourth is flagged as a critique ("Your answer"): precision 1/2, recall 1/1
+    assert report["critique"] == {"flagged": 2, "precision": 0.5, "recall": 1.0}
+    assert report["off_topic"] == {"flagged": 1, "precision": 1.0, "recall": 1.0}
+    assert report["all_gates"] == {"bad_caught": 1.0, "better_dropped": 0.5, "worse_dropped": 0.0}
+    assert len(read_set(DEFAULT_SET)) >= 12  # the shipped set reads
 
 
 def test_revision_check_bad_line_names_file_and_line(tmp_path) -> None:
