@@ -89,10 +89,10 @@ def test_bad_path_is_a_factory_error(tmp_path) -> None:
 
 @pytest.mark.integration
 def test_concurrent_calls_share_one_batch(model: LocalModel) -> None:
-    batches, rows = model.batches_run, model.rows_run
-    results = run(model, *[(QUESTION, GenParams(max_tokens=4, seed=i)) for i in range(4)])
-    assert len(results) == 4
-    assert (model.batches_run - batches, model.rows_run - rows) == (1, 4)
+    steps, rows = model.steps_run, model.rows_run
+    results = run(model, *[(QUESTION, GenParams(temperature=1.0, max_tokens=4, seed=i)) for i in range(4)])
+    assert len(results) == 4 and model.rows_run - rows == 4
+    assert model.steps_run - steps <= 4  # one decode step serves all four rows (4 x 4 tokens, not 16 steps)
 
 
 @pytest.mark.integration
@@ -165,7 +165,7 @@ def test_a_finished_row_leaves_and_a_waiting_request_joins(model: LocalModel) ->
 
     asyncio.run(go())
     assert order == ["short1", "short2", "long"]
-    assert (small.batches_run, small.rows_run) == (2, 3)  # the third row joined in a prefill of its own
+    assert small.rows_run == 3 and small.batches_run >= 2  # the third row joined in a prefill of its own
 
 
 @pytest.mark.integration

@@ -84,6 +84,9 @@ class PrefixCache:
         self._blocks: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.hit_tokens = self.miss_tokens = 0
 
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._blocks
+
     @staticmethod
     def keys(tokens: list[int]) -> list[bytes]:
         """One key per full block: the hash of every token up to the block's end."""

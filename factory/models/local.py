@@ -182,9 +182,22 @@ class LocalModel(Model):
                                     head_dim, self.max_batch, self.model.dtype, self.device)
         return self._cache
 
-    @torch.inference_mode()
     def _admit(self) -> None:
-        """Prefill waiting requests into free slots, in one forward (left-padded queries)."""
+        """Prefill waiting requests into free slots. Joiners that share a prompt block nobody has
+        computed yet (a wave of critique calls with the same system text and examples) would each
+        compute it: the first goes alone, so the others find its blocks in the prefix cache."""
+        joining = self._take()
+        while joining:
+            head = [k for k in self.prefix.keys(joining[0].prompt[:-1]) if k not in self.prefix]
+            if head and self.prefix.max_bytes > 0 and any(head[0] in self.prefix.keys(r.prompt[:-1]) for r in joining[1:]):
+                self._prefill(joining[:1])
+                joining = joining[1:]
+            else:
+                self._prefill(joining)
+                joining = []
+
+    def _take(self) -> list[_Row]:
+        """Waiting requests for the free slots, up to PREFILL_TOKENS of prompt."""
         joining: list[_Row] = []
         budget = PREFILL_TOKENS
         while self._queue and len(self._rows) + len(joining) < self.max_batch:
@@ -199,8 +212,11 @@ class LocalModel(Model):
             self._queue.popleft()
             budget -= need
             joining.append(row)
-        if not joining:
-            return
+        return joining
+
+    @torch.inference_mode()
+    def _prefill(self, joining: list[_Row]) -> None:
+        """One forward over the joiners' uncached prompt tokens (left-padded), into their new slots."""
         cache, first = self._slots(), len(self._rows)
         for i, row in enumerate(joining):
             row.cached, blocks = self.prefix.lookup(row.prompt)
