@@ -52,8 +52,11 @@ def http_error(message: str, status: int, headers: object) -> ModelCallError:
 
 
 def redact(message: str, key: str, placeholder: str) -> str:
-    """Some servers echo the key back in errors; keep it out of logs. Keys under 8 chars are placeholders."""
-    return message.replace(key, placeholder) if len(key) >= 8 else message
+    """Some servers echo the key back in errors; keep it, and every other secret the process holds
+    (factory.redaction), out of logs. Keys under 8 chars are placeholders."""
+    from factory.redaction import redact as redact_all
+
+    return redact_all(message, ((key, placeholder),))
 
 
 def retry_after_seconds(headers: object) -> float | None:

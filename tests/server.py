@@ -147,6 +147,7 @@ class FakeAPIServer:
         self._openai_batches: dict[str, dict] = {}
         self._anthropic_batches: dict[str, dict] = {}
         self._row_faults: list[_RowFault] = []
+        self._raw_bodies: deque[str] = deque()
         self._httpd: _HTTPServer | None = None
 
     # --- test controls ---------------------------------------------------------------------------
@@ -160,6 +161,13 @@ class FakeAPIServer:
                 raise ValueError(f"unknown fault {fault!r}")
         with self._lock:
             self._faults.extend(faults)
+
+    def inject_body(self, status: int, body: str) -> None:
+        """Queue an error answer with this raw (not JSON) body; "{key}" in it becomes the key the request
+        carried, as servers that echo it do."""
+        with self._lock:
+            self._raw_bodies.append(body)
+            self._faults.append(f"raw:{status}")
 
     def fail_batch_rows(self, match: str | RowMatch, kind: str = "errored", times: int | None = 1) -> None:
         """Make batch rows fail when their batch ends: `match` is a custom_id or a predicate
@@ -232,6 +240,10 @@ class FakeAPIServer:
         key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not key and path.startswith("/v1/"):
             return _error(path, 401, "missing API key")
+        if fault.startswith("raw:"):
+            with self._lock:
+                text = self._raw_bodies.popleft().replace("{key}", key)
+            return int(fault[4:]), {}, text.encode()
         if fault[:3].isdigit():
             status, _, retry_after = fault.partition(":")
             # Like some real servers, a 401 echoes the key it was given; backends must not pass it on.

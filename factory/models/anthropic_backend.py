@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.transport import JSONClient
+from factory.redaction import checked_base_url
 from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
@@ -36,7 +37,7 @@ class AnthropicModel(Model):
         self.spec, self.name = spec, name
         self._key = key
         self._client: anthropic.AsyncAnthropic | None = None
-        base_url = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        base_url = checked_base_url("ANTHROPIC_BASE_URL", os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com")
         headers = {"x-api-key": key, "anthropic-version": API_VERSION}
         self._http = JSONClient(spec, base_url, headers, key, "<ANTHROPIC_API_KEY>")
 

@@ -9,6 +9,7 @@ from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.shapes import shapes
 from factory.models.transport import JSONClient
+from factory.redaction import checked_base_url
 from factory.ratelimit import LimitInfo, parse_openai_headers
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
@@ -45,7 +46,7 @@ class OpenAIModel(Model):
         for variable, header in (("OPENAI_ORG_ID", "openai-organization"), ("OPENAI_PROJECT_ID", "openai-project")):
             if os.environ.get(variable):
                 headers[header] = os.environ[variable]
-        base_url = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        base_url = checked_base_url("OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
         self._http = JSONClient(spec, base_url, headers, key, "<OPENAI_API_KEY>")
 
     def client(self) -> openai.AsyncOpenAI:

@@ -8,13 +8,14 @@ compares them). The SDK clients remain in use for the Batch APIs, where calls ar
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 
 from factory.errors import ModelCallError, http_error, redact
+from factory.redaction import clip
 
 
 class JSONClient:
@@ -50,7 +51,8 @@ class JSONClient:
         except ValueError:
             data = None
         if status >= 400:
-            raise http_error(self.redact(f"{self.spec}: HTTP {status}: {_message(data, raw, status)}"), status, headers)
+            raise http_error(self.redact(f"{self.spec}: HTTP {status}: {_message(data, raw, status, self.redact)}"),
+                             status, headers)
         if not isinstance(data, dict):
             raise ModelCallError(f"{self.spec}: the server sent a body that is not a JSON object", retryable=True)
         return data, headers
@@ -64,15 +66,16 @@ class JSONClient:
             self._session = None
 
 
-def _message(data: object, raw: bytes, status: int) -> str:
-    """The provider's own error message: OpenAI's {"error": {"message"}}, Anthropic's {"error": {"message"}}."""
+def _message(data: object, raw: bytes, status: int, redact_key: Callable[[str], str]) -> str:
+    """The provider's own error message: OpenAI's {"error": {"message"}}, Anthropic's {"error": {"message"}}.
+    A body that is not JSON is redacted before it is cut (a cut inside a key would let half of it out)."""
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])
         if isinstance(error, str):
             return error
-    text = raw.decode("utf-8", "replace").strip()[:300]
+    text = clip(redact_key(raw.decode("utf-8", "replace").strip()))
     if text:
         return text
     try:

@@ -17,6 +17,7 @@ import aiohttp
 
 from factory import __version__
 from factory.errors import FactoryError, ModelCallError, http_error, redact
+from factory.redaction import clip
 from factory.search import Passage, SearchBackend
 
 TIMEOUT_S = 30.0  # a search that takes longer is retried
@@ -53,7 +54,7 @@ class _WebSearch(SearchBackend):
                                  retryable=True) from None
         text = raw.decode("utf-8", "replace")
         if status >= 400:
-            raise http_error(self._redact(f"{self.name}: HTTP {status} from {url}: {text.strip()[:300]}"
+            raise http_error(self._redact(f"{self.name}: HTTP {status} from {url}: {clip(self._redact(text.strip()))}"
                                           f"{self._hint(status)}"), status, headers)
         try:
             data = json.loads(text)
