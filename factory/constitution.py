@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.errors import InputError
+from factory.limits import limits
 from factory.yamlfile import load_yaml, read_text
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -26,6 +27,14 @@ def _not_blank(v: str) -> str:
     return v.strip()
 
 
+def _bounded(v: object) -> object:
+    """A text that goes into every prompt (and the dataset card): at most FACTORY_MAX_PRINCIPLE_CHARS."""
+    cap = limits().principle_chars
+    if isinstance(v, str) and len(v) > cap:
+        raise ValueError(f"{len(v)} characters, over the limit of {cap} (FACTORY_MAX_PRINCIPLE_CHARS)")
+    return v
+
+
 class Principle(Strict):
     id: str = Field(pattern=ID_PATTERN, description="stable id, recorded in every row it shaped")
     critique: str = Field(description="the request that asks for a critique of a response")
@@ -33,6 +42,7 @@ class Principle(Strict):
     judge: str | None = Field(default=None, description="optional instruction for a judge comparing two answers")
 
     _blank = field_validator("critique", "revision")(_not_blank)
+    _size = field_validator("critique", "revision", "judge", mode="before")(_bounded)
 
     def digest(self) -> str:
         return _digest(self.model_dump())
@@ -54,6 +64,8 @@ class Example(Strict):
     revision: str
 
     _blank = field_validator("prompt", "response", "critique", "revision")(_not_blank)
+    _size = field_validator("prompt", "response", "critique", "revision", "critique_request", "revision_request",
+                            mode="before")(_bounded)
 
     @model_validator(mode="after")
     def _one_form(self) -> Example:
@@ -147,6 +159,8 @@ def import_llm_swarm(path: str | Path, name: str) -> dict:
         raise InputError(path, f"malformed JSON: {e.msg}", line=e.lineno) from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # the rest of the parser's errors: a 5000-digit number, deep nesting
+        raise InputError(path, f"malformed JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
     if isinstance(data, list):  # the bare list form: principles only
         data = {"constitutions": data}
     if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list):

@@ -20,6 +20,7 @@ from factory.records import Candidate, Record
 from factory.stages import judge as judge_stage
 from factory.stages.judge import JudgeStage
 from factory.stats import Stats
+from factory.yamlfile import read_text
 
 DEFAULT_SET = ROOT / "evals" / "judge_check.jsonl"
 
@@ -33,10 +34,8 @@ class LabelledPair(BaseModel):
 
 
 def read_pairs(path: Path) -> list[LabelledPair]:
-    if not path.is_file():
-        raise InputError(path, "no such file")
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -9,8 +9,8 @@ from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.shapes import shapes
 from factory.models.transport import JSONClient
-from factory.redaction import checked_base_url
 from factory.ratelimit import LimitInfo, parse_openai_headers
+from factory.redaction import checked_base_url
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import openai
