@@ -563,17 +563,31 @@ def discover(prefs: Path, out: Path, model: str | None, seed_constitution: Path 
 
 
 def main() -> None:
+    """Every failure becomes a message and a documented exit code (factory.failures), never a traceback."""
+    from factory.failures import classify, log_traceback
+
     try:
         cli.main(standalone_mode=False, prog_name="factory")
-    except FactoryError as e:
-        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         stderr.print("aborted")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        sys.exit(130)
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - the one place that turns every error into a message
+        failure = classify(e)
+        log = getattr(e, "debug_log", None)
+        if failure.internal and log is None:
+            from factory.config import cache_root
+
+            log = log_traceback(e, cache_root() / "last-error.log")
+        message = failure.message if isinstance(e, KeyboardInterrupt) else f"error: {failure.message}"
+        if log is not None and failure.internal:
+            message += f"\n(the traceback is in {log}; please report it)"
+        try:
+            stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+        except OSError:
+            pass
+        sys.exit(failure.exit_code)

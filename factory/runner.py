@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from factory.calllog import CallLog
 from factory.card import card_body
 from factory.config import PipelineConfig
 from factory.errors import FactoryError, ModelCallError
+from factory.failures import classify, log_traceback
 from factory.judging.report import JudgeReport
 from factory.liblog import LibraryLog
 from factory.models import Completion, GenParams, Message
@@ -133,9 +136,14 @@ class Run:
                 raise first_error(group) from None
             finally:
                 watchdog.cancel()
-                for key, reason in source.failures:
-                    self.state.fail_call(key, source.name, reason)
-                self.save_counters()
+                failing = sys.exc_info()[1]
+                try:
+                    for key, reason in source.failures:
+                        self.state.fail_call(key, source.name, reason)
+                    self.save_counters()
+                except (sqlite3.Error, OSError):
+                    if failing is None:  # a full disk while already failing: report the first error only
+                        raise
 
     async def one(self, rec: Record, stages: list[Stage], caller, display: Display) -> None:
         """Carry one record through every stage; its outcome is committed once, when it ends."""
@@ -295,13 +303,8 @@ def conclude(run: Run, manifest: dict, work: Callable[[], None]) -> Outcome:
     otherwise finish it (export, report) and print its tables."""
     try:
         work()
-    except FactoryError as e:
-        write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
-        run.close()
-        raise
-    except KeyboardInterrupt:
-        write_json(run.dir / "manifest.json", manifest | {"status": "interrupted", "finished": now()})
-        run.close()
+    except BaseException as e:
+        stopped(run.dir, manifest, e, run.close)
         raise
     outcome = run.finish(manifest)
     run.console.print(summary_table(run.stats))
@@ -309,6 +312,27 @@ def conclude(run: Run, manifest: dict, work: Callable[[], None]) -> Outcome:
     if run.judge_quality is not None:
         run.console.print(judge_table(run.judge_quality))
     return outcome
+
+
+def stopped(run_dir: Path, manifest: dict, e: BaseException, close: Callable[[], None] | None = None) -> None:
+    """An honest manifest for a run stopped by `e` (aborted, interrupted, stopped and resumable, or
+    failed; never left "running"), the traceback in RUN_DIR/debug.log for anything unexpected, and
+    the run's files closed. Never raises: the error that stopped the run is the one to report."""
+    failure = classify(e)
+    if not isinstance(e, FactoryError | KeyboardInterrupt):
+        e.debug_log = log_traceback(e, run_dir / "debug.log")  # type: ignore[attr-defined]
+    entry = {"status": failure.status, "finished": now()}
+    if failure.status != "interrupted":
+        entry["error"] = failure.message
+    try:
+        write_json(run_dir / "manifest.json", manifest | entry)
+    except OSError:  # a full disk may refuse even this; a resume reads the run from its state, not this field
+        pass
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing after a failure must not replace it
+            pass
 
 
 def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = False, debug: bool = False) -> Outcome:
@@ -320,8 +344,13 @@ def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = Fal
         run_dir = create_run_dir(out)
         log.attach(run_dir / "debug.log")
         manifest = pipe.manifest(run_dir, batch)
-        write_json(run_dir / "manifest.json", manifest)
-        return _invoke(Run(pipe, run_dir, console, batch=batch, debug=debug), manifest)
+        try:
+            write_json(run_dir / "manifest.json", manifest)
+            started = Run(pipe, run_dir, console, batch=batch, debug=debug)
+        except BaseException as e:
+            stopped(run_dir, manifest, e)
+            raise
+        return _invoke(started, manifest)
 
 
 def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
