@@ -584,6 +584,8 @@ def main() -> None:
 
             log = log_traceback(e, cache_root() / "last-error.log")
         message = failure.message if isinstance(e, KeyboardInterrupt) else f"error: {failure.message}"
+        if getattr(e, "run_dir", None) is not None:
+            message = message.replace("RUN_DIR", str(e.run_dir))
         if log is not None and failure.internal:
             message += f"\n(the traceback is in {log}; please report it)"
         try:

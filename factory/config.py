@@ -210,6 +210,16 @@ class TimeoutsConfig(Strict):
     max: float = Field(default=300.0, gt=0)
 
 
+class OutageConfig(Strict):
+    """An endpoint that stops answering pauses the calls to it (see factory.outage)."""
+
+    after_failures: int = Field(default=3, ge=1, description="attempts in a row with no answer at all that mean "
+                                "the endpoint is down")
+    max_probe_s: float = Field(default=30.0, gt=0, description="cap in seconds on the backoff between probes")
+    max_down_s: float = Field(default=900.0, gt=0, description="stop the run (resumable, exit 4) after the endpoint "
+                              "has been down this long")
+
+
 class BatchConfig(Strict):
     poll_s: float = Field(default=30.0, gt=0, description="seconds between batch status checks")
     flush_s: float = Field(default=2.0, gt=0, description="submit queued requests after this long with no new one")
@@ -244,6 +254,7 @@ class PipelineConfig(Strict):
     limits: dict[str, LimitsConfig] = Field(default_factory=dict, description="rate limits per model spec")
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    outage: OutageConfig = Field(default_factory=OutageConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     prices: str | None = Field(default=None, description="price table YAML (default: prices.yaml in the repo)")
     cache_dir: str | None = Field(default=None, description="shared call cache folder that runs reuse")

@@ -16,9 +16,10 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from factory.config import RetriesConfig, TimeoutsConfig
+from factory.config import OutageConfig, RetriesConfig, TimeoutsConfig
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message, Model
+from factory.outage import Outage, no_answer
 from factory.prices import Budget, PriceTable, estimate_tokens, token_bound
 from factory.ratelimit import RateLimiter
 from factory.stats import StageStats
@@ -63,11 +64,14 @@ class Timeouts:
 
 class Endpoint:
     def __init__(self, model: Model, concurrency: int, limiter: RateLimiter, retries: RetriesConfig,
-                 timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget):
+                 timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget, outage: OutageConfig | None = None):
         self.model, self.limiter, self.retries, self.prices, self.budget = model, limiter, retries, prices, budget
         self.name = model.spec.partition(":")[2]
         # In-process models have no network to hang on, and a cut call would only waste the work.
         self.timeouts = Timeouts(timeouts) if model.provider != "local" else None
+        # Only a network endpoint can go away; a batch is the Batch API's to wait for.
+        remote = model.provider != "local" and not model.batched
+        self.outage = Outage(model.spec, outage or OutageConfig()) if remote else None
         self.counts: Counter[str] = Counter()  # attempts, retries, rate_limited, timeouts
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -84,7 +88,7 @@ class Endpoint:
         # The first attempt runs outside tenacity: most calls succeed at once, and building a retry
         # loop per call cost a tenth of a millisecond of CPU. Retries are tenacity's alone.
         try:
-            return await self._attempt(messages, params, template, st, on_error)
+            return await self._attempt_when_up(messages, params, template, st, on_error)
         except ModelCallError as e:
             if not e.retryable or self.retries.max_attempts == 1:
                 raise
@@ -101,8 +105,38 @@ class Endpoint:
                                  before_sleep=retried, reraise=True)
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(messages, params, template, st, on_error)
+                return await self._attempt_when_up(messages, params, template, st, on_error)
         raise AssertionError("unreachable: tenacity reraises")
+
+    async def _attempt_when_up(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
+                               on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
+        """`_attempt`, held back while the endpoint is down (factory.outage). An attempt that gets no
+        answer while it is down spends none of the call's retries: the call waits for its next turn."""
+        if self.outage is None:
+            return await self._attempt(messages, params, template, st, on_error)
+        while True:
+            if self.outage.down:
+                st.waiting += 1
+                st.outage = self.outage
+                try:
+                    probe = await self.outage.turn()
+                finally:
+                    st.waiting -= 1
+            else:
+                probe = False
+            try:
+                result = await self._attempt(messages, params, template, st, on_error)
+            except ModelCallError as e:
+                if not no_answer(e):
+                    self.outage.answered(probe)
+                elif self.outage.failed(probe):
+                    continue
+                raise
+            except BaseException:
+                self.outage.release(probe)
+                raise
+            self.outage.answered(probe)
+            return result
 
     def _delay(self, attempt: int, exc: BaseException | None) -> float:
         """Before attempt + 1: exponential backoff with full jitter; a server's Retry-After is a floor."""

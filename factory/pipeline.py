@@ -189,7 +189,7 @@ class Pipeline:
             share = 1.0 if model.provider == "local" else limit_share
             limiter = RateLimiter(limits.rpm, limits.tpm) if share == 1.0 else ShareOfLimits(limits.rpm, limits.tpm, share)
             endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
-                                       cfg.timeouts, self.prices, budget)
+                                       cfg.timeouts, self.prices, budget, cfg.outage)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
                       search_attempts=cfg.retries.max_attempts, **kwargs)
 

@@ -27,6 +27,8 @@ class _Calls(ProgressColumn):
         text = f"{st.in_flight:3d} in flight {st.calls:6d} calls  ${st.cost:.4f}"
         if st.retries or st.rate_limited:
             text += f"  {st.retries} retries, {st.rate_limited}x429"
+        if st.waiting and st.outage is not None and st.outage.down:
+            return Text(f"{text}  waiting: {st.outage.describe()}", style="yellow")
         return Text(text, style="cyan")
 
 

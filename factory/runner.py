@@ -41,6 +41,7 @@ from factory.state import RunState, lock_run_dir
 from factory.stats import Stats
 
 EXIT_FAILURES, EXIT_STOPPED = 1, 3
+OUTAGE_NOTE_S = 30.0  # how often the watchdog repeats that an endpoint is down
 BATCH_WINDOW = 50_000  # records in flight with --batch: a batch is only as large as what is waiting
 
 
@@ -170,10 +171,17 @@ class Run:
     async def watchdog(self, caller) -> None:
         """Every few seconds: save counters; when no call has finished for `watchdog_s`, say what is
         in flight and for how long."""
-        limit, warned = self.pipe.cfg.watchdog_s, 0.0
+        limit, warned, told = self.pipe.cfg.watchdog_s, 0.0, 0.0
         while True:
             await asyncio.sleep(min(5.0, limit / 4))
             self.save_counters()
+            down = [e.outage.describe() for e in caller.endpoints.values() if e.outage is not None and e.outage.down]
+            if down:  # an outage explains the silence: say so, not what is in flight
+                if time.monotonic() - told > OUTAGE_NOTE_S:
+                    told = time.monotonic()
+                    self.console.print("[yellow]endpoint not answering, calls paused: " + "; ".join(down) + "[/yellow]",
+                                       highlight=False)
+                continue
             quiet = time.monotonic() - caller.last_done
             if caller.active and quiet > limit and time.monotonic() - warned > limit:
                 warned = time.monotonic()
@@ -319,6 +327,7 @@ def stopped(run_dir: Path, manifest: dict, e: BaseException, close: Callable[[],
     failed; never left "running"), the traceback in RUN_DIR/debug.log for anything unexpected, and
     the run's files closed. Never raises: the error that stopped the run is the one to report."""
     failure = classify(e)
+    e.run_dir = run_dir  # type: ignore[attr-defined]
     if not isinstance(e, FactoryError | KeyboardInterrupt):
         e.debug_log = log_traceback(e, run_dir / "debug.log")  # type: ignore[attr-defined]
     entry = {"status": failure.status, "finished": now()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -24,6 +25,8 @@ class StageStats:
     cached_prompt_tokens: int = 0  # of prompt_tokens, read from a prompt cache (provider's or local prefix cache)
     call_seconds: float = 0.0
     in_flight: int = 0
+    waiting: int = 0  # calls held back because their endpoint is down
+    outage: Any = None  # that endpoint's factory.outage.Outage, for the progress line
     counters: Counter[str] = field(default_factory=Counter)
     started: float | None = None
     ended: float | None = None

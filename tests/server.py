@@ -148,6 +148,7 @@ class FakeAPIServer:
         self._anthropic_batches: dict[str, dict] = {}
         self._row_faults: list[_RowFault] = []
         self._raw_bodies: deque[str] = deque()
+        self.down = False
         self._httpd: _HTTPServer | None = None
 
     # --- test controls ---------------------------------------------------------------------------
@@ -200,6 +201,18 @@ class FakeAPIServer:
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
+    def go_down(self) -> None:
+        """An outage: stop listening (new connections are refused) and drop every request that
+        arrives on a connection already open, until `come_back`."""
+        self.down = True
+        self.stop()
+
+    def come_back(self) -> None:
+        """Listen again on the same port and answer as before."""
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self.down = False
+        self.start()
+
     def stop(self) -> None:
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -216,6 +229,8 @@ class FakeAPIServer:
 
     def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer | None:
         """Answer one request as (status, extra headers, JSON or bytes), or None to drop the connection."""
+        if self.down:
+            return None
         parts = urlsplit(target)
         path, query = parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()}
         chat = method == "POST" and path in ("/v1/chat/completions", "/v1/messages")
