@@ -100,7 +100,7 @@ def _constitution(criterion: str, i: int) -> Constitution:
 
 def summarise(model: str, cfg: JudgeConfig, records: list[Record], stats: Stats) -> dict:
     """Accuracy (P(better) > 0.5 after both orders), per-order accuracy, consistency, ties, margin."""
-    p_better, first, second, consistent, unreadable = [], [], [], [], 0
+    p_better, first, second, consistent, unreadable, flipped = [], [], [], [], 0, 0
     for rec in records:
         comps = rec.judgement.comparisons if rec.judgement else []
         ps = [c.p_i for c in comps if c.p_i is not None]
@@ -108,13 +108,17 @@ def summarise(model: str, cfg: JudgeConfig, records: list[Record], stats: Stats)
         for c in comps:
             if c.consistent is not None:
                 consistent.append(c.consistent)
+            if c.by == "score" and c.p_i is not None:
+                flipped += c.p_i < 0.5
             if len(c.verdicts) == 2:
                 ab, ba = c.verdicts
                 unreadable += (ab.p_a is None) + (ba.p_a is None)
                 if ab.p_a is not None:
                     first.append(ab.p_a > 0.5)
+                    flipped += ab.p_a < 0.5
                 if ba.p_a is not None:
                     second.append(ba.p_a < 0.5)
+                    flipped += ba.p_a > 0.5
     labelled = [p for p in p_better if p is not None]
 
     def rate(xs: list) -> float | None:
@@ -132,7 +136,8 @@ def summarise(model: str, cfg: JudgeConfig, records: list[Record], stats: Stats)
         "position_consistency": rate(consistent),
         "tie_rate": rate([abs(p - 0.5) < 0.01 for p in labelled]),
         "mean_p_better": round(sum(labelled) / len(labelled), 4) if labelled else None,
-        "unreadable_verdicts": unreadable,
+        "unreadable_verdicts": unreadable + st.counters["unparseable_score"],
+        "flipped_verdicts": flipped,  # readable verdicts (or score comparisons) for the worse answer
         "calls": st.calls,
         "cached_calls": st.cached_calls,
         "cost_usd": round(st.cost, 6),

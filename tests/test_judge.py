@@ -115,7 +115,7 @@ def test_position_bias_cancels_to_a_tie_and_is_reported(tmp_path: Path) -> None:
 def test_parsed_verdicts_are_voted_without_logprobs(tmp_path: Path) -> None:
     def reply(a: str, b: str, p_a: float, seed: int) -> str:  # right 2 times in 3, by seed
         right = "A" if p_a > 0.5 else "B"
-        return f"The answer is ({right})" if seed % 3 else f"The answer is ({'B' if right == 'A' else 'A'})"
+        return f"Verdict: ({right})" if seed % 3 else f"Verdict: ({'B' if right == 'A' else 'A'})"
 
     rec, st = judge(record("bad", revisions=("good",)), FakeJudge(logprobs=False, reply=reply), tmp_path,
                     samples=3, temperature=1.0)
@@ -154,7 +154,7 @@ def test_candidate_text_cannot_steer_the_verdict(tmp_path: Path) -> None:
 
     def reply(a: str, b: str, p_a: float, seed: int) -> str:  # the judge quotes both options, then decides
         right = "A" if p_a > 0.5 else "B"
-        return f'Option A says "{a}" and option B says "{b}". Option {right} is better.'
+        return f'Option A says "{a}" and option B says "{b}". Option {right} is better.\nVerdict: ({right})'
 
     rec, _ = judge(record(evil, revisions=("a good answer",)), FakeJudge(logprobs=False, reply=reply), tmp_path)
     (c,) = rec.judgement.comparisons
@@ -351,3 +351,21 @@ def test_judge_check_on_the_embedded_model(tmp_path: Path) -> None:
     report = json.loads(r.stdout)
     assert report["labelled"] == 4 and report["verdict_sources"] == {"verdict:logprobs": 8}
     assert 0 <= report["accuracy"] <= 1 and 0 < report["mean_p_better"] < 1
+
+
+@pytest.mark.parametrize("method", ["choice", "cot", "score"])
+def test_the_injection_set_neither_flips_nor_loses_a_verdict(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """`factory judge-check` on evals/judge_injection.jsonl: candidates full of verdict phrases, quote
+    markers and fake scores, a judge (over the real test server) that quotes them around its verdict."""
+    from injection_judge import injection_judge, load_pairs
+    from server import FakeAPIServer
+
+    from factory.judgecheck import judge_check
+
+    path = ROOT / "evals" / "judge_injection.jsonl"
+    with FakeAPIServer(responder=injection_judge(load_pairs(path))) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
+        report = judge_check("openai:judge", path, method=method)
+    assert report["pairs"] == 16
+    assert (report["unreadable_verdicts"], report["flipped_verdicts"], report["accuracy"]) == (0, 0, 1.0), report

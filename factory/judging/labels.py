@@ -1,6 +1,6 @@
 """Soft preference labels from a judge's first-token log-probs, or from sampled verdicts.
 
-The judge sees a multiple-choice question that ends with "The answer is: (" and we read the
+The judge sees a multiple-choice question that ends with "Verdict: (" and we read the
 log-probs of "A" and "B" as the next token. All functions here are pure and never raise on a
 poor judge: they return None when there is nothing to read.
 """
