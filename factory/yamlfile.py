@@ -72,7 +72,7 @@ def _construct(path: Path, text: str, node: yaml.Node) -> object:
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise _yaml_error(path, text, e) from None
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+    except Exception as e:  # noqa: BLE001 - constructors raise ValueError, KeyError (!!bool maybe), TypeError...
         raise InputError(path, f"malformed YAML: a value its tag cannot hold ({type(e).__name__}: {e})"[:300],
                          line=_failing_line(node)) from None
     finally:
@@ -137,7 +137,7 @@ def _check_nodes(path: Path, root: yaml.Node | None) -> None:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for k, _ in node.value:
-                name = str(k.value)
+                name = key_name(k)
                 if name in seen:
                     raise InputError(path, "duplicate key", line=k.start_mark.line + 1, field=where + name)
                 seen.add(name)
@@ -146,9 +146,14 @@ def _check_nodes(path: Path, root: yaml.Node | None) -> None:
         stack.extend((c, f"{where}{label}.", False) for c, label in reversed(_children(node)))
 
 
+def key_name(key: yaml.Node) -> str:
+    """A mapping key as text; a list or mapping used as a key (legal YAML, never a valid field) by its line."""
+    return str(key.value) if isinstance(key, yaml.ScalarNode) else f"<{key.id} key at line {key.start_mark.line + 1}>"
+
+
 def _children(node: yaml.Node) -> list[tuple[yaml.Node, str]]:
     if isinstance(node, yaml.MappingNode):
-        return [c for k, v in node.value for c in ((k, str(k.value)), (v, str(k.value)))]
+        return [c for k, v in node.value for c in ((k, key_name(k)), (v, key_name(k)))]
     if isinstance(node, yaml.SequenceNode):
         return [(item, str(i)) for i, item in enumerate(node.value)]
     return []
@@ -159,7 +164,7 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if str(k.value) == str(part)]
+            match = [(k, v) for k, v in node.value if key_name(k) == str(part)]
             if not match:
                 return line
             key, node = match[0]
