@@ -16,9 +16,11 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from factory.calllog import CallLog, call_key, request_json, search_key
+from factory.config import OutageConfig
 from factory.endpoint import Endpoint
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message
+from factory.outage import Outage
 from factory.prompts import Template
 from factory.records import CallRef
 from factory.search import Passage, SearchBackend
@@ -37,7 +39,7 @@ class ParseFailure(ModelCallError):
 
 class Caller:
     def __init__(self, endpoints: dict[str, Endpoint], log: CallLog, stats: Stats, *, shared: CallLog | None = None,
-                 parse_attempts: int = 3, search_attempts: int = 6,
+                 parse_attempts: int = 3, search_attempts: int = 6, outage: OutageConfig | None = None,
                  debug: Callable[[str, list[Message], GenParams, Completion], None] | None = None):
         self.endpoints, self.log, self.stats, self.shared = endpoints, log, stats, shared
         self.parse_attempts, self.search_attempts, self.debug = parse_attempts, search_attempts, debug
@@ -45,6 +47,8 @@ class Caller:
         self.last_done = time.monotonic()
         self._ids = itertools.count()
         self._pending: dict[str, asyncio.Event] = {}  # key -> set when that call ends (answered or failed)
+        self.outage_cfg = outage or OutageConfig()
+        self.search_outages: dict[str, Outage] = {}  # a web search backend that stops answering pauses too
 
     async def chat(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
                    params: GenParams, *, context: dict | None = None, sample: int = 0) -> tuple[Completion, CallRef]:
@@ -158,8 +162,9 @@ class Caller:
         async for attempt in retrying:
             with attempt:
                 start = time.monotonic()
+                outage = self.search_outages.setdefault(backend.key(), Outage(backend.key(), self.outage_cfg))
                 try:
-                    return await backend.search(query, k)
+                    return await outage.call(lambda: backend.search(query, k))
                 except ModelCallError as e:
                     st.failed_calls += 1
                     self.log.put_error(search_key(backend.key(), query, k), stage, backend.key(), str(e),

@@ -19,7 +19,7 @@ from tenacity import (
 from factory.config import OutageConfig, RetriesConfig, TimeoutsConfig
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message, Model
-from factory.outage import Outage, no_answer
+from factory.outage import Outage
 from factory.prices import Budget, PriceTable, estimate_tokens, token_bound
 from factory.ratelimit import RateLimiter
 from factory.stats import StageStats
@@ -110,33 +110,15 @@ class Endpoint:
 
     async def _attempt_when_up(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                                on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
-        """`_attempt`, held back while the endpoint is down (factory.outage). An attempt that gets no
-        answer while it is down spends none of the call's retries: the call waits for its next turn."""
+        """`_attempt`, held back while the endpoint is down (factory.outage)."""
         if self.outage is None:
             return await self._attempt(messages, params, template, st, on_error)
-        while True:
-            if self.outage.down:
-                st.waiting += 1
-                st.outage = self.outage
-                try:
-                    probe = await self.outage.turn()
-                finally:
-                    st.waiting -= 1
-            else:
-                probe = False
-            try:
-                result = await self._attempt(messages, params, template, st, on_error)
-            except ModelCallError as e:
-                if not no_answer(e):
-                    self.outage.answered(probe)
-                elif self.outage.failed(probe):
-                    continue
-                raise
-            except BaseException:
-                self.outage.release(probe)
-                raise
-            self.outage.answered(probe)
-            return result
+
+        def waiting(n: int) -> None:  # for the progress line
+            st.waiting += n
+            st.outage = self.outage
+
+        return await self.outage.call(lambda: self._attempt(messages, params, template, st, on_error), waiting)
 
     def _delay(self, attempt: int, exc: BaseException | None) -> float:
         """Before attempt + 1: exponential backoff with full jitter; a server's Retry-After is a floor."""

@@ -9,10 +9,14 @@ debug.log (or, before a run directory exists, to the cache folder's last-error.l
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
 
 from factory.errors import FactoryError
 from factory.redaction import redact
@@ -56,6 +60,15 @@ def classify(exc: BaseException) -> Failure:
         return Failure(f"{exc.strerror or exc}{where}", EXIT_INPUT, "failed")
     if isinstance(exc, sqlite3.Error):
         return Failure(f"a database in the run directory failed: {exc}", EXIT_INPUT, "failed")
+    if isinstance(exc, json.JSONDecodeError):  # a file the tool wrote, damaged (the user's own files are named)
+        return Failure(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} (a damaged file in the "
+                       "run or dataset folder?)", EXIT_INPUT, "failed")
+    if isinstance(exc, yaml.YAMLError):
+        return Failure(f"malformed YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                       EXIT_INPUT, "failed")
+    if isinstance(exc, ValidationError):
+        return Failure(f"unexpected data ({exc.error_count()} error(s)): {redact(str(exc))[:300]} (a damaged file in "
+                       "the run or dataset folder?)", EXIT_INPUT, "failed")
     if isinstance(exc, UnicodeError):
         return Failure(f"text that cannot be encoded as UTF-8 ({exc}); remove lone surrogates (\\ud800...)",
                        EXIT_INPUT, "failed")

@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from factory.config import OutageConfig
 from factory.errors import ModelCallError
 from factory.failures import Resumable
+
+T = TypeVar("T")
 
 
 class EndpointDown(Resumable):
@@ -55,6 +59,33 @@ class Outage:
         since = datetime.fromtimestamp(self.down_since).strftime("%H:%M:%S")
         return (f"{self.spec} down since {since} ({time.time() - self.down_since:.0f} s, stops at "
                 f"{self.cfg.max_down_s:.0f} s), {self.waiting} call(s) waiting, {self.probes} probe(s)")
+
+    async def call(self, attempt: Callable[[], Awaitable[T]], waiting: Callable[[int], None] | None = None) -> T:
+        """`attempt()`, held back while the endpoint is down. An attempt that gets no answer while it
+        is down spends nothing: the call waits for its next turn. `waiting(+1/-1)` brackets each wait."""
+        while True:
+            probe = False
+            if self.down:
+                if waiting is not None:
+                    waiting(1)
+                try:
+                    probe = await self.turn()
+                finally:
+                    if waiting is not None:
+                        waiting(-1)
+            try:
+                result = await attempt()
+            except ModelCallError as e:
+                if not no_answer(e):
+                    self.answered(probe)
+                elif self.failed(probe):
+                    continue
+                raise
+            except BaseException:
+                self.release(probe)
+                raise
+            self.answered(probe)
+            return result
 
     async def turn(self) -> bool:
         """Wait until a call may be sent. True: this call is the probe (report its outcome with

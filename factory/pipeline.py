@@ -191,7 +191,7 @@ class Pipeline:
             endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
                                        cfg.timeouts, self.prices, budget, cfg.outage)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
-                      search_attempts=cfg.retries.max_attempts, **kwargs)
+                      search_attempts=cfg.retries.max_attempts, outage=cfg.outage, **kwargs)
 
     def stages(self) -> list[Stage]:
         cfg, t, seed, st = self.cfg, self.templates, self.cfg.seed, self.cfg.stages

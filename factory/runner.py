@@ -24,7 +24,7 @@ from factory.caller import Caller
 from factory.calllog import CallLog
 from factory.card import card_body
 from factory.config import PipelineConfig
-from factory.errors import FactoryError, ModelCallError
+from factory.errors import FactoryError, InputError, ModelCallError
 from factory.failures import classify, log_traceback
 from factory.judging.report import JudgeReport
 from factory.liblog import LibraryLog
@@ -370,8 +370,12 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    cfg = PipelineConfig.model_validate(manifest["config"])
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        cfg = PipelineConfig.model_validate(manifest["config"])
+    except (ValueError, KeyError, TypeError) as e:  # JSON, pydantic and a missing or odd field alike
+        raise InputError(manifest_path, f"not a manifest this version can resume ({type(e).__name__}: {e})"[:300],
+                         line=getattr(e, "lineno", None)) from None
     cfg._base_dir = Path(manifest["config_dir"])
     ov.prompts = Path(manifest["prompts"]) if manifest.get("prompts") else None
     ov.limit = manifest.get("limit")

@@ -72,10 +72,10 @@ def make_caller(models: dict[str, Model], log: CallLog, stats: Stats | None = No
                 **config) -> Caller:
     """A Caller with real endpoints (default retries, timeouts, no rate limit, no budget)."""
     cfg = PipelineConfig(constitution="unused", concurrency=concurrency, **config)
-    endpoints = {spec: Endpoint(m, concurrency, RateLimiter(), cfg.retries, cfg.timeouts, load_prices(), Budget(None))
-                 for spec, m in models.items()}
+    endpoints = {spec: Endpoint(m, concurrency, RateLimiter(), cfg.retries, cfg.timeouts, load_prices(), Budget(None),
+                                cfg.outage) for spec, m in models.items()}
     return Caller(endpoints, log, stats or Stats(["questions", "answer", "critique_revise", "export"]),
-                  parse_attempts=cfg.retries.parse_attempts)
+                  parse_attempts=cfg.retries.parse_attempts, outage=cfg.outage)
 
 
 def drain(source, caller: Caller) -> list:

@@ -111,3 +111,38 @@ def test_outage_state_machine() -> None:
 
     asyncio.run(go())
     assert issubclass(EndpointDown, Exception) and not issubclass(EndpointDown, ModelCallError)
+
+
+def test_a_search_backend_that_stops_answering_pauses_too(tmp_path: Path) -> None:
+    """Eight attempts in a row with no answer, against 3 search attempts: without the pause the search
+    (and its record) would fail; with it, the search waits and gets its passages."""
+    import asyncio
+
+    from conftest import make_caller
+
+    from factory.calllog import CallLog
+    from factory.search import Passage, SearchBackend
+
+    class Flaky(SearchBackend):
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def key(self) -> str:
+            return "flaky:test"
+
+        async def search(self, query: str, k: int) -> list[Passage]:
+            self.calls += 1
+            if self.calls <= 8:
+                raise ModelCallError("flaky: no response from http://x: Connection refused", retryable=True)
+            return [Passage(title="t", text="found", source="s", score=1.0)]
+
+    log = CallLog(tmp_path / "calls.sqlite")
+    caller = make_caller({}, log, outage={"after_failures": 2, "max_probe_s": 0.01, "max_down_s": 30})
+    caller.search_attempts = 3
+    backend = Flaky()
+    passages = asyncio.run(caller.search("factcheck", backend, "q", 1))
+    log.close()
+    assert [p.text for p in passages] == ["found"] and backend.calls == 9
+    assert caller.search_outages["flaky:test"].outages == 1 and not caller.search_outages["flaky:test"].down

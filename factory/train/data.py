@@ -40,7 +40,7 @@ def card_configs(folder: Path) -> dict[str, list[dict]]:
     header = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
     try:
         meta = yaml.safe_load(header) or {}
-    except yaml.YAMLError as e:
+    except Exception as e:  # noqa: BLE001 - any error of the YAML parser or its constructors
         raise FactoryError(f"{readme}: unreadable YAML header: {e}") from None
     configs = meta.get("configs") if isinstance(meta, dict) else None
     if not configs:
