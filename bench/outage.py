@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,19 +44,6 @@ def rows(run_dir: Path) -> list[str] | None:
 def failed(run_dir: Path) -> int:
     path = run_dir / "failed.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def outage(srv: FakeAPIServer, after: int, seconds: float) -> threading.Thread:
-    def go() -> None:
-        while sum(srv.counts.values()) < after:
-            time.sleep(0.01)
-        srv.go_down()
-        time.sleep(seconds)
-        srv.come_back()
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread
 
 
 def main() -> None:
@@ -97,14 +83,14 @@ def main() -> None:
         report["clean"] = {"exit": code, "seconds": round(secs, 1), "requests": calls}
 
         srv.counts.clear()
-        thread = outage(srv, calls // 3, args.outage_s)
+        thread = srv.outage_after(calls // 3, args.outage_s)
         code, secs, out = run("short", 900)
         thread.join()
         report[f"outage_{args.outage_s:g}s_limit_900s"] = {
             "exit": code, "seconds": round(secs, 1), "failed_records": failed(out), "same_datasets": rows(out) == rows(clean)}
 
         srv.counts.clear()
-        thread = outage(srv, calls // 3, args.long_outage_s)
+        thread = srv.outage_after(calls // 3, args.long_outage_s)
         code, secs, out = run("long", args.long_limit_s)
         stop = {"exit": code, "seconds": round(secs, 1), "failed_records": failed(out),
                 "status": json.loads((out / "manifest.json").read_text())["status"]}

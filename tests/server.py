@@ -207,6 +207,20 @@ class FakeAPIServer:
         self.down = True
         self.stop()
 
+    def outage_after(self, requests: int, seconds: float) -> threading.Thread:
+        """In the background: once `requests` chat requests were counted, go down for `seconds`, then
+        come back. Join the thread to wait until it is back."""
+        def run() -> None:
+            while sum(self.counts.values()) < requests:
+                time.sleep(0.01)
+            self.go_down()
+            time.sleep(seconds)
+            self.come_back()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
     def come_back(self) -> None:
         """Listen again on the same port and answer as before."""
         self.port = int(self.url.rsplit(":", 1)[1])

@@ -4,8 +4,6 @@ against the real local HTTP server, which stops listening and drops open connect
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,6 @@ from factory.outage import EndpointDown, Outage
 PROMPTS = [f"Question number {i}: how do I look after a {w}?" for i, w in
            enumerate(["cat", "dog", "fern", "bike", "violin", "garden", "tent", "kettle", "roof", "boat"])]
 FAST = {"after_failures": 3, "max_probe_s": 0.5}
-
-
-def outage_after(srv, requests: int, seconds: float) -> threading.Thread:
-    """Take the server down once it has answered `requests` chat requests, for `seconds`."""
-    def run() -> None:
-        while sum(srv.counts.values()) < requests:
-            time.sleep(0.01)
-        srv.go_down()
-        time.sleep(seconds)
-        srv.come_back()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def start(monkeypatch, capsys, tmp_path: Path, out: Path, **outage) -> tuple[int, str]:
@@ -52,7 +36,7 @@ def clean(api, tmp_path: Path, monkeypatch, capsys) -> Path:
 
 def test_a_short_outage_pauses_and_the_run_completes_unchanged(api, clean: Path, tmp_path: Path, monkeypatch,
                                                                capsys) -> None:
-    thread = outage_after(api, 10, 3.0)
+    thread = api.outage_after(10, 3.0)
     out = tmp_path / "run"
     code, err = start(monkeypatch, capsys, tmp_path, out, max_down_s=60)
     thread.join()
@@ -66,7 +50,7 @@ def test_a_short_outage_pauses_and_the_run_completes_unchanged(api, clean: Path,
 
 def test_a_long_outage_stops_resumably_then_resumes_unchanged(api, clean: Path, tmp_path: Path, monkeypatch,
                                                               capsys) -> None:
-    thread = outage_after(api, 10, 4.0)
+    thread = api.outage_after(10, 4.0)
     out = tmp_path / "run"
     code, err = start(monkeypatch, capsys, tmp_path, out, max_down_s=1.5)
     assert code == 4, err
