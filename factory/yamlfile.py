@@ -33,7 +33,7 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise InputError(path, f"cannot read it: {e.strerror or e}") from None
     if len(data) > cap:
-        raise InputError(path, f"larger than {cap / 2**20:g} MB; raise FACTORY_MAX_FILE_MB if it is meant to be")
+        raise InputError(path, f"larger than {cap / 2**20:.3g} MB; raise FACTORY_MAX_FILE_MB if it is meant to be")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -126,8 +126,8 @@ def _check_nodes(path: Path, root: yaml.Node | None) -> None:
             if key in open_nodes:
                 raise InputError(path, "a recursive alias (an anchor used inside itself)", line=node.start_mark.line + 1)
             if aliases > lim.yaml_aliases:
-                raise InputError(path, f"more than {lim.yaml_aliases} alias uses; refused (FACTORY_MAX_YAML_ALIASES)",
-                                 line=node.start_mark.line + 1)
+                raise InputError(path, f"more than {lim.yaml_aliases} alias uses (the last of the anchor on this line); "
+                                 "refused (FACTORY_MAX_YAML_ALIASES)", line=node.start_mark.line + 1)
             continue
         if isinstance(node, yaml.ScalarNode):
             if isinstance(node.value, str) and (bad := bad_character(node.value)):
