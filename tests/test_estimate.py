@@ -31,7 +31,7 @@ def full_length(messages: list[dict], body: dict):
     claim lists as long as well; the judge's verdicts and scores and the question lists as scripted."""
     reply, user = server_script(messages, body), messages[-1]["content"].rstrip()
     limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16
-    if user.endswith("Reply with the number only."):  # the 1-10 score judge
+    if user.endswith("counts as a score."):  # the 1-10 score judge (prompts/judge_score.yaml)
         return Reply(str(1 + body.get("seed", 0) % 10), logprobs={str(1 + body.get("seed", 0) % 10): 0.0})
     if not isinstance(reply, str) or user.endswith(("Correct:", "one per line.")):
         return reply
