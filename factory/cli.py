@@ -41,7 +41,7 @@ def cli() -> None:
 def _print_outcome(outcome, hub_repo: str | None = None) -> None:
     run_dir, counts = outcome.run_dir, outcome.counts
     if hub_repo and counts:
-        from factory.hub import push
+        from factory.export.hub import push
 
         stdout.print(f"pushed to {push(run_dir, hub_repo)}", markup=False, highlight=False)
     shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
@@ -112,16 +112,16 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     directory is created. The last line printed is the run directory. Exit codes: 0 done,
     1 done with failures (see failed.jsonl), 2 bad input, 3 stopped at --max-cost.
     """
-    from factory.pipeline import Overrides, Pipeline
-    from factory.runner import resume
-    from factory.runner import run as run_pipeline
+    from factory.engine.pipeline import Overrides, Pipeline
+    from factory.engine.runner import resume
+    from factory.engine.runner import run as run_pipeline
 
     if (ray_address or workers or shards) and executor != "ray" and resume_dir is None:
         raise FactoryError("--ray-address, --workers and --shards go with --executor ray")
     if debug:
         concurrency = 1
     if hub_repo:
-        from factory.hub import require_token
+        from factory.export.hub import require_token
 
         require_token()  # before any work, not after it
     if resume_dir is not None:
@@ -138,7 +138,7 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
     if dry_run:
-        from factory.estimate import estimate, estimate_table
+        from factory.engine.estimate import estimate, estimate_table
 
         stdout.print(estimate_table(estimate(pipe, batch), batch))
         return
@@ -158,8 +158,8 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> None:
     """Reprocess only the failed records of RUN_DIR (those in its failed.jsonl), then rewrite its
     datasets. Completed calls come from the call log, so nothing is paid twice."""
-    from factory.pipeline import Overrides
-    from factory.runner import resume
+    from factory.engine.pipeline import Overrides
+    from factory.engine.runner import resume
 
     _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost), retry_failed=True))
 
@@ -181,7 +181,7 @@ def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int 
     (in $FACTORY_CACHE_DIR or ~/.cache/constitution-factory), so after editing one principle
     only the calls that used it run again.
     """
-    from factory.tryout import try_prompt
+    from factory.commands.tryout import try_prompt
 
     try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
 
@@ -201,7 +201,7 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
     each judged in both orders, before you pay for a run. Calls are cached between checks."""
     from rich.table import Table
 
-    from factory.judgecheck import DEFAULT_SET, judge_check, to_json
+    from factory.commands.judgecheck import DEFAULT_SET, judge_check, to_json
 
     report = judge_check(model, pairs or DEFAULT_SET, config=config, method=method, samples=samples)
     if as_json:
@@ -223,7 +223,7 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
 def inspect(run_dir: Path, samples: int, seed: int) -> None:
     """What RUN_DIR made and dropped (counts and reasons per stage, the judge's quality report), and a
     few records in full: prompt, answers, critiques, revisions, the judge's verdicts and fact verdicts."""
-    from factory.inspect_run import inspect_run
+    from factory.commands.inspect_run import inspect_run
 
     inspect_run(run_dir, stdout, samples, seed)
 
@@ -250,10 +250,10 @@ def report_(run_dir: Path, out: Path | None) -> None:
 def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     """Merge finished runs into one dataset, deduplicated across runs (the first run listed wins), with a
     card naming every source run. Export settings come from the first run's config."""
-    from factory.merge import merge as merge_runs
+    from factory.export.merge import merge as merge_runs
 
     if hub_repo:
-        from factory.hub import require_token
+        from factory.export.hub import require_token
 
         require_token()
     counts, st = merge_runs(list(run_dirs), out)
@@ -261,7 +261,7 @@ def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
     stdout.print(f"{st['in']} records in, dropped {dropped}\ndatasets: {rows}", markup=False, highlight=False)
     if hub_repo:
-        from factory.hub import push
+        from factory.export.hub import push
 
         stdout.print(f"pushed to {push(out, hub_repo)}", markup=False, highlight=False)
     stdout.print(str(out), markup=False, highlight=False)
@@ -322,7 +322,7 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal."""
     from rich.table import Table
 
-    from factory.evaluate import evaluate
+    from factory.commands.evaluate import evaluate
 
     report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
                               benign=set(benign) if benign else None, samples=samples)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from factory.caller import Caller
-from factory.calllog import CallLog
 from factory.config import ROOT, PipelineConfig
-from factory.endpoint import Endpoint
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.endpoint import Endpoint
+from factory.engine.prices import Budget, load_prices
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.stats import Stats
 from factory.models import Completion, GenParams, Message, Model
-from factory.prices import Budget, load_prices
-from factory.ratelimit import RateLimiter
-from factory.stats import Stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 

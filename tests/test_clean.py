@@ -10,12 +10,12 @@ import pytest
 from datasets import load_dataset
 from test_cli import api_config, factory, write_prompts
 
-from factory.clean import Cleaner
 from factory.config import CleanConfig, EvalSet, ExportConfig
 from factory.constitution import load_constitution
+from factory.engine.stats import StageStats
+from factory.export.clean import Cleaner
+from factory.export.writer import export
 from factory.records import CallRef, Candidate, Record, Round
-from factory.stages.export import export
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
@@ -159,7 +159,7 @@ def test_exported_data_trains_with_trl(tmp_path: Path) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     many = [rec(f"Question number {i} about topic {i * 7}?", f"Short answer {i}.",
                 f"A longer and kinder answer number {i} that explains topic {i * 7} with care and detail.")

@@ -17,17 +17,17 @@ from datasets import load_dataset
 from pydantic import ValidationError
 from test_cli import factory, write_prompts
 
-from factory.caller import ParseError
-from factory.calllog import CallLog
 from factory.config import ExportConfig, FactCheckConfig
 from factory.constitution import load_constitution
+from factory.engine.caller import ParseError
+from factory.engine.calllog import CallLog
+from factory.engine.stats import StageStats
 from factory.errors import ModelCallError
-from factory.facts import parse_claims, parse_queries, parse_verdict, score
+from factory.export.writer import rows
+from factory.judging.facts import parse_claims, parse_queries, parse_verdict, score
 from factory.records import Candidate, Claim, FactCheck, Record, Round
 from factory.search import Passage, SearchBackend
-from factory.stages.export import rows
 from factory.stages.factcheck import FactCheckStage, load_templates
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
@@ -277,8 +277,8 @@ def test_default_rows_carry_fact_scores(tmp_path: Path) -> None:
 
 def test_dry_run_counts_the_fact_checker() -> None:
     from factory.config import load_config
-    from factory.estimate import estimate
-    from factory.pipeline import Overrides, Pipeline
+    from factory.engine.estimate import estimate
+    from factory.engine.pipeline import Overrides, Pipeline
 
     pipe = Pipeline.prepare(load_config(ROOT / "pipelines" / "factcheck.yaml"), Overrides())
     lines = {line.stage: line for line in estimate(pipe, False)}

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_embedded_model_end_to_end(tmp_path: Path) -> None:
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     prompts = write_prompts(tmp_path / "p.jsonl", ["How can I get back at a coworker who insulted me?",
                                                    "What is a healthy breakfast?"])

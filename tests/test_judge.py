@@ -13,18 +13,18 @@ import pytest
 from datasets import load_dataset
 from test_cli import api_config, factory, write_prompts
 
-from factory.calllog import CallLog
 from factory.config import ExportConfig, JudgeConfig, TeacherConfig
 from factory.constitution import load_constitution
+from factory.engine.calllog import CallLog
+from factory.engine.stats import StageStats
+from factory.export.writer import rows
 from factory.judging import VaderScorer
-from factory.judging.report import JudgeReport
+from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message, Model
 from factory.prompts import load_template
 from factory.records import Candidate, Record, Round
 from factory.stages import judge as judge_stage
-from factory.stages.export import rows
 from factory.stages.judge import JudgeStage
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")

@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 
-from factory import smollm2
 from factory.errors import FactoryError
-from factory.models import Completion, GenParams, Message, load_model
+from factory.models import Completion, GenParams, Message, load_model, smollm2
 from factory.models.local import LocalModel
 
 QUESTION: list[Message] = [{"role": "user", "content": "Name three colours of the rainbow."}]

@@ -8,14 +8,14 @@ from conftest import ScriptedModel, drain, kind_of, make_caller
 
 from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
 from factory.constitution import load_constitution
+from factory.engine.stats import StageStats
+from factory.export.writer import rows, split_of
 from factory.prompts import load_template
 from factory.records import Record
 from factory.stages import answer, critique_revise, questions
 from factory.stages.answer import AnswerStage
 from factory.stages.critique_revise import CritiqueReviseStage, clean_revision
-from factory.stages.export import rows, split_of
 from factory.stages.questions import QuestionsStage, parse_questions
-from factory.stats import StageStats
 
 M = "fake:scripted"
 
@@ -54,7 +54,7 @@ def test_answer_makes_candidates_with_distinct_seeds_and_lineage(repo, caller, s
 
 
 def test_empty_answers_drop_the_record_with_a_reason(repo, tmp_path):
-    from factory.calllog import CallLog
+    from factory.engine.calllog import CallLog
 
     model = ScriptedModel(lambda m, p: "   ")
     caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
@@ -196,7 +196,7 @@ def test_template_stop_sequences_reach_the_model(repo, caller, harmless, scripte
 
 
 def test_echoed_template_is_not_a_revision(repo, tmp_path, harmless):
-    from factory.calllog import CallLog
+    from factory.engine.calllog import CallLog
 
     def script(messages, params):
         kind = kind_of(messages)

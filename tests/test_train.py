@@ -15,9 +15,9 @@ import pytest
 from test_clean import HARMLESS, rec
 
 from factory.config import ExportConfig
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError, InputError
-from factory.stages.export import export
-from factory.stats import StageStats
+from factory.export.writer import export
 from factory.train import resolve, train
 from factory.train.data import load
 from factory.train.model import model_folder
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     tok = AutoTokenizer.from_pretrained(ensure_smollm2())  # the shared cache: module fixtures run before monkeypatching
     torch.manual_seed(0)

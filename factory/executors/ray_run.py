@@ -22,6 +22,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from factory.engine.pipeline import Pipeline
+from factory.engine.rundir import create_run_dir, write_json
+from factory.engine.runner import Outcome, Run, conclude
 from factory.errors import FactoryError
 from factory.executors.shards import (
     SHARDS,
@@ -36,9 +39,6 @@ from factory.executors.shards import (
     run_shard,
 )
 from factory.models import load_model
-from factory.pipeline import Pipeline
-from factory.rundir import create_run_dir, write_json
-from factory.runner import Outcome, Run, conclude
 
 MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
 

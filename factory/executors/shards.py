@@ -27,14 +27,14 @@ from pathlib import Path
 import uvloop
 from rich.console import Console
 
-from factory.caller import Caller
 from factory.config import PipelineConfig
+from factory.engine.caller import Caller
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.rundir import write_json
+from factory.engine.runner import Run
+from factory.engine.stats import StageStats, Stats
 from factory.errors import FactoryError
-from factory.pipeline import Overrides, Pipeline
 from factory.records import Record
-from factory.rundir import write_json
-from factory.runner import Run
-from factory.stats import StageStats, Stats
 
 SHARDS = "shards"
 PLAN = "plan.json"

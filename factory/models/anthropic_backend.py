@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from factory.engine.ratelimit import LimitInfo, parse_anthropic_headers
 from factory.errors import FactoryError, ModelCallError, http_error, redact
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.transport import JSONClient
-from factory.ratelimit import LimitInfo, parse_anthropic_headers
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import anthropic

@@ -8,16 +8,16 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from factory.card import card_body
-from factory.clean import Cleaner
 from factory.config import PipelineConfig
-from factory.judging.report import JudgeReport
-from factory.merge import read_run, run_constitution
+from factory.engine.rundir import now, write_json
+from factory.engine.state import lock_run_dir
+from factory.engine.stats import StageStats
+from factory.export.card import card_body
+from factory.export.clean import Cleaner
+from factory.export.merge import read_run, run_constitution
+from factory.export.writer import export
+from factory.judging.quality import JudgeReport
 from factory.records import Record, kept_records
-from factory.rundir import now, write_json
-from factory.stages.export import export
-from factory.state import lock_run_dir
-from factory.stats import StageStats
 
 
 def reexport(run_dir: Path) -> tuple[dict, dict]:

@@ -8,14 +8,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.clean import Cleaner, sft_target
 from factory.config import PipelineConfig
 from factory.diff import word_ops
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError
-from factory.merge import run_constitution
+from factory.export.clean import Cleaner, sft_target
+from factory.export.merge import run_constitution
+from factory.export.writer import rows
 from factory.records import Record
-from factory.stages.export import rows
-from factory.stats import StageStats
 
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")
 

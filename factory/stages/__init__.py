@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from factory.caller import Caller
+from factory.engine.caller import Caller
 from factory.models import GenParams
 from factory.records import Drop, Record
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from factory.caller import Caller, derive_seed
 from factory.config import AnswerConfig
+from factory.engine.caller import Caller, derive_seed
 from factory.prompts import Template
 from factory.records import Candidate, Record
 from factory.stages import Stage, params

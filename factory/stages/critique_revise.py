@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 
-from factory.caller import Caller, derive_seed, rng
 from factory.config import CritiqueReviseConfig
 from factory.constitution import Constitution
+from factory.engine.caller import Caller, derive_seed, rng
 from factory.prompts import Template
 from factory.records import Candidate, Record, Round, normalise
 from factory.stages import Stage, params

@@ -19,9 +19,9 @@ import hashlib
 from functools import partial
 from pathlib import Path
 
-from factory.caller import Caller, ParseFailure, derive_seed
 from factory.config import FactCheckConfig
-from factory.facts import metric_of, parse_claims, parse_queries, parse_verdict, score, unsupported
+from factory.engine.caller import Caller, ParseFailure, derive_seed
+from factory.judging.facts import metric_of, parse_claims, parse_queries, parse_verdict, score, unsupported
 from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Candidate, Claim, Evidence, FactCheck, FactPair, FactReport, Record, Round, normalise

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.config import IdkConfig
+from factory.engine.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.errors import InputError
 from factory.models import GenParams
 from factory.prompts import Template, load_template

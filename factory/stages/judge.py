@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from factory.caller import Caller, derive_seed, rng
 from factory.config import JudgeConfig
 from factory.constitution import Constitution, Principle
+from factory.engine.caller import Caller, derive_seed, rng
 from factory.errors import FactoryError
 from factory.judging import (
     AppliesWhen,

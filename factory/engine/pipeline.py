@@ -7,22 +7,23 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.caller import Caller
-from factory.calllog import CallLog
-from factory.clean import Cleaner
 from factory.config import LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
-from factory.endpoint import Endpoint
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.endpoint import Endpoint
+from factory.engine.prices import Budget, PriceTable, load_prices, require_prices
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.rundir import command_line, git_commit, now, package_versions
+from factory.engine.stats import Stats
 from factory.errors import FactoryError
 from factory.executors.limits import ShareOfLimits
+from factory.export.clean import Cleaner
 from factory.inputs import PromptFile, read_prompts
 from factory.judging import Scorer, load_scorer
 from factory.models import Model, load_model
-from factory.prices import Budget, PriceTable, load_prices, require_prices
 from factory.prompts import Template, load_template
-from factory.ratelimit import RateLimiter
 from factory.records import Record
-from factory.rundir import command_line, git_commit, now, package_versions
 from factory.search import SearchBackend, load_search
 from factory.stages import Stage, answer, critique_revise, factcheck, idk, judge, questions
 from factory.stages.answer import AnswerStage
@@ -31,7 +32,6 @@ from factory.stages.factcheck import FactCheckStage
 from factory.stages.idk import IdkStage
 from factory.stages.judge import JudgeStage
 from factory.stages.questions import QuestionsStage
-from factory.stats import Stats
 
 RECORD_STAGES = ["answer", "critique_revise", "idk", "factcheck", "judge"]  # in order; each where configured
 

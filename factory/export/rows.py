@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 from factory.config import ExportConfig
 from factory.constitution import Constitution
+from factory.engine.stats import StageStats
 from factory.records import FactCheck, Record
-from factory.stats import StageStats
 
 FACT_COLUMNS = ("fact_precision", "fact_f1")
 Rows = Iterator[tuple[str, dict]]
@@ -45,7 +45,7 @@ def _fact_columns(check: FactCheck | None) -> dict:
 
 
 def _idk_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig, st: StageStats) -> Rows:
-    from factory.stages.export import _provenance, _turn, pair_rows
+    from factory.export.writer import _provenance, _turn, pair_rows
 
     label = rec.idk
     assert label is not None
@@ -60,7 +60,7 @@ def _idk_rows(rec: Record, constitution: Constitution, generator: str, cfg: Expo
 
 
 def _prefer_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig, st: StageStats) -> Rows:
-    from factory.stages.export import _provenance, _turn, pair_rows
+    from factory.export.writer import _provenance, _turn, pair_rows
 
     facts = rec.facts
     assert facts is not None

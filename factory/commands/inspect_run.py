@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from factory.engine.progress import judge_table
 from factory.errors import FactoryError
-from factory.progress import judge_table
 
 
 def _load(path: Path) -> dict:

@@ -17,11 +17,11 @@ from tenacity import (
 )
 
 from factory.config import RetriesConfig, TimeoutsConfig
+from factory.engine.prices import Budget, PriceTable, estimate_tokens
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.stats import StageStats
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message, Model
-from factory.prices import Budget, PriceTable, estimate_tokens
-from factory.ratelimit import RateLimiter
-from factory.stats import StageStats
 
 MIN_SAMPLES = 20  # latencies observed before the timeout adapts
 FIRST_BACKOFF_S = 0.5

@@ -7,17 +7,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from factory.card import merged_card
-from factory.clean import Cleaner
 from factory.config import PipelineConfig
 from factory.constitution import Constitution, load_constitution
+from factory.engine.rundir import FINISHED, now, write_json
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError
+from factory.export.card import merged_card
+from factory.export.clean import Cleaner
+from factory.export.writer import export
 from factory.records import Record, kept_records
 from factory.review.decisions import Review
 from factory.review.store import ReviewStore
-from factory.rundir import FINISHED, now, write_json
-from factory.stages.export import export
-from factory.stats import StageStats
 
 
 def read_run(run_dir: Path) -> dict:

@@ -15,24 +15,24 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from factory.calllog import CallLog
-from factory.clean import REFUSAL
 from factory.config import JudgeConfig, TeacherConfig, load_config
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.rundir import create_run_dir, now, write_json
+from factory.engine.stats import Stats
 from factory.errors import FactoryError
+from factory.export.clean import REFUSAL
+from factory.export.writer import split_of
 from factory.inputs import read_prompts
 from factory.judging import Scorer, load_scorer
-from factory.judging.report import TIE
+from factory.judging.quality import TIE
 from factory.models import load_model
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
 from factory.prompts import load_template
 from factory.records import Candidate, Record
-from factory.rundir import create_run_dir, now, write_json
 from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
-from factory.stages.export import split_of
 from factory.stages.judge import JudgeStage
-from factory.stats import Stats
 
 SCORER_PREFIXES = ("vader:", "hf:")
 

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from factory.clean import Cleaner, sft_target
 from factory.config import ExportConfig
 from factory.constitution import Constitution
-from factory.judging.report import JudgeReport
+from factory.engine.stats import StageStats
+from factory.export.clean import Cleaner, sft_target
+from factory.export.rows import labelled_rows
+from factory.judging.quality import JudgeReport
 from factory.records import Record, normalise
 from factory.review.decisions import Review
-from factory.stages.label_rows import labelled_rows
-from factory.stats import StageStats
 
 NAME = "export"
 # Plain Arrow types, which `datasets` reads as List({"role": Value("string"), "content": Value("string")})

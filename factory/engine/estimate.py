@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from factory.pipeline import Pipeline
-from factory.prices import estimate_tokens
+from factory.engine.pipeline import Pipeline
+from factory.engine.prices import estimate_tokens
 from factory.records import Evidence, Record
 from factory.stages.critique_revise import CritiqueReviseStage
 from factory.stages.factcheck import SHORT_MAX_TOKENS

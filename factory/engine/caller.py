@@ -14,14 +14,14 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from factory.calllog import CallLog, call_key, request_json, search_key
-from factory.endpoint import Endpoint
+from factory.engine.calllog import CallLog, call_key, request_json, search_key
+from factory.engine.endpoint import Endpoint
+from factory.engine.stats import StageStats, Stats
 from factory.errors import ModelCallError
 from factory.models import Completion, GenParams, Message
 from factory.prompts import Template
 from factory.records import CallRef
 from factory.search import Passage, SearchBackend
-from factory.stats import StageStats, Stats
 
 T = TypeVar("T")
 

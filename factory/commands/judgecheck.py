@@ -9,17 +9,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from factory.calllog import CallLog
 from factory.config import ROOT, JudgeConfig, cache_root, load_config
 from factory.constitution import Constitution, Principle
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.stats import Stats
 from factory.errors import InputError
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
 from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages import judge as judge_stage
 from factory.stages.judge import JudgeStage
-from factory.stats import Stats
 
 DEFAULT_SET = ROOT / "evals" / "judge_check.jsonl"
 

@@ -18,23 +18,23 @@ from typing import Protocol
 import uvloop
 from rich.console import Console
 
-from factory.caller import Caller
-from factory.calllog import CallLog
-from factory.card import card_body
 from factory.config import PipelineConfig
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget, BudgetExceeded
+from factory.engine.progress import Display, judge_table, summary_table
+from factory.engine.rundir import FINISHED, create_run_dir, now, write_json
+from factory.engine.state import RunState, lock_run_dir
+from factory.engine.stats import Stats
 from factory.errors import FactoryError, ModelCallError
-from factory.judging.report import JudgeReport
+from factory.export.card import card_body
+from factory.export.writer import export
+from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, BudgetExceeded
-from factory.progress import Display, judge_table, summary_table
 from factory.records import Record
 from factory.report import write_report
-from factory.rundir import FINISHED, create_run_dir, now, write_json
 from factory.stages import Stage
-from factory.stages.export import export
-from factory.state import RunState, lock_run_dir
-from factory.stats import Stats
 
 EXIT_FAILURES, EXIT_STOPPED = 1, 3
 BATCH_WINDOW = 50_000  # records in flight with --batch: a batch is only as large as what is waiting
@@ -85,7 +85,7 @@ class Run:
         self.resumed = 0
 
     def use_batch_apis(self) -> None:
-        from factory.batch import BatchModel
+        from factory.models.batch import BatchModel
 
         b = self.pipe.cfg.batch
         for spec, model in self.pipe.models.items():
