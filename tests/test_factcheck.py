@@ -23,7 +23,7 @@ from factory.engine.caller import ParseError
 from factory.engine.calllog import CallLog
 from factory.engine.stats import StageStats
 from factory.errors import ModelCallError
-from factory.export.writer import rows
+from factory.export.rows import rows
 from factory.judging.facts import parse_claims, parse_queries, parse_verdict, score
 from factory.records import Candidate, Claim, FactCheck, Record, Round
 from factory.search import Passage, SearchBackend

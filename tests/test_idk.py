@@ -19,7 +19,7 @@ from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.stats import StageStats
 from factory.errors import InputError
-from factory.export.writer import rows
+from factory.export.rows import rows
 from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages.idk import JUDGE_VARIABLES, IdkStage, load_declines, match_reference, normalise_answer

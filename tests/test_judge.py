@@ -17,7 +17,7 @@ from factory.config import ExportConfig, JudgeConfig, TeacherConfig
 from factory.constitution import load_constitution
 from factory.engine.calllog import CallLog
 from factory.engine.stats import StageStats
-from factory.export.writer import rows
+from factory.export.rows import rows
 from factory.judging import VaderScorer
 from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message, Model

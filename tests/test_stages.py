@@ -9,7 +9,8 @@ from conftest import ScriptedModel, drain, kind_of, make_caller
 from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
 from factory.constitution import load_constitution
 from factory.engine.stats import StageStats
-from factory.export.writer import rows, split_of
+from factory.export.rows import rows
+from factory.export.writer import split_of
 from factory.prompts import load_template
 from factory.records import Record
 from factory.stages import answer, critique_revise, questions

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,9 +17,9 @@ from factory.config import ExportConfig
 from factory.constitution import Constitution
 from factory.engine.stats import StageStats
 from factory.export.clean import Cleaner, sft_target
-from factory.export.rows import labelled_rows
+from factory.export.rows import rows
 from factory.judging.quality import JudgeReport
-from factory.records import Record, normalise
+from factory.records import Record
 from factory.review.decisions import Review
 
 NAME = "export"
@@ -120,90 +120,6 @@ def size_category(n: int) -> str:
         if n < bound:
             return label
     return "n>1M"
-
-
-def _provenance(rec: Record, principle_ids: list[str], constitution: Constitution, generator: str) -> dict:
-    """Where a row came from. The record's own constitution and answer model win over the run's, so
-    merged runs keep each row's true origin."""
-    label, _, digest = (rec.constitution or "").rpartition(":")
-    model = next((c.model for c in rec.calls if c.stage == "answer"), generator)
-    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": label or constitution.label,
-            "constitution_hash": digest or constitution.digest, "generator_model": model}
-
-
-def _turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-         st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record: those below, or the idk and factcheck stages' (label_rows.py)."""
-    return labelled_rows(rec, _rows(rec, constitution, generator, cfg, st), constitution, generator, cfg, st)
-
-
-def _rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-          st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record. Unjudged: one SFT row (the first candidate's final text) and one
-    pair per candidate whose revision changed it (revision over first answer). Judged: the SFT row
-    is the top-ranked option, and the pairs are the judge's, filtered by margin and consistency."""
-    if rec.judgement is None:
-        for cand in rec.candidates:
-            prov = _provenance(rec, [r.principle_id for r in cand.rounds], constitution, generator)
-            if cand.index == rec.candidates[0].index:
-                yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *_turn(cand.final)], **prov}
-            if normalise(cand.final) == normalise(cand.answer):
-                st.drop("prefs:revision_unchanged")
-                continue
-            yield from pair_rows(rec.prompt, cand.final, cand.answer, prov, {}, cfg, set())
-        return
-    yield from _judged_rows(rec, constitution, generator, cfg, st)
-
-
-def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-                 st: StageStats) -> Iterator[tuple[str, dict]]:
-    j = rec.judgement
-    assert j is not None
-    user = [{"role": "user", "content": rec.prompt}]
-    rounds = {c.index: [r.principle_id for r in c.rounds] for c in rec.candidates}
-    best = max(range(len(j.options)), key=lambda i: (j.scores[i], -i)) if j.scores else 0
-    opt = j.options[best]
-    yield "sft", {"messages": [*user, *_turn(opt.text)],
-                  **_provenance(rec, rounds[opt.candidate] if opt.kind == "final" else [], constitution, generator)}
-    if not j.pairs:
-        reason = "single_option" if len(j.options) < 2 else "unjudged" if not j.scores else "tie"
-        st.drop(f"prefs:{reason}")
-    labelled: set[str] = set()
-    for pair in j.pairs:
-        margin = round(2 * pair.p_chosen - 1, 6)
-        if margin < cfg.min_margin:
-            st.drop("prefs:below_min_margin")
-            continue
-        if cfg.consistent_only and pair.consistent is False:
-            st.drop("prefs:position_inconsistent")
-            continue
-        chosen, rejected = j.options[pair.chosen], j.options[pair.rejected]
-        prov = _provenance(rec, sorted(set(rounds[chosen.candidate] + rounds[rejected.candidate])), constitution,
-                           generator)
-        judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "p_chosen": pair.p_chosen,
-                  "margin": margin, "position_consistent": pair.consistent, "judge_model": pair.judge_model,
-                  "judge_principle_ids": pair.principle_ids}
-        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, labelled)
-
-
-def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
-              labelled: set[str]) -> Iterator[tuple[str, dict]]:
-    """One preference pair as a `prefs` row, plus its `reward` row and its `kto` rows (each text of a
-    record labelled once: `labelled` remembers them) where configured."""
-    user = [{"role": "user", "content": prompt}]
-    yield "prefs", {"prompt": user, "chosen": _turn(chosen), "rejected": _turn(rejected), **judged, **prov}
-    if cfg.reward:
-        yield "reward", {"chosen": [*user, *_turn(chosen)], "rejected": [*user, *_turn(rejected)],
-                         "margin": judged.get("margin"), **prov}
-    if cfg.kto:
-        for text, label in ((chosen, True), (rejected, False)):
-            if text not in labelled:
-                labelled.add(text)
-                yield "kto", {"prompt": user, "completion": _turn(text), "label": label, **prov}
 
 
 def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportConfig, constitution: Constitution,

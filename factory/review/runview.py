@@ -14,7 +14,7 @@ from factory.engine.stats import StageStats
 from factory.errors import FactoryError
 from factory.export.clean import Cleaner, sft_target
 from factory.export.merge import run_constitution
-from factory.export.writer import rows
+from factory.export.rows import rows
 from factory.records import Record
 
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")
