@@ -97,7 +97,7 @@ def in_process(args: argparse.Namespace, workdir: Path, url: str, executor: str 
         use_sdk(args.transport)
     from factory.config import load_config
     from factory.engine.pipeline import Overrides, Pipeline
-    from factory.engine.runner import run
+    from factory.executors.dispatch import run
 
     prompts = workdir / "prompts.jsonl"
     if not prompts.exists():

@@ -38,7 +38,8 @@ def cli() -> None:
     """
 
 
-def _print_outcome(outcome, hub_repo: str | None = None) -> None:
+def _print_outcome(outcome, hub_repo: str | None = None) -> int:
+    """Say what a run made and how to go on; its exit code (main exits with what a command returns)."""
     run_dir, counts = outcome.run_dir, outcome.counts
     if hub_repo and counts:
         from factory.export.hub import push
@@ -62,7 +63,7 @@ def _print_outcome(outcome, hub_repo: str | None = None) -> None:
     if (run_dir / "report.html").is_file():
         stdout.print(f"report: {shown}/report.html", markup=False, highlight=False, soft_wrap=True)
     stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
-    sys.exit(outcome.exit_code)
+    return outcome.exit_code
 
 
 @cli.command()
@@ -104,7 +105,7 @@ def _print_outcome(outcome, hub_repo: str | None = None) -> None:
 def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
         rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
         cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
-        executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> None:
+        executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> int:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 
     CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
@@ -113,8 +114,7 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     1 done with failures (see failed.jsonl), 2 bad input, 3 stopped at --max-cost.
     """
     from factory.engine.pipeline import Overrides, Pipeline
-    from factory.engine.runner import resume
-    from factory.engine.runner import run as run_pipeline
+    from factory.executors import dispatch
 
     if (ray_address or workers or shards) and executor != "ray" and resume_dir is None:
         raise FactoryError("--ray-address, --workers and --shards go with --executor ray")
@@ -134,20 +134,18 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
                                "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change, "
                                "and --ray-address and --workers for a Ray run)")
         ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
-        _print_outcome(resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address, workers=workers), hub_repo)
-    ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
+        return _print_outcome(dispatch.resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address,
+                                              workers=workers), hub_repo)
+    ov = Overrides(prompts=prompts, limit=limit, model=model, concurrency=concurrency, seed=seed, max_cost=max_cost,
+                   cache_dir=cache_dir, rpm=rpm, tpm=tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
     if dry_run:
         from factory.engine.estimate import estimate, estimate_table
 
         stdout.print(estimate_table(estimate(pipe, batch), batch))
-        return
-    if executor == "ray":
-        from factory.executors.ray_run import refuse, run_ray
-
-        refuse(pipe.cfg.max_cost, batch, debug)
-        _print_outcome(run_ray(pipe, out, stderr, address=ray_address, workers=workers, shards=shards), hub_repo)
-    _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug), hub_repo)
+        return 0
+    return _print_outcome(dispatch.run(pipe, out, stderr, executor=executor, batch=batch, debug=debug,
+                                       address=ray_address, workers=workers, shards=shards), hub_repo)
 
 
 @cli.command("retry-failed")
@@ -155,13 +153,14 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
               help="Budget for the whole run, as for `run`.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint.")
-def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> None:
+def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> int:
     """Reprocess only the failed records of RUN_DIR (those in its failed.jsonl), then rewrite its
     datasets. Completed calls come from the call log, so nothing is paid twice."""
     from factory.engine.pipeline import Overrides
-    from factory.engine.runner import resume
+    from factory.executors.dispatch import resume
 
-    _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost), retry_failed=True))
+    return _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost),
+                                 retry_failed=True))
 
 
 @cli.command("try")
@@ -428,8 +427,10 @@ def import_(file: Path, dest: Path, name: str | None) -> None:
 
 
 def main() -> None:
+    """The one place exit codes are decided: a command's return value (a run's outcome), 2 for bad input,
+    130 for Ctrl-C, click's own for usage errors."""
     try:
-        cli.main(standalone_mode=False, prog_name="factory")
+        code = cli.main(standalone_mode=False, prog_name="factory")
     except FactoryError as e:
         stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -442,3 +443,4 @@ def main() -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,4 +1,5 @@
-"""The run directory: created only once every input has been validated."""
+"""The run directory: created only once every input has been validated, and opened again (`RunDir`)
+by resume, export, merge, report and review."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from factory.config import ROOT
+from factory.config import ROOT, PipelineConfig
+from factory.constitution import Constitution, load_constitution
 from factory.errors import FactoryError
+from factory.records import Record, kept_records
 
 FINISHED = ("complete", "complete_with_failures")  # manifest statuses of a run whose datasets are written
 PACKAGES = ("constitution-factory", "torch", "transformers", "datasets", "trl", "openai", "anthropic", "pydantic")
@@ -68,3 +73,59 @@ def now() -> str:
 
 def command_line() -> list[str]:
     return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+@dataclass
+class RunDir:
+    """A run directory opened again: its manifest, and the config, constitution and records it was
+    made with. The one place that reads a run's manifest back."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: Path, *, finished: bool = False, hint: str = "") -> RunDir:
+        """`finished`: refuse a run whose datasets are not written yet. `hint`: what to say after a
+        missing manifest."""
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FactoryError(f"{path}: not a run directory (no manifest.json){hint}")
+        run = cls(path, json.loads(manifest_path.read_text()))
+        if finished and not run.finished:
+            raise FactoryError(f"{path}: the run is {run.status!r}; finish it first (factory run --resume {path})")
+        return run
+
+    @property
+    def status(self) -> str | None:
+        return self.manifest.get("status")
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def generator(self) -> str:
+        """The answer stage's model spec."""
+        return self.manifest["stage_models"]["answer"]
+
+    def config(self) -> PipelineConfig:
+        """The config the run used, its relative paths resolved against the folder it was loaded from."""
+        cfg = PipelineConfig.model_validate(self.manifest["config"])
+        cfg._base_dir = Path(self.manifest.get("config_dir", "."))
+        return cfg
+
+    def constitution(self) -> Constitution:
+        """The constitution the run used, from the file its manifest names."""
+        entry = self.manifest["constitution"]
+        path = Path(entry["path"])
+        if not path.is_file():
+            raise FactoryError(f"{path}: the constitution of {self.path} is gone; restore it (sha256 "
+                               f"{entry['sha256'][:12]}) and run the command again")
+        return load_constitution(path)
+
+    def records(self) -> Iterator[Record]:
+        """The records export reads: done ones, not dropped."""
+        return kept_records(self.path / "records.jsonl")
+
+    def save_manifest(self) -> None:
+        write_json(self.path / "manifest.json", self.manifest)

@@ -1,5 +1,6 @@
 """The runner: owns the run directory, the models, concurrency, the call log and cache, the state
-that makes a run resumable, lineage, failures and stats. Stages never touch any of these.
+that makes a run resumable, lineage, failures and stats. Stages never touch any of these. How a run
+is finished (export, report) and which executor drives it live in factory/executors/.
 
 Records flow without barriers: each moves to its next stage as soon as its own calls finish, and
 the input is streamed through a bounded window of records in flight."""
@@ -10,30 +11,23 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import uvloop
 from rich.console import Console
 
-from factory.config import PipelineConfig
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
-from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.pipeline import Pipeline
 from factory.engine.prices import Budget, BudgetExceeded
-from factory.engine.progress import Display, judge_table, summary_table
-from factory.engine.rundir import FINISHED, create_run_dir, now, write_json
+from factory.engine.progress import Display
 from factory.engine.state import RunState, lock_run_dir
 from factory.engine.stats import Stats
 from factory.errors import FactoryError, ModelCallError
-from factory.export.card import card_body
-from factory.export.writer import export
-from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message
 from factory.records import Record
-from factory.report import write_report
 from factory.stages import Stage
 
 EXIT_FAILURES, EXIT_STOPPED = 1, 3
@@ -180,44 +174,6 @@ class Run:
     def save_counters(self) -> None:
         self.state.set_meta("counters", {name: dict(st.counters) for name, st in self.stats.stages.items()})
 
-    def finish(self, manifest: dict) -> Outcome:
-        """Counts from the state (exact over every invocation), then datasets, lineage and failures,
-        each written whole and moved in place."""
-        pipe = self.pipe
-        for name, (n_in, n_out, dropped) in self.state.stage_counts(pipe.record_stages).items():
-            st = self.stats[name]
-            st.records_in, st.records_out, st.dropped = n_in, n_out, dropped
-        failed = self.write_lineage()
-        counts: dict = {}
-        report = JudgeReport() if pipe.cfg.stages.judge is not None else None
-        if self.stopped:
-            status = "stopped_at_budget"
-        else:
-            status = "complete" if not failed else "complete_with_failures"
-
-            def card(c: dict, example: dict | None) -> str:
-                return card_body(self.dir.name, manifest, pipe.constitution, c, self.stats.to_dict(), example)
-
-            def done() -> Iterator[Record]:
-                return (rec for _, _, _, rec in self.state.records("done"))
-
-            counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
-                            self.stats["export"], card, report, pipe.cleaner)
-        stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
-                                        "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6)}
-        if report is not None:
-            self.judge_quality = stats["judge_quality"] = report.to_dict()
-        write_json(self.dir / "stats.json", stats)
-        manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"])
-        write_json(self.dir / "manifest.json", manifest)
-        self.close()
-        try:
-            write_report(self.dir)  # report.html, from the run directory alone
-        except Exception as e:  # the datasets are written: a report that fails must not fail the run
-            self.console.print(f"[yellow]report.html not written ({type(e).__name__}: {e}); "
-                               f"try again with: factory report {self.dir}[/yellow]")
-        return Outcome(self.dir, status, failed, counts)
-
     def write_lineage(self) -> int:
         """records.jsonl (done and dropped records, every call and round) and failed.jsonl (what to
         retry: failed records with their stage and reason, and failed generation calls)."""
@@ -270,85 +226,3 @@ def debug_printer(console: Console, path: Path):
         log.flush()
 
     return show
-
-
-def _invoke(run: Run, manifest: dict) -> Outcome:
-    async def main() -> None:
-        try:
-            await run.execute()
-        finally:
-            await run.pipe.aclose()
-
-    def work() -> None:
-        # uvloop: the event loop in C, about 10% less CPU per call with many requests in flight
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-
-    return conclude(run, manifest, work)
-
-
-def conclude(run: Run, manifest: dict, work: Callable[[], None]) -> Outcome:
-    """Do the run's `work`; an error or Ctrl-C leaves the manifest saying so (the run can be resumed),
-    otherwise finish it (export, report) and print its tables."""
-    try:
-        work()
-    except FactoryError as e:
-        write_json(run.dir / "manifest.json", manifest | {"status": "aborted", "error": str(e), "finished": now()})
-        run.close()
-        raise
-    except KeyboardInterrupt:
-        write_json(run.dir / "manifest.json", manifest | {"status": "interrupted", "finished": now()})
-        run.close()
-        raise
-    outcome = run.finish(manifest)
-    run.console.print(summary_table(run.stats))
-    if run.judge_quality is not None:
-        run.console.print(judge_table(run.judge_quality))
-    return outcome
-
-
-def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = False, debug: bool = False) -> Outcome:
-    """A new run: load models, create the run directory, run every stage, export."""
-    pipe.load_models()
-    run_dir = create_run_dir(out)
-    manifest = pipe.manifest(run_dir, batch)
-    write_json(run_dir / "manifest.json", manifest)
-    return _invoke(Run(pipe, run_dir, console, batch=batch, debug=debug), manifest)
-
-
-def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
-           debug: bool = False, ray_address: str | None = None, workers: int | None = None) -> Outcome:
-    """Continue a run that was killed, stopped at its budget or interrupted. Every call that completed
-    is served from its call log; finished records are skipped. `retry_failed` first forgets the
-    failed records so they are processed again."""
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    cfg = PipelineConfig.model_validate(manifest["config"])
-    cfg._base_dir = Path(manifest["config_dir"])
-    ov.prompts = Path(manifest["prompts"]) if manifest.get("prompts") else None
-    ov.limit = manifest.get("limit")
-    pipe = Pipeline.prepare(cfg, ov)
-    changed = [k for k, v in pipe.inputs().items() if v != manifest["inputs"].get(k)]
-    if changed:
-        raise FactoryError(f"{run_dir}: {', '.join(changed)} changed since the run started, so resuming would mix "
-                           "two inputs. Restore them, or start a new run (with a shared cache_dir it reuses the calls)")
-    finished = manifest.get("status") in FINISHED
-    if manifest.get("executor", {}).get("kind") == "ray" and not finished:
-        # An unfinished Ray run continues on Ray. A finished one is laid out as a local run, so
-        # `retry-failed` reprocesses its failed records here, locally.
-        if retry_failed or debug:
-            raise FactoryError(f"{run_dir} is an unfinished Ray run: finish it first with factory run --resume {run_dir}")
-        from factory.executors.ray_run import resume_ray
-
-        return resume_ray(pipe, run_dir, manifest, console, address=ray_address, workers=workers)
-    pipe.load_models()
-    run = Run(pipe, run_dir, console, batch=manifest.get("batch", False), debug=debug)
-    if retry_failed:
-        n = run.state.reset_failed()
-        console.print(f"retrying {n} failed record(s) and any failed generation call")
-    manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1, "config": pipe.cfg.model_dump(mode="json")}
-    write_json(manifest_path, manifest)
-    return _invoke(run, manifest)
-

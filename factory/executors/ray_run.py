@@ -23,9 +23,10 @@ from rich.progress import (
 )
 
 from factory.engine.pipeline import Pipeline
-from factory.engine.rundir import create_run_dir, write_json
-from factory.engine.runner import Outcome, Run, conclude
+from factory.engine.rundir import RunDir, create_run_dir, write_json
+from factory.engine.runner import Outcome, Run
 from factory.errors import FactoryError
+from factory.executors.local import conclude
 from factory.executors.shards import (
     SHARDS,
     add_stats,
@@ -102,14 +103,15 @@ def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str 
     return drive(ray, Run(pipe, run_dir, console), manifest, workers)
 
 
-def resume_ray(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, *, address: str | None = None,
+def resume_ray(pipe: Pipeline, run_dir: RunDir, console: Console, *, address: str | None = None,
                workers: int | None = None) -> Outcome:
     """Continue a Ray run: merged shards are skipped, the others continue where they stopped."""
     ray, workers = start(pipe, address, workers)
-    run = Run(pipe, run_dir, console)
+    run = Run(pipe, run_dir.path, console)
+    manifest = run_dir.manifest
     manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
                  "config": pipe.cfg.model_dump(mode="json")}
-    write_json(run_dir / "manifest.json", manifest)
+    run_dir.save_manifest()
     return drive(ray, run, manifest, workers)
 
 
