@@ -120,6 +120,16 @@ class CallLog:
         self.db.execute("INSERT INTO errors VALUES (?,?,?,?,?,?,?)",
                         (key, stage, model, error, latency, cost, time.time()))
 
+    def merge_from(self, path: Path) -> None:
+        """Add another call log's calls, searches and failed attempts (a Ray shard's), in one transaction.
+        Merging the same log twice changes nothing."""
+        attach_copy(self.db, path, [
+            "INSERT OR IGNORE INTO main.calls SELECT * FROM other.calls",
+            "INSERT OR IGNORE INTO main.searches SELECT * FROM other.searches",
+            ("INSERT INTO main.errors SELECT * FROM other.errors AS s WHERE NOT EXISTS "
+             "(SELECT 1 FROM main.errors AS e WHERE e.key = s.key AND e.created = s.created)"),
+        ])
+
     def spent(self) -> float:
         """USD spent by every call in this log, failed attempts included."""
         calls = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM calls").fetchone()[0]
@@ -143,3 +153,20 @@ class CallLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def attach_copy(db: sqlite3.Connection, path: Path, statements: list) -> None:
+    """Run `statements` (SQL, or (SQL, parameters)) with the database at `path` attached as `other`, in
+    one transaction."""
+    db.execute("ATTACH DATABASE ? AS other", (str(path),))
+    try:
+        db.execute("BEGIN")
+        try:
+            for statement in statements:
+                db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.execute("DETACH DATABASE other")

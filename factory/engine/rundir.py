@@ -110,9 +110,7 @@ class RunDir:
 
     def config(self) -> PipelineConfig:
         """The config the run used, its relative paths resolved against the folder it was loaded from."""
-        cfg = PipelineConfig.model_validate(self.manifest["config"])
-        cfg._base_dir = Path(self.manifest.get("config_dir", "."))
-        return cfg
+        return PipelineConfig.model_validate(self.manifest["config"]).based_at(Path(self.manifest.get("config_dir", ".")))
 
     def constitution(self) -> Constitution:
         """The constitution the run used, from the file its manifest names."""

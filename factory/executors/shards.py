@@ -160,8 +160,7 @@ def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict
     if not (folder / INPUT).is_file():
         raise FactoryError(f"{folder / INPUT} is not visible on Ray node {socket.gethostname()}: the run directory "
                            "must be on a filesystem that every node mounts at the same path (or use one node)")
-    cfg = PipelineConfig.model_validate(config)
-    cfg._base_dir = Path(config_dir)
+    cfg = PipelineConfig.model_validate(config).based_at(Path(config_dir))
     pipe = Pipeline.prepare(cfg, Overrides(), needs_seeds=False)
     pipe.cfg.stages.questions.generate = 0  # the driver generated the prompts; a shard only reads them
     pipe.load_models()
@@ -204,30 +203,6 @@ def merge_shard(run: Run, index: int, records: int) -> None:
     its records (and the run's counters, which already include the shard's) into state.sqlite with the
     shard's merged mark, in one transaction. Merging a shard twice changes nothing."""
     folder = shard_dir(run.dir, index)
-    _attach_copy(run.log.db, folder / "calls.sqlite", [
-        "INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls",
-        "INSERT OR IGNORE INTO main.searches SELECT * FROM shard.searches",
-        ("INSERT INTO main.errors SELECT * FROM shard.errors AS s WHERE NOT EXISTS "
-         "(SELECT 1 FROM main.errors AS e WHERE e.key = s.key AND e.created = s.created)"),
-    ])
-    counters = json.dumps({name: dict(st.counters) for name, st in run.stats.stages.items()})
-    _attach_copy(run.state.db, folder / "state.sqlite", [
-        "INSERT OR REPLACE INTO main.records SELECT * FROM shard.records",
-        ("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", (f"shard:{index:04d}", json.dumps({"records": records}))),
-        ("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", ("counters", counters)),
-    ])
-
-
-def _attach_copy(db, path: Path, statements: list) -> None:
-    db.execute("ATTACH DATABASE ? AS shard", (str(path),))
-    try:
-        db.execute("BEGIN")
-        try:
-            for statement in statements:
-                db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    finally:
-        db.execute("DETACH DATABASE shard")
+    run.log.merge_from(folder / "calls.sqlite")
+    counters = {name: dict(st.counters) for name, st in run.stats.stages.items()}
+    run.state.merge_from(folder / "state.sqlite", {f"shard:{index:04d}": {"records": records}, "counters": counters})

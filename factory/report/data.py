@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from factory.constitution import load_constitution
+from factory.engine.rundir import RunDir
 from factory.errors import FactoryError
 
 TIME_BINS = 60
@@ -64,13 +65,8 @@ def _timestamp(iso: str | None) -> float | None:
 
 
 def read_run(run_dir: Path) -> RunView:
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FactoryError(
-            f"{run_dir}: not a run directory (no manifest.json). Give the folder `factory run` "
-            "printed as its last line, e.g. outputs/20261121-093000"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = RunDir.open(run_dir, hint=". Give the folder `factory run` printed as its last line, "
+                                         "e.g. outputs/20261121-093000").manifest
     stats_path = run_dir / "stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
     principles, note = _principles(manifest.get("constitution", {}))

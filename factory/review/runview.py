@@ -8,12 +8,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.config import PipelineConfig
 from factory.diff import word_ops
+from factory.engine.rundir import RunDir
 from factory.engine.stats import StageStats
 from factory.errors import FactoryError
 from factory.export.clean import Cleaner, sft_target
-from factory.export.merge import run_constitution
 from factory.export.rows import rows
 from factory.records import Record
 
@@ -37,17 +36,12 @@ def _lines(path: Path) -> list[dict]:
 
 class RunView:
     def __init__(self, run_dir: Path):
-        manifest_path = run_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
+        run = RunDir.open(run_dir)
         if not (run_dir / "records.jsonl").is_file():
             raise FactoryError(f"{run_dir}: no records.jsonl yet; review a run once it has finished "
                                f"(or continue it: factory run --resume {run_dir})")
         self.dir = run_dir
-        self.manifest = json.loads(manifest_path.read_text())
-        self.cfg = PipelineConfig.model_validate(self.manifest["config"])
-        self.cfg._base_dir = Path(self.manifest.get("config_dir", "."))
-        self.constitution = run_constitution(run_dir, self.manifest)
+        self.manifest, self.cfg, self.constitution = run.manifest, run.config(), run.constitution()
         self.entries: dict[str, Entry] = {}
         done: list[Record] = []
         for line in _lines(run_dir / "records.jsonl"):
