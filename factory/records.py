@@ -37,6 +37,7 @@ class Round(Typed):
     critique: str
     revision: str
     noop: bool  # the revision left the text unchanged
+    finish_reason: str | None = None  # of the revision call ("length": cut at max_tokens); None in older runs
 
 
 class Candidate(Typed):

@@ -13,8 +13,8 @@ from test_cli import api_config, factory, write_prompts
 from factory.config import CleanConfig, EvalSet, ExportConfig
 from factory.constitution import load_constitution
 from factory.engine.stats import StageStats
-from factory.export.clean import Cleaner
 from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
 from factory.records import CallRef, Candidate, Record, Round
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +204,20 @@ def test_push_to_hub_uploads_the_card_and_the_configs(api, tmp_path: Path, monke
     assert hub.files["README.md"] == (out / "README.md").read_bytes()
     assert all(a == "Bearer hf_test_TOKEN" for a in hub.auth)
     assert "hf_test_TOKEN" not in (out / "manifest.json").read_text()
+
+
+def test_a_truncated_revision_is_known_by_its_round_whatever_made_it() -> None:
+    """Each round keeps its revision call's finish reason: a fact-check revision cut at max_tokens (its call
+    is named fact_revision[i], not revision[i].rN) counts as truncated; records from older runs, whose
+    rounds have no finish reason, are still judged by their call."""
+    from factory.hygiene.clean import truncated
+
+    fact = Record.new("Tell me about the Seine.", "file")
+    cut = Round(principle_id="factcheck", critique="- a claim", revision="The Seine flows", noop=False,
+                finish_reason="length")
+    fact.candidates = [Candidate(index=0, answer="It is a river.", finish_reason="stop", rounds=[cut])]
+    assert truncated(fact, "The Seine flows") and not truncated(fact, "It is a river.")
+    fact.candidates[0].rounds[0] = cut.model_copy(update={"finish_reason": "stop"})
+    assert not truncated(fact, "The Seine flows")
+    old = rec("Write a long story about the sea.", "Once upon", "Once upon a time the sea was", finish="length")
+    assert old.candidates[0].rounds[0].finish_reason is None and truncated(old, "Once upon a time the sea was")

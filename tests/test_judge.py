@@ -21,7 +21,6 @@ from factory.export.rows import rows
 from factory.judging import VaderScorer
 from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message, Model
-from factory.prompts import load_template
 from factory.records import Candidate, Record, Round
 from factory.stages import judge as judge_stage
 from factory.stages.judge import JudgeStage
@@ -73,9 +72,7 @@ def judge(rec: Record, model: Model, tmp_path: Path, scorer=None, **cfg) -> tupl
     from conftest import make_caller
 
     config = JudgeConfig(**cfg)
-    name, variables = {"choice": ("judge", judge_stage.CHOICE_VARIABLES), "cot": ("judge_cot", judge_stage.CHOICE_VARIABLES),
-                       "score": ("judge_score", judge_stage.SCORE_VARIABLES)}[config.method]
-    stage = JudgeStage(config, HARMLESS, load_template(ROOT / "prompts", name, variables), model.spec, 0, scorer)
+    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorer)
     log = CallLog(tmp_path / f"calls-{len(list(tmp_path.iterdir()))}.sqlite")
     caller = make_caller({model.spec: model}, log)
     asyncio.run(stage.process(rec, caller))

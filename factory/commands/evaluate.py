@@ -22,13 +22,12 @@ from factory.engine.prices import Budget
 from factory.engine.rundir import create_run_dir, now, write_json
 from factory.engine.stats import Stats
 from factory.errors import FactoryError
-from factory.export.clean import REFUSAL
 from factory.export.writer import split_of
+from factory.hygiene.clean import REFUSAL
 from factory.inputs import read_prompts
 from factory.judging import Scorer, load_scorer
 from factory.judging.quality import TIE
 from factory.models import load_model
-from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
@@ -128,10 +127,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "model"}) if cfg.stages.judge else {})
                           | {"compare": "initial"}),
                        teacher=TeacherConfig(scorer=judge) if teacher else None)
-    name, variables = {"choice": (jcfg.template, judge_stage.CHOICE_VARIABLES),
-                       "cot": (jcfg.cot_template, judge_stage.CHOICE_VARIABLES),
-                       "score": (jcfg.score_template, judge_stage.SCORE_VARIABLES)}[jcfg.method]
-    template = load_template(cfg.path(cfg.prompts_dir), name, variables)
+    template = judge_stage.template_for(cfg.path(cfg.prompts_dir), jcfg)
     judge_model = baseline if teacher else judge  # a teacher applies to every answer: no model call is made
     for spec in {model, baseline, judge_model}:
         pipe.models[spec] = load_model(spec)

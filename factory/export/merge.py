@@ -10,8 +10,8 @@ from factory.engine.rundir import RunDir, now, write_json
 from factory.engine.stats import StageStats
 from factory.errors import FactoryError
 from factory.export.card import merged_card
-from factory.export.clean import Cleaner
 from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
 from factory.records import Record
 from factory.review.decisions import Review
 from factory.review.store import ReviewStore

@@ -16,8 +16,8 @@ import yaml
 from factory.config import ExportConfig
 from factory.constitution import Constitution
 from factory.engine.stats import StageStats
-from factory.export.clean import Cleaner, sft_target
 from factory.export.rows import rows
+from factory.hygiene.clean import Cleaner, sft_target
 from factory.judging.quality import JudgeReport
 from factory.records import Record
 from factory.review.decisions import Review

@@ -12,8 +12,8 @@ from factory.engine.rundir import RunDir, now, write_json
 from factory.engine.state import lock_run_dir
 from factory.engine.stats import StageStats
 from factory.export.card import card_body
-from factory.export.clean import Cleaner
 from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
 from factory.judging.quality import JudgeReport
 from factory.records import Record
 

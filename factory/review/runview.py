@@ -12,8 +12,8 @@ from factory.diff import word_ops
 from factory.engine.rundir import RunDir
 from factory.engine.stats import StageStats
 from factory.errors import FactoryError
-from factory.export.clean import Cleaner, sft_target
 from factory.export.rows import rows
+from factory.hygiene.clean import Cleaner, sft_target
 from factory.records import Record
 
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")

@@ -9,9 +9,9 @@ import re
 from factory.config import CritiqueReviseConfig
 from factory.constitution import Constitution
 from factory.engine.caller import Caller, derive_seed, rng
-from factory.prompts import Template
+from factory.prompts import Template, load_template
 from factory.records import Candidate, Record, Round, normalise
-from factory.stages import Stage, params
+from factory.stages import Loaded, Stage, StageEntry, params
 
 CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples"}
 REVISION_VARIABLES = CRITIQUE_VARIABLES | {"critique"}
@@ -90,5 +90,18 @@ class CritiqueReviseStage(Stage):
                 revised = text
             noop = normalise(revised) == normalise(text)
             st.counters["noop_revision" if noop else "changed_revision"] += 1
-            cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop))
+            cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop,
+                                    finish_reason=rev.finish_reason))
             text = revised
+
+
+def _load(prompts_dir, cfg: CritiqueReviseConfig) -> Loaded:
+    return Loaded({"critique": load_template(prompts_dir, cfg.critique_template, CRITIQUE_VARIABLES),
+                   "revision": load_template(prompts_dir, cfg.revision_template, REVISION_VARIABLES)})
+
+
+STAGE = StageEntry(
+    "critique_revise", load=_load,
+    build=lambda pipe, cfg: CritiqueReviseStage(cfg, pipe.constitution, pipe.templates["critique"],
+                                                pipe.templates["revision"], pipe.specs["critique_revise"], pipe.cfg.seed),
+)
