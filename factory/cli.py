@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 
 from factory import __version__
+from factory.commands.show import print_outcome
 from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
 from factory.constitution import import_llm_swarm, load_constitution
 from factory.errors import FactoryError
@@ -36,34 +37,6 @@ def cli() -> None:
     Start with:  factory run              (the default pipeline on the embedded model)
                  factory try "PROMPT"      (one prompt, every step printed, with a diff)
     """
-
-
-def _print_outcome(outcome, hub_repo: str | None = None) -> int:
-    """Say what a run made and how to go on; its exit code (main exits with what a command returns)."""
-    run_dir, counts = outcome.run_dir, outcome.counts
-    if hub_repo and counts:
-        from factory.export.hub import push
-
-        stdout.print(f"pushed to {push(run_dir, hub_repo)}", markup=False, highlight=False)
-    shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
-    if outcome.status == "stopped_at_budget":
-        stdout.print(f"[yellow]stopped before passing the budget[/yellow]; no datasets yet. Continue with: "
-                     f"factory run --resume {shown} --max-cost USD", soft_wrap=True)
-    else:
-        rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
-        stdout.print(f"datasets: {rows}")
-    if outcome.failed:
-        stdout.print(f"[red]{outcome.failed} failure(s)[/red]; see {shown}/failed.jsonl, then: "
-                     f"factory retry-failed {shown}", soft_wrap=True)
-    loads = ", ".join(f"load_dataset('{shown}', '{name}')" for name, c in counts.items() if sum(c.values()))
-    if loads:
-        stdout.print("load them with:")
-        stdout.print(f'  python -c "from datasets import load_dataset; print({loads})"', markup=False,
-                     highlight=False, soft_wrap=True)
-    if (run_dir / "report.html").is_file():
-        stdout.print(f"report: {shown}/report.html", markup=False, highlight=False, soft_wrap=True)
-    stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
-    return outcome.exit_code
 
 
 @cli.command()
@@ -134,8 +107,8 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
                                "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change, "
                                "and --ray-address and --workers for a Ray run)")
         ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
-        return _print_outcome(dispatch.resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address,
-                                              workers=workers), hub_repo)
+        outcome = dispatch.resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address, workers=workers)
+        return print_outcome(stdout, outcome, hub_repo)
     ov = Overrides(prompts=prompts, limit=limit, model=model, concurrency=concurrency, seed=seed, max_cost=max_cost,
                    cache_dir=cache_dir, rpm=rpm, tpm=tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
@@ -144,8 +117,9 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 
         stdout.print(estimate_table(estimate(pipe, batch), batch))
         return 0
-    return _print_outcome(dispatch.run(pipe, out, stderr, executor=executor, batch=batch, debug=debug,
-                                       address=ray_address, workers=workers, shards=shards), hub_repo)
+    outcome = dispatch.run(pipe, out, stderr, executor=executor, batch=batch, debug=debug, address=ray_address,
+                           workers=workers, shards=shards)
+    return print_outcome(stdout, outcome, hub_repo)
 
 
 @cli.command("retry-failed")
@@ -159,7 +133,7 @@ def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None)
     from factory.engine.pipeline import Overrides
     from factory.executors.dispatch import resume
 
-    return _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost),
+    return print_outcome(stdout, resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost),
                                  retry_failed=True))
 
 
@@ -198,21 +172,14 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
                  as_json: bool) -> None:
     """How good is a judge? Accuracy and position consistency on pairs with a clearly better answer,
     each judged in both orders, before you pay for a run. Calls are cached between checks."""
-    from rich.table import Table
-
     from factory.commands.judgecheck import DEFAULT_SET, judge_check, to_json
+    from factory.commands.show import judge_check_table
 
     report = judge_check(model, pairs or DEFAULT_SET, config=config, method=method, samples=samples)
     if as_json:
         stdout.print(to_json(report), markup=False, highlight=False, soft_wrap=True)
-        return
-    table = Table(title=f"Judge check: {model}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.items():
-        shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
-        table.add_row(key.replace("_", " "), "-" if shown is None else str(shown))
-    stdout.print(table)
+    else:
+        stdout.print(judge_check_table(model, report))
 
 
 @cli.command()
@@ -319,34 +286,13 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
           benign: tuple[str, ...], samples: int, out: Path | None) -> None:
     """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal."""
-    from rich.table import Table
-
     from factory.commands.evaluate import evaluate
+    from factory.commands.show import eval_tables
 
     report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
                               benign=set(benign) if benign else None, samples=samples)
-    table = Table(title=f"{model} vs {baseline}, judged by {judge}")
-    for col in ("measure", "value"):
-        table.add_column(col)
-    table.add_row("win rate (95% CI)", f"{report['win_rate']} {tuple(report['ci95'])}")
-    table.add_row("wins / ties / losses", f"{report['wins']} / {report['ties']} / {report['losses']} of {report['n']}")
-    for pid, r in report["per_principle"].items():
-        table.add_row(f"  {pid}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']})")
-    refusal = report["over_refusal"]
-    table.add_row("over-refusal on benign", f"model {refusal['model']}, baseline {refusal['baseline']} "
-                  f"(n={refusal['benign_answers']})")
-    stdout.print(table)
-    if report.get("scores_by_kind"):  # a classifier judge: before (the baseline) and after (the model)
-        scores = Table(title=f"{judge} per prompt kind: before ({baseline}) and after ({model})",
-                       caption="share > 0: answers the classifier scores above zero (for vader:negative, "
-                               "the negative ones)")
-        for col in ("prompt kind", "mean before", "mean after", "share > 0 before", "share > 0 after", "answers"):
-            scores.add_column(col)
-        for kind, by in report["scores_by_kind"].items():
-            before, after = by["baseline"], by["model"]
-            scores.add_row(kind, str(before["mean"]), str(after["mean"]), str(before["share_above_0"]),
-                           str(after["share_above_0"]), str(before["n"]))
-        stdout.print(scores)
+    for table in eval_tables(report, model, baseline, judge):
+        stdout.print(table)
     stdout.print(str(folder / "eval.json"), markup=False, highlight=False)
 
 

@@ -12,12 +12,12 @@ from factory.constitution import Constitution, load_constitution
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
 from factory.engine.endpoint import Endpoint
+from factory.engine.limits import ShareOfLimits
 from factory.engine.prices import Budget, PriceTable, load_prices, require_prices
 from factory.engine.ratelimit import RateLimiter
 from factory.engine.rundir import command_line, git_commit, now, package_versions
 from factory.engine.stats import Stats
 from factory.errors import FactoryError
-from factory.executors.limits import ShareOfLimits
 from factory.hygiene.clean import Cleaner
 from factory.inputs import PromptFile, read_prompts
 from factory.judging import Scorer
