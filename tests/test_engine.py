@@ -14,11 +14,10 @@ from server import FakeAPIServer
 from test_cli import PROMPTS, factory, write_prompts
 
 from factory.config import TimeoutsConfig
-from factory.engine.caller import ParseError, ParseFailure
 from factory.engine.calllog import CallLog
 from factory.engine.endpoint import Timeouts
-from factory.engine.prices import Budget, BudgetExceeded, load_prices
-from factory.errors import ModelCallError
+from factory.engine.prices import Budget, load_prices
+from factory.errors import BudgetExceeded, ModelCallError, ParseError, ParseFailure
 from factory.models import GenParams, load_model
 from factory.prompts import load_template
 from factory.stages import answer
@@ -26,7 +25,7 @@ from factory.stages import answer
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("factory.engine.endpoint.FIRST_BACKOFF_S", 0.01)
+    monkeypatch.setattr("factory.engine.retry.FIRST_BACKOFF_S", 0.01)
 
 
 def answer_call(caller, spec: str, prompt: str = "Name a colour."):

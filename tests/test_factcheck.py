@@ -19,10 +19,9 @@ from test_cli import factory, write_prompts
 
 from factory.config import ExportConfig, FactCheckConfig
 from factory.constitution import load_constitution
-from factory.engine.caller import ParseError
 from factory.engine.calllog import CallLog
 from factory.engine.stats import StageStats
-from factory.errors import ModelCallError
+from factory.errors import ModelCallError, ParseError
 from factory.export.rows import rows
 from factory.judging.facts import parse_claims, parse_queries, parse_verdict, score
 from factory.records import Candidate, Claim, FactCheck, Record, Round

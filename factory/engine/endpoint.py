@@ -4,39 +4,19 @@ limiter, timeouts from observed latency, the one retry layer, and cost against t
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-)
-
 from factory.config import RetriesConfig, TimeoutsConfig
+from factory.engine import retry
 from factory.engine.prices import Budget, PriceTable, estimate_tokens
 from factory.engine.ratelimit import RateLimiter
 from factory.engine.stats import StageStats
-from factory.errors import ModelCallError
+from factory.errors import CallTimeout, ModelCallError
 from factory.models import Completion, GenParams, Message, Model
 
 MIN_SAMPLES = 20  # latencies observed before the timeout adapts
-FIRST_BACKOFF_S = 0.5
-
-
-class CallTimeout(ModelCallError):
-    """A request cut by the timeout. The server may have read (and billed) its input."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ModelCallError) and exc.retryable
-
-
-def _exception(state: RetryCallState) -> BaseException | None:
-    return state.outcome.exception() if state.outcome else None
 
 
 class Timeouts:
@@ -94,21 +74,11 @@ class Endpoint:
             st.retries += 1
 
         retried()
-        await asyncio.sleep(self._delay(1, first))
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.retries.max_attempts - 1), retry=retry_if_exception(_retryable),
-                                 wait=lambda state: self._delay(state.attempt_number + 1, _exception(state)),
-                                 before_sleep=retried, reraise=True)
-        async for attempt in retrying:
+        await asyncio.sleep(retry.delay(1, first, self.retries.max_wait))
+        async for attempt in retry.retrying(self.retries.max_attempts - 1, self.retries.max_wait, retried, done=1):
             with attempt:
                 return await self._attempt(messages, params, template, st, on_error)
         raise AssertionError("unreachable: tenacity reraises")
-
-    def _delay(self, attempt: int, exc: BaseException | None) -> float:
-        """Before attempt + 1: exponential backoff with full jitter; a server's Retry-After is a floor."""
-        cap = min(self.retries.max_wait, FIRST_BACKOFF_S * 2 ** (attempt - 1))
-        backoff = random.uniform(0, cap)
-        retry_after = getattr(exc, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
 
     async def _attempt(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                        on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:

@@ -175,7 +175,7 @@ class Pipeline:
             endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
                                        cfg.timeouts, self.prices, budget)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
-                      search_attempts=cfg.retries.max_attempts, **kwargs)
+                      search_attempts=cfg.retries.max_attempts, max_wait=cfg.retries.max_wait, **kwargs)
 
     def stages(self) -> list[Stage]:
         return [entry.build(self, section) for entry, section in active(self.cfg.stages)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from factory.config import ROOT, Strict
-from factory.errors import FactoryError
+from factory.errors import BudgetExceeded, FactoryError
 from factory.yamlfile import load_yaml
 
 DEFAULT_PRICES = ROOT / "prices.yaml"
@@ -51,11 +51,6 @@ def load_prices(path: Path | None = None) -> PriceTable:
 
 def estimate_tokens(text_chars: int) -> int:
     return text_chars // CHARS_PER_TOKEN + 1
-
-
-class BudgetExceeded(Exception):
-    """Raised instead of making a call that could take spending past --max-cost. Not a failure:
-    the record stays unfinished and `factory run --resume` picks it up (with a larger budget)."""
 
 
 class Budget:

@@ -21,11 +21,11 @@ from rich.console import Console
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Pipeline
-from factory.engine.prices import Budget, BudgetExceeded
+from factory.engine.prices import Budget
 from factory.engine.progress import Display
 from factory.engine.state import RunState, lock_run_dir
 from factory.engine.stats import Stats
-from factory.errors import FactoryError, ModelCallError
+from factory.errors import BudgetExceeded, FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message
 from factory.records import Record
 from factory.stages import Stage

@@ -20,8 +20,8 @@ from functools import partial
 from pathlib import Path
 
 from factory.config import FactCheckConfig
-from factory.engine.caller import Caller, ParseFailure, derive_seed
-from factory.errors import FactoryError
+from factory.engine.caller import Caller, derive_seed
+from factory.errors import FactoryError, ParseFailure
 from factory.judging.facts import metric_of, parse_claims, parse_queries, parse_verdict, score, unsupported
 from factory.models import GenParams
 from factory.prompts import Template, load_template

@@ -16,8 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.config import IdkConfig
-from factory.engine.caller import Caller, ParseError, ParseFailure, derive_seed, rng
-from factory.errors import InputError
+from factory.engine.caller import Caller, derive_seed, rng
+from factory.errors import InputError, ParseError, ParseFailure
 from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Candidate, IdkLabel, IdkSample, Record

@@ -9,9 +9,9 @@ import re
 from collections.abc import AsyncIterator
 
 from factory.config import QuestionsConfig
-from factory.engine.caller import Caller, ParseError, derive_seed, rng
+from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.stats import StageStats
-from factory.errors import ModelCallError
+from factory.errors import ModelCallError, ParseError
 from factory.inputs import PromptFile
 from factory.prompts import Template
 from factory.records import Record
