@@ -166,3 +166,17 @@ def test_the_cli_refuses_a_wasteful_pipeline_before_any_run_directory(tmp_path: 
     r = CliRunner().invoke(cli, ["run", str(write(tmp_path, "idk.yaml", judge={})), "--out", str(out)],
                            standalone_mode=False)
     assert isinstance(r.exception, FactoryError) and r.exception.exit_code == 2 and not out.exists()
+
+
+def test_a_model_spec_is_parsed_once_into_its_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory.models import ModelSpec
+
+    spec = ModelSpec.parse("openai:gpt-4o-mini")
+    assert (spec.provider, spec.name, str(spec), spec.local) == ("openai", "gpt-4o-mini", "openai:gpt-4o-mini", False)
+    assert ModelSpec.parse("local:/models/a:b").name == "/models/a:b" and ModelSpec.parse("local:smollm2").local
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert spec.base_url == "http://127.0.0.1:9/v1" and ModelSpec.parse("local:smollm2").base_url is None
+    for bad in ("gpt-4o", "local:", "mistral:large"):
+        with pytest.raises(FactoryError, match="valid model specs"):
+            ModelSpec.parse(bad)
+    assert ModelSpec.parse("fake:scripted", known=False).name == "scripted"

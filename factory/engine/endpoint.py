@@ -15,6 +15,7 @@ from factory.engine.ratelimit import RateLimiter
 from factory.engine.stats import StageStats
 from factory.errors import CallTimeout, ModelCallError
 from factory.models import Completion, GenParams, Message, Model
+from factory.models.spec import ModelSpec
 
 MIN_SAMPLES = 20  # latencies observed before the timeout adapts
 
@@ -45,7 +46,7 @@ class Endpoint:
     def __init__(self, model: Model, concurrency: int, limiter: RateLimiter, retries: RetriesConfig,
                  timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget):
         self.model, self.limiter, self.retries, self.prices, self.budget = model, limiter, retries, prices, budget
-        self.name = model.spec.partition(":")[2]
+        self.name = ModelSpec.parse(model.spec, known=False).name
         # In-process models have no network to hang on, and a cut call would only waste the work.
         self.timeouts = Timeouts(timeouts) if model.provider != "local" else None
         self.counts: Counter[str] = Counter()  # attempts, retries, rate_limited, timeouts

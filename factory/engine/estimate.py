@@ -14,6 +14,7 @@ from rich.table import Table
 
 from factory.engine.pipeline import Pipeline
 from factory.engine.prices import estimate_tokens
+from factory.models.spec import ModelSpec
 from factory.records import Evidence, Record
 from factory.stages.critique_revise import CritiqueReviseStage
 from factory.stages.factcheck import SHORT_MAX_TOKENS
@@ -78,8 +79,8 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
     prompt = (sample or [Record.new("placeholder", "file")])[0].prompt
     lines += _labelling(pipe, prompt, n_records * per, placeholder)
     for line in lines:
-        provider, _, name = line.model.partition(":")
-        line.usd = pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens, batch)
+        spec = ModelSpec.parse(line.model)
+        line.usd = pipe.prices.cost(spec.provider, spec.name, line.input_tokens, line.output_tokens, batch)
     return lines
 
 

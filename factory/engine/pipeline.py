@@ -22,6 +22,7 @@ from factory.hygiene.clean import Cleaner
 from factory.inputs import PromptFile, read_prompts
 from factory.judging import Scorer
 from factory.models import Model, load_model
+from factory.models.spec import ModelSpec
 from factory.prompts import Template, load_template
 from factory.records import Record
 from factory.search import SearchBackend, load_search
@@ -120,7 +121,7 @@ class Pipeline:
         pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, cleaner=cleaner,
                    extras=extras)
         if cfg.max_cost is not None:
-            require_prices(prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.used_specs()],
+            require_prices(prices, [ModelSpec.parse(s) for s in pipe.used_specs()],
                            "--max-cost")
         return pipe
 

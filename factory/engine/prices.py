@@ -9,6 +9,7 @@ from pydantic import Field
 
 from factory.config import ROOT, Strict
 from factory.errors import BudgetExceeded, FactoryError
+from factory.models.spec import ModelSpec
 from factory.yamlfile import load_yaml
 
 DEFAULT_PRICES = ROOT / "prices.yaml"
@@ -73,9 +74,9 @@ class Budget:
         self.spent += actual
 
 
-def require_prices(table: PriceTable, models: list[tuple[str, str, str]], what: str) -> None:
-    """`models`: (spec, provider, name). A budget needs a price for every model it spends on."""
-    missing = [spec for spec, provider, name in models if table.price(provider, name) is None]
+def require_prices(table: PriceTable, models: list[ModelSpec], what: str) -> None:
+    """A budget needs a price for every model it spends on."""
+    missing = [str(spec) for spec in models if table.price(spec.provider, spec.name) is None]
     if missing:
         raise FactoryError(f"{what} needs a price for {', '.join(missing)}; add it to prices.yaml "
                            "(USD per million input and output tokens) or point the pipeline's `prices:` at your table")

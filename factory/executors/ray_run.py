@@ -40,6 +40,7 @@ from factory.executors.shards import (
     run_shard,
 )
 from factory.models import load_model
+from factory.models.spec import ModelSpec
 
 MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
 
@@ -68,7 +69,7 @@ def check_models(pipe: Pipeline) -> None:
     for spec in pipe.used_specs():
         if spec == questions:
             pipe.models[spec] = load_model(spec)
-        elif not spec.startswith("local:"):
+        elif not ModelSpec.parse(spec).local:
             load_model(spec)
 
 
@@ -143,7 +144,7 @@ def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
     at_once = min(workers, len(pending))
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     pipe = run.pipe
-    local = any(pipe.specs[s].startswith("local:") for s in pipe.record_stages)
+    local = any(ModelSpec.parse(pipe.specs[s]).local for s in pipe.record_stages)
     gpus = 1 if local and ray.cluster_resources().get("GPU", 0) >= 1 else 0  # one per shard's own model copy
     task = ray.remote(run_shard).options(num_cpus=min(1.0, cpus / at_once), num_gpus=gpus, max_retries=MAX_RETRIES,
                                          retry_exceptions=False)
