@@ -75,7 +75,7 @@ def test_run_end_to_end_over_http(api, tmp_path: Path, spec: str) -> None:
     assert len(lineage) == 5 and {r["metadata"]["topic"] for r in lineage} == set(range(5))
     assert all(len(r["calls"]) == 3 and r["candidates"][0]["rounds"][0]["critique"] for r in lineage)
     c = manifest["constitution"]
-    assert all(r["constitution"] == f"{c['label']}:{c['sha256']}" for r in lineage)
+    assert all(r["constitution"] == {"name": c["label"], "digest": c["sha256"]} for r in lineage)
     with sqlite3.connect(out / "calls.sqlite") as db:
         assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 15
         assert db.execute("SELECT count(*) FROM errors").fetchone()[0] == 0

@@ -180,3 +180,13 @@ def test_a_model_spec_is_parsed_once_into_its_parts(monkeypatch: pytest.MonkeyPa
         with pytest.raises(FactoryError, match="valid model specs"):
             ModelSpec.parse(bad)
     assert ModelSpec.parse("fake:scripted", known=False).name == "scripted"
+
+
+def test_a_records_constitution_is_a_name_and_a_digest() -> None:
+    """Typed fields; a record from an older run, which packed both into "name@version:sha256", reads the same."""
+    from factory.records import ConstitutionRef, Record
+
+    rec = Record.new("Hello?", "file")
+    rec.constitution = ConstitutionRef(name="harmless@1.0.0", digest="ab" * 32)
+    old = Record.model_validate(rec.model_dump() | {"constitution": "harmless@1.0.0:" + "ab" * 32})
+    assert old.constitution == rec.constitution and Record.model_validate_json(rec.model_dump_json()) == rec

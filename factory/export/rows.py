@@ -91,10 +91,10 @@ def _prefer_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
 def provenance(rec: Record, principle_ids: list[str], constitution: Constitution, generator: str) -> dict:
     """Where a row came from. The record's own constitution and answer model win over the run's, so
     merged runs keep each row's true origin."""
-    label, _, digest = (rec.constitution or "").rpartition(":")
+    own = rec.constitution
     model = next((c.model for c in rec.calls if c.stage == "answer"), generator)
-    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": label or constitution.label,
-            "constitution_hash": digest or constitution.digest, "generator_model": model}
+    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": own.name if own else constitution.label,
+            "constitution_hash": own.digest if own else constitution.digest, "generator_model": model}
 
 
 def turn(text: str) -> list[dict]:

@@ -10,7 +10,7 @@ from factory.config import CritiqueReviseConfig
 from factory.constitution import Constitution
 from factory.engine.caller import Caller, derive_seed, rng
 from factory.prompts import Template, load_template
-from factory.records import Candidate, Record, Round, normalise
+from factory.records import Candidate, ConstitutionRef, Record, Round, normalise
 from factory.stages import Loaded, Stage, StageEntry, params
 
 CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples"}
@@ -62,7 +62,7 @@ class CritiqueReviseStage(Stage):
         return out
 
     async def process(self, record: Record, caller: Caller) -> None:
-        record.constitution = f"{self.constitution.label}:{self.constitution.digest}"
+        record.constitution = ConstitutionRef(name=self.constitution.label, digest=self.constitution.digest)
         await asyncio.gather(*(self._candidate(record, c, caller) for c in record.candidates))
 
     async def _candidate(self, record: Record, cand: Candidate, caller: Caller) -> None:
