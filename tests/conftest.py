@@ -110,9 +110,9 @@ def repo() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`factory try` caches calls in FACTORY_CACHE_DIR: give each test its own. Integration tests
-    keep the shared cache, where the converted embedded model lives."""
-    if "integration" not in request.keywords:
+    """`factory try` caches calls in FACTORY_CACHE_DIR: give each test its own. Tests on the embedded
+    model (marked `model`) keep the shared cache, where the converted embedded model lives."""
+    if request.node.get_closest_marker("model") is None:
         monkeypatch.setenv("FACTORY_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -191,3 +191,17 @@ def srv(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         yield server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that launches a process (the CLI through a `factory(...)` helper, `cli_run`, `start`, or
+    `subprocess` itself), or uses a fixture that does, is `slow`: each start costs seconds of imports.
+    Other slow tests are marked by hand."""
+    for item in items:
+        code = getattr(getattr(item, "function", None), "__code__", None)
+        if (code is not None and LAUNCHERS & set(code.co_names)) or LAUNCHING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+LAUNCHERS = {"factory", "subprocess", "cli_run", "start"}
+LAUNCHING_FIXTURES = {"runs", "made"}

@@ -152,7 +152,7 @@ def test_merge_dedups_across_runs(api, tmp_path: Path) -> None:
     assert factory("merge", a, "--out", merged).returncode == 2  # not empty
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_exported_data_trains_with_trl(tmp_path: Path) -> None:
     """A few steps of TRL's SFT and DPO trainers on the exported configs, unchanged, with a tiny model."""
     import torch

@@ -364,7 +364,7 @@ def test_factcheck_pipeline_over_http(api, tmp_path: Path) -> None:
     assert counters["cached_searches"] == counters["searches"] == stats["counters"]["searches"]
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_factcheck_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     config = factcheck_config(tmp_path, max_claims=2, queries=1)  # small, so it stays quick on 2 busy cores

@@ -13,7 +13,7 @@ from test_cli import api_config, factory, write_prompts
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 
 def test_embedded_model_end_to_end(tmp_path: Path) -> None:

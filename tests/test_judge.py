@@ -318,7 +318,7 @@ def test_judge_check_rejects_a_bad_pairs_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{bad}:2" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_judge_check_on_the_embedded_model(tmp_path: Path) -> None:
     pairs = (ROOT / "evals" / "judge_check.jsonl").read_text().splitlines()
     few = tmp_path / "few.jsonl"

@@ -25,6 +25,8 @@ from factory.engine.pipeline import Overrides, Pipeline
 from factory.errors import FactoryError
 from factory.executors.dispatch import resume, run
 
+pytestmark = pytest.mark.ray
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
 QUIET = Console(quiet=True)

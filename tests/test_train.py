@@ -63,7 +63,8 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.train
 @pytest.mark.parametrize("objective,lora", [("sft", False), ("dpo", False), ("reward", False), ("kto", False),
                                             ("dpo", True)])
 def test_ten_steps_of_each_objective(objective: str, lora: bool, data: Path, tiny: Path, tmp_path: Path) -> None:
@@ -111,7 +112,8 @@ def factory(*args, env: dict | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.train
 def test_cli_trains_and_the_folder_works_as_a_local_model(data: Path, tiny: Path, tmp_path: Path) -> None:
     settings = tmp_path / "train.yaml"
     settings.write_text("batch_size: 2\nlogging_steps: 1\nlearning_rate: 0.001\nlora_r: 4\n"
