@@ -79,3 +79,20 @@ def _message(data: object, raw: bytes, status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "error"
+
+
+def sdk_error(message: str, exc: Exception, sdk: Any) -> ModelCallError:
+    """An exception of `sdk` (the openai or anthropic module: the Batch APIs use the SDKs) as a
+    ModelCallError: an HTTP status decides whether to retry (with its Retry-After); a dropped connection
+    or a timeout is retryable. `message` is already redacted."""
+    if isinstance(exc, sdk.APIStatusError):
+        return http_error(message, exc.status_code, exc.response.headers)
+    return ModelCallError(message, retryable=isinstance(exc, sdk.APIConnectionError))
+
+
+async def close_clients(http: JSONClient, sdk_client: Any | None) -> None:
+    """Close a backend's aiohttp session and, if one was made, its SDK client. Returns None (no client)."""
+    await http.aclose()
+    if sdk_client is not None:
+        await sdk_client.close()
+    return None
