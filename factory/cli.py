@@ -372,21 +372,25 @@ def import_(file: Path, dest: Path, name: str | None) -> None:
     stdout.print(f"{dest}: {len(data['principles'])} principles, {len(data['examples'])} examples", markup=False)
 
 
-def main() -> None:
-    """The one place exit codes are decided: a command's return value (a run's outcome), 2 for bad input,
-    130 for Ctrl-C, click's own for usage errors."""
+def run_cli(args: list[str] | None = None) -> int:
+    """The one place exit codes are decided: a command's return value (a run's outcome), 2 for bad input
+    (a FactoryError, printed without a traceback), 130 for Ctrl-C, click's own for usage errors."""
     try:
-        code = cli.main(standalone_mode=False, prog_name="factory")
+        code = cli.main(args, standalone_mode=False, prog_name="factory")
     except FactoryError as e:
         stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.exceptions.Abort:
         stderr.print("aborted")
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_cli())
