@@ -121,6 +121,14 @@ class RunDir:
                                f"{entry['sha256'][:12]}) and run the command again")
         return load_constitution(path)
 
+    def lines(self, name: str) -> Iterator[dict]:
+        """The objects of a JSON-lines file of the run (records.jsonl, failed.jsonl, dedup.jsonl, ...),
+        blank lines skipped; none if the file does not exist."""
+        path = self.path / name
+        if path.is_file():
+            with path.open() as f:
+                yield from (json.loads(line) for line in f if line.strip())
+
     def records(self) -> Iterator[Record]:
         """The records export reads: done ones, not dropped."""
         return kept_records(self.path / "records.jsonl")

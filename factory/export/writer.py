@@ -103,11 +103,8 @@ class SplitWriter:
                 continue
             self.writers[split].close()
             tmp = self.folder / f"{split}.parquet.tmp"
-            digest = hashlib.sha256()
             with tmp.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            stem = f"{self.name(split)}-{digest.hexdigest()[:12]}"
+                stem = f"{self.name(split)}-{hashlib.file_digest(f, 'sha256').hexdigest()[:12]}"
             tmp.rename(self.folder / f"{stem}.parquet")
             if self.jsonl:
                 (self.folder / f"{split}.jsonl.tmp").rename(self.folder / f"{stem}.jsonl")

@@ -3,7 +3,6 @@ at export, failed) with a summary to filter on, and one record in full with word
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,6 @@ class Entry:
     target: str | None  # the model text its `sft` row trains on (before any human edit)
 
 
-def _lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class RunView:
     def __init__(self, run_dir: Path):
         run = RunDir.open(run_dir)
@@ -44,14 +37,14 @@ class RunView:
         self.manifest, self.cfg, self.constitution = run.manifest, run.config(), run.constitution()
         self.entries: dict[str, Entry] = {}
         done: list[Record] = []
-        for line in _lines(run_dir / "records.jsonl"):
+        for line in run.lines("records.jsonl"):
             rec = Record.model_validate(line)
             if rec.dropped:
                 self.entries[rec.id] = Entry(rec, "dropped", rec.dropped.stage, rec.dropped.reason, None)
             else:
                 done.append(rec)
         self._export_outcomes(done)
-        for line in _lines(run_dir / "failed.jsonl"):
+        for line in run.lines("failed.jsonl"):
             if "record" in line:
                 rec = Record.model_validate(line["record"])
                 self.entries[rec.id] = Entry(rec, "failed", line["stage"], line["reason"], None)
