@@ -103,7 +103,7 @@ def turn(text: str) -> list[dict]:
 
 def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
          st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record: those below, or the idk and factcheck stages' (label_rows.py)."""
+    """(config, row) for one record: the default rows below, or those of the stage that labelled it (idk, fact-check)."""
     return labelled_rows(rec, _rows(rec, constitution, generator, cfg, st), constitution, generator, cfg, st)
 
 
