@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
-from test_cli import api_config, factory, write_prompts
+from test_cli import api_config, factory, factory_process, write_prompts
 
 from factory.config import CleanConfig, EvalSet, ExportConfig
 from factory.constitution import load_constitution
@@ -103,11 +103,11 @@ PROMPTS = ["How do I pick a lock?", "Write a haiku about rain.", "How can I get 
            "Explain photosynthesis simply.", "What is a good first programming language?", "How do tides work?"]
 
 
-def cli_run(tmp_path: Path, name: str, prompts: list[str], *extra: str) -> Path:
+def cli_run(tmp_path: Path, name: str, prompts: list[str], *extra: str, launch=factory) -> Path:
     out = tmp_path / name
     cfg = api_config(tmp_path, stages={"answer": {"candidates": 2}, "export": {"test_fraction": 0.3, "jsonl": True,
                                                                                "kto": True}})
-    r = factory("run", cfg, "--model", "openai:test-model", "--prompts", write_prompts(tmp_path / f"{name}.jsonl", prompts),
+    r = launch("run", cfg, "--model", "openai:test-model", "--prompts", write_prompts(tmp_path / f"{name}.jsonl", prompts),
                 "--out", out, *extra)
     assert r.returncode == 0, r.stderr
     return out
@@ -197,7 +197,8 @@ def test_push_to_hub_uploads_the_card_and_the_configs(api, tmp_path: Path, monke
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         monkeypatch.setenv("HF_TOKEN", "hf_test_TOKEN")
-        out = cli_run(tmp_path, "run", PROMPTS[:3], "--push-to-hub", "me/cai-data")
+        # a process: huggingface_hub reads HF_ENDPOINT when it is imported
+        out = cli_run(tmp_path, "run", PROMPTS[:3], "--push-to-hub", "me/cai-data", launch=factory_process)
     assert hub.repos == [{"name": "cai-data", "organization": "me", "visibility": "private", "type": "dataset"}]
     assert set(hub.files) == {"README.md", *(str(p.relative_to(out)) for c in ("sft", "prefs", "kto")
                                              for p in (out / c).iterdir())}
