@@ -195,13 +195,14 @@ def srv(monkeypatch: pytest.MonkeyPatch):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that launches a process (the CLI through a `factory(...)` helper, `cli_run`, `start`, or
-    `subprocess` itself), or uses a fixture that does, is `slow`: each start costs seconds of imports.
-    Other slow tests are marked by hand."""
+    `subprocess` itself) is `slow`: each start costs seconds of imports; so is one that uses a fixture
+    that launches one (`runs`, `made`) or builds the offline search index (`wiki`). Other slow tests are
+    marked by hand."""
     for item in items:
         code = getattr(getattr(item, "function", None), "__code__", None)
-        if (code is not None and LAUNCHERS & set(code.co_names)) or LAUNCHING_FIXTURES & set(item.fixturenames):
+        if (code is not None and LAUNCHERS & set(code.co_names)) or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
 
 
-LAUNCHERS = {"factory", "subprocess", "cli_run", "start"}
-LAUNCHING_FIXTURES = {"runs", "made"}
+LAUNCHERS = {"factory", "factory_process", "subprocess", "cli_run", "start"}
+SLOW_FIXTURES = {"runs", "made", "wiki"}

@@ -169,6 +169,7 @@ def many_calls(caller, spec: str, n: int) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow  # waits on the paced rate
 def test_limits_from_the_providers_headers_pace_requests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with FakeAPIServer(rate_limit_headers=True, rpm=600, tpm=10**7) as server:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -180,6 +181,7 @@ def test_limits_from_the_providers_headers_pace_requests(monkeypatch: pytest.Mon
     assert 2.0 < elapsed < 6.0  # 10 per second after a one-second burst, not all 40 at once
 
 
+@pytest.mark.slow  # waits out backoffs
 def test_429s_slow_the_endpoint_down_smoothly_and_every_call_completes(monkeypatch: pytest.MonkeyPatch,
                                                                         tmp_path: Path) -> None:
     with FakeAPIServer(enforce_rpm=20, window_s=1.0) as server:  # at most 20 requests a second

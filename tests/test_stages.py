@@ -84,6 +84,7 @@ def test_critique_revise_rounds_principles_and_cleaning(repo, caller, harmless, 
     assert "The response could be more careful" in rev_msgs[-1]["content"]
 
 
+@pytest.mark.slow  # many records through a pipeline
 def test_principle_draws_follow_the_seed_not_the_order(repo, caller, harmless):
     def draws(seed, prompts):
         out = {}
