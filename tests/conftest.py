@@ -194,9 +194,9 @@ def srv(monkeypatch: pytest.MonkeyPatch):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that launches a process (the CLI through a `factory(...)` helper, `cli_run`, `start`, or
-    `subprocess` itself) is `slow`: each start costs seconds of imports; so is one that uses a fixture
-    that launches one (`runs`, `made`) or builds the offline search index (`wiki`). Other slow tests are
+    """`slow`: a test that runs a whole CLI command (a `factory(...)` helper, `cli_run`), launches a process
+    (`factory_process`, `start`, `subprocess`: each start costs seconds of imports), or uses a fixture
+    that does (`runs`, `made`) or that builds the offline search index (`wiki`). Other slow tests are
     marked by hand."""
     for item in items:
         code = getattr(getattr(item, "function", None), "__code__", None)
