@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo opinion-demo opinion-demo-dpo test clean browser
+.PHONY: install demo opinion-demo opinion-demo-dpo test test-fast clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ browser:
 test: install browser
 	$(BIN)/ruff check factory tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The fast subset: no embedded model, no browser, no Ray, no training, nothing that launches the CLI as a
+# process; under a minute on 2 quiet cores. `make test` runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not model and not ray and not browser and not train"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

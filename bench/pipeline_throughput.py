@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_generation import prompts, through_batcher  # noqa: E402
 
 from factory.config import load_config  # noqa: E402
+from factory.engine.pipeline import Overrides, Pipeline  # noqa: E402
+from factory.engine.runner import run  # noqa: E402
 from factory.models import load_model  # noqa: E402
 from factory.models.local import LocalModel  # noqa: E402
-from factory.pipeline import Overrides, Pipeline  # noqa: E402
-from factory.runner import run  # noqa: E402
 
 
 def busy_seconds(spans: list[tuple[float, float]]) -> float:

@@ -96,8 +96,8 @@ def in_process(args: argparse.Namespace, workdir: Path, url: str, executor: str 
     if args.transport != "aiohttp":
         use_sdk(args.transport)
     from factory.config import load_config
-    from factory.pipeline import Overrides, Pipeline
-    from factory.runner import run
+    from factory.engine.pipeline import Overrides, Pipeline
+    from factory.executors.dispatch import run
 
     prompts = workdir / "prompts.jsonl"
     if not prompts.exists():

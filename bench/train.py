@@ -42,9 +42,9 @@ def synthetic(folder: Path) -> Path:
     """The seed prompts, each with a short first answer and a longer revision (about 120 words)."""
     from factory.config import ExportConfig
     from factory.constitution import load_constitution
+    from factory.engine.stats import StageStats
+    from factory.export.writer import export
     from factory.records import Candidate, Record, Round
-    from factory.stages.export import export
-    from factory.stats import StageStats
 
     prompts = [json.loads(line)["prompt"] for f in sorted((ROOT / "prompts" / "seeds").glob("*.jsonl"))
                for line in f.read_text().splitlines() if line.strip()]

@@ -7,21 +7,16 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
-from rich.console import Console
 
 from factory import __version__
+from factory.commands.show import print_outcome, stderr, stdout
 from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
-from factory.constitution import import_llm_swarm, load_constitution, sanitise_id
 from factory.errors import FactoryError
 
 # Our own progress display replaces the libraries' bars (set before they are imported; users may override).
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-# Pipes and CI logs get a wide console, so tables do not wrap at rich's 80-column default.
-stdout = Console(width=None if sys.stdout.isatty() else 140)
-stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,33 +31,6 @@ def cli() -> None:
     Start with:  factory run              (the default pipeline on the embedded model)
                  factory try "PROMPT"      (one prompt, every step printed, with a diff)
     """
-
-
-def _print_outcome(outcome, hub_repo: str | None = None) -> None:
-    run_dir, counts = outcome.run_dir, outcome.counts
-    if hub_repo and counts:
-        from factory.hub import push
-
-        stdout.print(f"pushed to {push(run_dir, hub_repo)}", markup=False, highlight=False)
-    shown = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
-    if outcome.status == "stopped_at_budget":
-        stdout.print(f"[yellow]stopped before passing the budget[/yellow]; no datasets yet. Continue with: "
-                     f"factory run --resume {shown} --max-cost USD", soft_wrap=True)
-    else:
-        rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
-        stdout.print(f"datasets: {rows}")
-    if outcome.failed:
-        stdout.print(f"[red]{outcome.failed} failure(s)[/red]; see {shown}/failed.jsonl, then: "
-                     f"factory retry-failed {shown}", soft_wrap=True)
-    loads = ", ".join(f"load_dataset('{shown}', '{name}')" for name, c in counts.items() if sum(c.values()))
-    if loads:
-        stdout.print("load them with:")
-        stdout.print(f'  python -c "from datasets import load_dataset; print({loads})"', markup=False,
-                     highlight=False, soft_wrap=True)
-    if (run_dir / "report.html").is_file():
-        stdout.print(f"report: {shown}/report.html", markup=False, highlight=False, soft_wrap=True)
-    stdout.print(str(run_dir), markup=False, highlight=False, soft_wrap=True)
-    sys.exit(outcome.exit_code)
 
 
 @cli.command()
@@ -104,7 +72,7 @@ def _print_outcome(outcome, hub_repo: str | None = None) -> None:
 def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
         rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
         cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
-        executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> None:
+        executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> int:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 
     CONFIG is a pipeline YAML file (default: pipelines/default.yaml, sized for the embedded model;
@@ -112,16 +80,15 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
     directory is created. The last line printed is the run directory. Exit codes: 0 done,
     1 done with failures (see failed.jsonl), 2 bad input, 3 stopped at --max-cost.
     """
-    from factory.pipeline import Overrides, Pipeline
-    from factory.runner import resume
-    from factory.runner import run as run_pipeline
+    from factory.engine.pipeline import Overrides, Pipeline
+    from factory.executors import dispatch
 
     if (ray_address or workers or shards) and executor != "ray" and resume_dir is None:
         raise FactoryError("--ray-address, --workers and --shards go with --executor ray")
     if debug:
         concurrency = 1
     if hub_repo:
-        from factory.hub import require_token
+        from factory.export.hub import require_token
 
         require_token()  # before any work, not after it
     if resume_dir is not None:
@@ -134,20 +101,19 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
                                "(only --max-cost, --concurrency, --rpm, --tpm, --cache-dir and --debug may change, "
                                "and --ray-address and --workers for a Ray run)")
         ov = Overrides(concurrency=concurrency, max_cost=max_cost, cache_dir=cache_dir, rpm=rpm, tpm=tpm)
-        _print_outcome(resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address, workers=workers), hub_repo)
-    ov = Overrides(prompts, limit, model, concurrency, seed, None, max_cost, cache_dir, rpm, tpm)
+        outcome = dispatch.resume(resume_dir, stderr, ov, debug=debug, ray_address=ray_address, workers=workers)
+        return print_outcome(stdout, outcome, hub_repo)
+    ov = Overrides(prompts=prompts, limit=limit, model=model, concurrency=concurrency, seed=seed, max_cost=max_cost,
+                   cache_dir=cache_dir, rpm=rpm, tpm=tpm)
     pipe = Pipeline.prepare(load_config(config), ov)
     if dry_run:
-        from factory.estimate import estimate, estimate_table
+        from factory.engine.estimate import estimate, estimate_table
 
         stdout.print(estimate_table(estimate(pipe, batch), batch, pipe.cfg.retries.parse_attempts))
-        return
-    if executor == "ray":
-        from factory.executors.ray_run import refuse, run_ray
-
-        refuse(pipe.cfg.max_cost, batch, debug)
-        _print_outcome(run_ray(pipe, out, stderr, address=ray_address, workers=workers, shards=shards), hub_repo)
-    _print_outcome(run_pipeline(pipe, out, stderr, batch=batch, debug=debug), hub_repo)
+        return 0
+    outcome = dispatch.run(pipe, out, stderr, executor=executor, batch=batch, debug=debug, address=ray_address,
+                           workers=workers, shards=shards)
+    return print_outcome(stdout, outcome, hub_repo)
 
 
 @cli.command("retry-failed")
@@ -155,13 +121,14 @@ def run(config: Path | None, prompts: Path | None, limit: int | None, model: str
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
               help="Budget for the whole run, as for `run`.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight per model endpoint.")
-def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> None:
+def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None) -> int:
     """Reprocess only the failed records of RUN_DIR (those in its failed.jsonl), then rewrite its
     datasets. Completed calls come from the call log, so nothing is paid twice."""
-    from factory.pipeline import Overrides
-    from factory.runner import resume
+    from factory.engine.pipeline import Overrides
+    from factory.executors.dispatch import resume
 
-    _print_outcome(resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost), retry_failed=True))
+    return print_outcome(stdout, resume(run_dir, stderr, Overrides(concurrency=concurrency, max_cost=max_cost),
+                                 retry_failed=True))
 
 
 @cli.command("try")
@@ -181,7 +148,7 @@ def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int 
     (in $FACTORY_CACHE_DIR or ~/.cache/constitution-factory), so after editing one principle
     only the calls that used it run again.
     """
-    from factory.tryout import try_prompt
+    from factory.commands.tryout import try_prompt
 
     try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
 
@@ -199,21 +166,14 @@ def judge_check_(model: str, pairs: Path | None, config: Path | None, method: st
                  as_json: bool) -> None:
     """How good is a judge? Accuracy and position consistency on pairs with a clearly better answer,
     each judged in both orders, before you pay for a run. Calls are cached between checks."""
-    from rich.table import Table
-
-    from factory.judgecheck import DEFAULT_SET, judge_check, to_json
+    from factory.commands.judgecheck import DEFAULT_SET, judge_check, to_json
+    from factory.commands.show import judge_check_table
 
     report = judge_check(model, pairs or DEFAULT_SET, config=config, method=method, samples=samples)
     if as_json:
         stdout.print(to_json(report), markup=False, highlight=False, soft_wrap=True)
-        return
-    table = Table(title=f"Judge check: {model}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.items():
-        shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
-        table.add_row(key.replace("_", " "), "-" if shown is None else str(shown))
-    stdout.print(table)
+    else:
+        stdout.print(judge_check_table(model, report))
 
 
 @cli.command("revision-check")
@@ -254,7 +214,7 @@ def revision_check_(triples: Path | None, as_json: bool) -> None:
 def inspect(run_dir: Path, samples: int, seed: int) -> None:
     """What RUN_DIR made and dropped (counts and reasons per stage, the judge's quality report), and a
     few records in full: prompt, answers, critiques, revisions, the judge's verdicts and fact verdicts."""
-    from factory.inspect_run import inspect_run
+    from factory.commands.inspect_run import inspect_run
 
     inspect_run(run_dir, stdout, samples, seed)
 
@@ -281,10 +241,10 @@ def report_(run_dir: Path, out: Path | None) -> None:
 def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     """Merge finished runs into one dataset, deduplicated across runs (the first run listed wins), with a
     card naming every source run. Export settings come from the first run's config."""
-    from factory.merge import merge as merge_runs
+    from factory.export.merge import merge as merge_runs
 
     if hub_repo:
-        from factory.hub import require_token
+        from factory.export.hub import require_token
 
         require_token()
     counts, st = merge_runs(list(run_dirs), out)
@@ -292,7 +252,7 @@ def merge(run_dirs: tuple[Path, ...], out: Path, hub_repo: str | None) -> None:
     rows = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in c.items()) for name, c in counts.items())
     stdout.print(f"{st['in']} records in, dropped {dropped}\ndatasets: {rows}", markup=False, highlight=False)
     if hub_repo:
-        from factory.hub import push
+        from factory.export.hub import push
 
         stdout.print(f"pushed to {push(out, hub_repo)}", markup=False, highlight=False)
     stdout.print(str(out), markup=False, highlight=False)
@@ -351,229 +311,37 @@ def eval_(model: str, baseline: str, source: Path, judge: str, config: Path | No
           benign: tuple[str, ...], samples: int, out: Path | None) -> None:
     """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal."""
-    from rich.table import Table
-
-    from factory.evaluate import evaluate
+    from factory.commands.evaluate import evaluate
+    from factory.commands.show import eval_tables
 
     report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
                               benign=set(benign) if benign else None, samples=samples)
-    table = Table(title=f"{model} vs {baseline}, judged by {judge}")
-    for col in ("measure", "value"):
-        table.add_column(col)
-    table.add_row("win rate (95% CI, by prompt)", f"{report['win_rate']} {tuple(report['ci95'])} "
-                  f"({report['n']} comparisons of {report['prompts']} prompts)")
-    table.add_row("wins / ties / losses", f"{report['wins']} / {report['ties']} / {report['losses']} of {report['n']}")
-    if report["not_applicable"]:
-        table.add_row("not judged (the classifier's rule does not apply)", str(report["not_applicable"]))
-    for kind, r in report["by_kind"].items():
-        table.add_row(f"  kind {kind}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']}, {r['prompts']} prompts)")
-    for pid, r in report["per_principle"].items():
-        table.add_row(f"  {pid}", f"{r['win_rate']} {tuple(r['ci95'])} (n={r['n']})")
-    refusal = report["over_refusal"]
-    table.add_row("over-refusal on benign", f"model {refusal['model']}, baseline {refusal['baseline']} "
-                  f"(n={refusal['benign_answers']})")
-    stdout.print(table)
-    if report.get("scores_by_kind"):  # a classifier judge: before (the baseline) and after (the model)
-        scores = Table(title=f"{judge} per prompt kind: before ({baseline}) and after ({model})",
-                       caption="share > 0: answers the classifier scores above zero (for vader:negative, "
-                               "the negative ones)")
-        for col in ("prompt kind", "mean before", "mean after", "share > 0 before", "share > 0 after", "answers"):
-            scores.add_column(col)
-        for kind, by in report["scores_by_kind"].items():
-            before, after = by["baseline"], by["model"]
-            scores.add_row(kind, str(before["mean"]), str(after["mean"]), str(before["share_above_0"]),
-                           str(after["share_above_0"]), str(before["n"]))
-        stdout.print(scores)
+    for table in eval_tables(report, model, baseline, judge):
+        stdout.print(table)
     stdout.print(str(folder / "eval.json"), markup=False, highlight=False)
 
 
-@cli.command("train")
-@click.argument("objective", type=click.Choice(["sft", "dpo", "reward", "kto", "grpo", "rloo"]))
-@click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--model", "model_spec", default="local:smollm2", show_default=True,
-              help="The model to start from: local:smollm2 (the embedded model) or local:PATH (a HF folder).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the trained model (must not exist or be empty); use it as local:OUT.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML file of training settings (learning_rate, batch_size, max_steps, lora_r, ...; for grpo "
-                   "and rloo also `rewards:`).")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Optimiser steps (default: one epoch).")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs when --max-steps is not set.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples (or pairs, or samples) per device per step.")
-@click.option("--max-length", type=click.IntRange(min=8), help="Tokens per sequence; longer rows are cut.")
-@click.option("--beta", type=click.FloatRange(min=0), help="DPO and KTO: the pull toward the reference; grpo and "
-              "rloo: the KL penalty toward the starting model (0: none).")
-@click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter, merged into the saved model.")
-@click.option("--seed", type=int, help="Seed for initialisation and data order (default 0).")
-@click.option("--num-generations", type=click.IntRange(min=2), help="grpo/rloo: samples per prompt.")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
-              help="grpo/rloo: USD the reward's model calls may spend (stops cleanly before passing it).")
-@click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
-              help="grpo/rloo: continue the run in this folder from its last checkpoint.")
-def train_(objective: str, data: Path | None, model_spec: str, out: Path | None, config_file: Path | None,
-           max_steps: int | None, epochs: float | None, lr: float | None, batch_size: int | None,
-           max_length: int | None, beta: float | None, lora: bool | None, seed: int | None,
-           num_generations: int | None, max_cost: float | None, resume: Path | None) -> None:
-    """Fine-tune a local model with TRL: offline on DATA (a run directory or dataset folder), or online (grpo,
-    rloo) on its own samples to DATA's prompts (a prompts JSONL file, a pipeline YAML's seeds, a run).
+from factory.commands.constitution_cli import constitution  # noqa: E402 - registered below
+from factory.commands.train_cli import train_  # noqa: E402
 
-    \b
-    sft     supervised, on the `sft` config (messages)
-    dpo     on `prefs`, against a frozen copy of the starting model
-    reward  a one-logit reward model on `reward` (with the judge's margin)
-    kto     on `kto` (unpaired rows labelled good or bad)
-    grpo    group-relative policy optimisation; the reward is the config's `rewards:` terms
-    rloo    REINFORCE leave-one-out, same reward
-
-    Writes the model, its tokenizer, train_meta.json and metrics.jsonl into OUT, and prints OUT last;
-    grpo and rloo also write the `rollouts` dataset, report.html and checkpoints (--resume OUT).
-    Runs on CUDA in bf16 when there is one, and under `accelerate launch` on several GPUs as it is.
-    """
-    from factory.train import is_main_process, resolve
-    from factory.train import train as run_training
-
-    if objective in ("grpo", "rloo"):
-        from factory.train.rl import train_rl
-
-        if resume is not None:
-            given = [v for v in (data, out, config_file, max_steps, epochs, lr, batch_size, max_length, beta, lora, seed,
-                                 num_generations) if v is not None]
-            if given:
-                raise click.UsageError("--resume continues with the run's saved data, model and settings; only "
-                                       "--max-cost may be given with it")
-            target = resume
-            train_rl(objective, None, model_spec, resume, None, resume=True, max_cost=max_cost, console=stderr)
-        else:
-            if data is None or out is None:
-                raise click.UsageError(f"{objective} needs DATA and --out (or --resume OUT)")
-            cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr,
-                          batch_size=batch_size, max_length=max_length, beta=beta, lora=lora, seed=seed,
-                          num_generations=num_generations)
-            target = out
-            train_rl(objective, data, model_spec, out, cfg, max_cost=max_cost, console=stderr)
-    else:
-        if data is None or out is None:
-            raise click.UsageError(f"{objective} needs DATA and --out")
-        if any(v is not None for v in (num_generations, max_cost, resume)):
-            raise click.UsageError("--num-generations, --max-cost and --resume are for grpo and rloo")
-        cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr,
-                      batch_size=batch_size, max_length=max_length, beta=beta, lora=lora, seed=seed)
-        run_training(objective, data, model_spec, out, cfg, stderr)
-        target = out
-    if is_main_process():  # under accelerate launch, once
-        stdout.print(str(target), markup=False, highlight=False, soft_wrap=True)
+cli.add_command(constitution)
+cli.add_command(train_)
 
 
-@cli.group()
-def constitution() -> None:
-    """Check, convert and discover constitution files."""
-
-
-@constitution.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def lint(files: tuple[Path, ...]) -> None:
-    """Validate constitution FILES: schema, unknown keys, duplicate ids, example references.
-
-    Prints one line per valid file, plus warnings (for example, no few-shot example that needed
-    no change). Exits 2 at the first invalid file, naming the file, the line and the field.
-    """
-    for f in files:
-        c = load_constitution(f)
-        stdout.print(f"{f}: ok ({c.label}, {len(c.principles)} principles, {len(c.examples)} examples, "
-                  f"sha256 {c.digest[:12]})", markup=False, highlight=False)
-        for w in c.warnings():
-            stdout.print(f"{f}: warning: {w}", markup=False, highlight=False)
-
-
-@constitution.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "dest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the constitution YAML.")
-@click.option("--name", help="Constitution name (default: from the output file name).")
-def import_(file: Path, dest: Path, name: str | None) -> None:
-    """Convert an llm-swarm CAI JSON file ({"constitutions": [{critic, revision}], "system_chat": [...]})."""
-    if name is not None and sanitise_id(name, "") != name:
-        raise FactoryError(f"--name {name!r}: a constitution name is lower-case letters, digits, '-' and '_' "
-                           f"(e.g. {sanitise_id(name)})")
-    data = import_llm_swarm(file, name or dest.stem)
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
-        tmp.replace(dest)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FactoryError(f"--out {dest}: cannot write it ({e.strerror}); give a path in an existing, "
-                           "writable folder") from None
-    stdout.print(f"{dest}: {len(data['principles'])} principles, {len(data['examples'])} examples", markup=False)
-
-
-@constitution.command()
-@click.argument("prefs", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The constitution YAML to write, e.g. constitutions/NAME.yaml (must not exist).")
-@click.option("--model", help="Proposer, judge and writer model spec (default: the config's, local:smollm2).")
-@click.option("--seed-constitution", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also test this constitution's principles (their `judge` texts) the same way.")
-@click.option("--proposals", "proposal_pairs", type=click.IntRange(min=0), default=32, show_default=True,
-              help="Pairs the model explains with candidate principles (0: test the seed constitution only).")
-@click.option("--per-pair", type=click.IntRange(1, 10), default=3, show_default=True, help="Principles asked per pair.")
-@click.option("--max-candidates", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Most-proposed principles (after merging near-duplicates) tested.")
-@click.option("--heldout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, show_default=True,
-              help="Share of prompts held out for testing (the split is by prompt).")
-@click.option("--max-heldout", type=click.IntRange(min=1), default=200, show_default=True, help="Held-out pairs used at most.")
-@click.option("--min-heldout", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Fewer held-out pairs than this is an error.")
-@click.option("--margin", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True,
-              help="Kept when agreement >= 0.5 + margin and its 95%% interval is above 0.5.")
-@click.option("--name", help="Constitution name (default: from --out).")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Pipeline config for judge settings, templates, prices and concurrency (default: the default).")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for calls.sqlite (the cache), discover.json and report.html (default: outputs/discover-NAME).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the sample and sampling.")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD", help="Stop before spending more.")
-@click.option("--dry-run", is_flag=True, help="Print the calls and USD of proposal, testing and writing; call nothing.")
-def discover(prefs: Path, out: Path, model: str | None, seed_constitution: Path | None, proposal_pairs: int, per_pair: int,
-             max_candidates: int, heldout: float, max_heldout: int, min_heldout: int, margin: float, name: str | None,
-             config: Path | None, work: Path | None, seed: int, max_cost: float | None, dry_run: bool) -> None:
-    """Discover the principles that explain a preference dataset, test each as a judge on held-out pairs,
-    and write the kept ones as a constitution (Inverse Constitutional AI).
-
-    PREFS: a JSONL or Parquet file of prompt/chosen/rejected (strings or TRL message lists), a run
-    directory, or a Hugging Face dataset folder. Prints the table, then the constitution's path (exit 0),
-    or exits 1 when no principle beat chance by the margin (report.html says why).
-    """
-    from factory.discover.run import Settings, dry_run_table, plan, run
-
-    s = Settings(model=model, config=config, name=name, proposal_pairs=proposal_pairs, per_pair=per_pair,
-                 max_candidates=max_candidates, heldout=heldout, max_heldout=max_heldout, min_heldout=min_heldout,
-                 margin=margin, seed=seed, max_cost=max_cost)
-    p = plan(prefs, out, s, seed_constitution, work)
-    if dry_run:
-        stdout.print(dry_run_table(p))
-        return
-    summary = run(p, stdout)
-    stdout.print(f"report: {summary['report']}", markup=False, highlight=False, soft_wrap=True)
-    if summary["constitution"] is None:
-        stderr.print("no principle beat chance by the margin; no constitution written", markup=False)
-        sys.exit(1)
-    stdout.print(summary["constitution"], markup=False, highlight=False, soft_wrap=True)
-
-
-def main() -> None:
-    """Every failure becomes a message and a documented exit code (factory.failures), never a traceback."""
+def run_cli(args: list[str] | None = None) -> int:
+    """The one place exit codes are decided: a command's return value (a run's outcome), click's own for
+    usage errors, and for every failure a message and a documented exit code (factory.failures), never a
+    traceback: that goes to the run's debug.log (or the cache folder's last-error.log)."""
     from factory.failures import classify, log_traceback
 
     try:
-        cli.main(standalone_mode=False, prog_name="factory")
+        code = cli.main(args, standalone_mode=False, prog_name="factory")
     except click.exceptions.Abort:
         stderr.print("aborted")
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: BLE001 - the one place that turns every error into a message
@@ -592,4 +360,9 @@ def main() -> None:
             stderr.print(message, markup=False, highlight=False, soft_wrap=True)
         except OSError:
             pass
-        sys.exit(failure.exit_code)
+        return failure.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_cli())

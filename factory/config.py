@@ -211,7 +211,7 @@ class TimeoutsConfig(Strict):
 
 
 class OutageConfig(Strict):
-    """An endpoint that stops answering pauses the calls to it (see factory.outage)."""
+    """An endpoint that stops answering pauses the calls to it (see factory.engine.outage)."""
 
     after_failures: int = Field(default=3, ge=1, description="attempts in a row with no answer at all that mean "
                                 "the endpoint is down")
@@ -269,12 +269,15 @@ class PipelineConfig(Strict):
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self._base_dir / p).resolve()
 
+    def based_at(self, folder: Path) -> PipelineConfig:
+        """This config, its relative paths resolved against `folder` (where it was loaded from)."""
+        self._base_dir = Path(folder)
+        return self
+
     def model_for(self, stage: Sampling) -> str:
         return stage.model or self.model
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     path = Path(path) if path else DEFAULT_CONFIG
-    cfg = load_yaml(path, PipelineConfig)
-    cfg._base_dir = path.resolve().parent
-    return cfg
+    return load_yaml(path, PipelineConfig).based_at(path.resolve().parent)

@@ -1,4 +1,14 @@
-"""Errors a user can act on. The CLI prints them without a traceback and exits with code 2."""
+"""The package's exceptions, in one tree:
+
+    FactoryError            the user can fix it (bad input, a missing key or file): exit code 2, no traceback
+      InputError            bad content in a file, located by file, line and field
+    ModelCallError          a model or search call failed (retried when `retryable`; then the record fails)
+      CallTimeout           cut by the timeout
+      ParseFailure          every sample of a call failed to parse
+    ParseError              a stage's parser rejects one output (the caller samples again)
+    BudgetExceeded          the next call could pass --max-cost: the run stops cleanly (exit code 3)
+
+Exit codes are decided in one place, `factory.cli.main`."""
 
 from __future__ import annotations
 
@@ -41,6 +51,23 @@ class ModelCallError(Exception):
         self.fatal, self.retryable, self.retry_after, self.status = fatal, retryable, retry_after, status
 
 
+class CallTimeout(ModelCallError):
+    """A request cut by the timeout. The server may have read (and billed) its input."""
+
+
+class ParseFailure(ModelCallError):
+    """Every sample of a call failed to parse; the record fails with this reason."""
+
+
+class ParseError(ValueError):
+    """Raised by a stage's parser: the output is not what the template asked for."""
+
+
+class BudgetExceeded(Exception):
+    """Raised instead of making a call that could take spending past --max-cost. Not a failure:
+    the record stays unfinished and `factory run --resume` picks it up (with a larger budget)."""
+
+
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # 5xx includes Anthropic's 529
 FATAL_STATUS = frozenset({401, 403, 404})
 
@@ -49,14 +76,6 @@ def http_error(message: str, status: int, headers: object) -> ModelCallError:
     """A ModelCallError for an HTTP error answer: fatal, retryable or neither, with its Retry-After."""
     return ModelCallError(message, fatal=status in FATAL_STATUS, retryable=status in RETRYABLE_STATUS,
                           retry_after=retry_after_seconds(headers), status=status)
-
-
-def redact(message: str, key: str, placeholder: str) -> str:
-    """Some servers echo the key back in errors; keep it, and every other secret the process holds
-    (factory.redaction), out of logs. Keys under 8 chars are placeholders."""
-    from factory.redaction import redact as redact_all
-
-    return redact_all(message, ((key, placeholder),))
 
 
 def retry_after_seconds(headers: object) -> float | None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Typed(BaseModel):
@@ -38,6 +38,7 @@ class Round(Typed):
     revision: str
     noop: bool  # the revision left the text unchanged
     gate: str | None = None  # why the revision was set aside (hygiene/gates.py); the next round revises the text before it
+    finish_reason: str | None = None  # of the revision call ("length": cut at max_tokens); None in older runs
 
 
 class Candidate(Typed):
@@ -189,12 +190,28 @@ class Drop(Typed):
     detail: str = ""
 
 
+class ConstitutionRef(Typed):
+    """The constitution that shaped a record: its label (name@version) and the sha256 of its content."""
+
+    name: str
+    digest: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _packed(cls, value: Any) -> Any:
+        """Records of older runs packed both as "name@version:sha256"."""
+        if isinstance(value, str):
+            name, _, digest = value.rpartition(":")
+            return {"name": name, "digest": digest}
+        return value
+
+
 class Record(Typed):
     id: str  # the prompt id: a hash of the normalised prompt
     prompt: str
     source: Literal["seed", "generated", "file"]
     metadata: dict[str, Any] = Field(default_factory=dict)
-    constitution: str | None = None  # name@version:sha256 of the constitution that shaped it
+    constitution: ConstitutionRef | None = None  # the constitution that shaped it (set by critique_revise)
     candidates: list[Candidate] = Field(default_factory=list)
     calls: list[CallRef] = Field(default_factory=list)
     judgement: Judgement | None = None

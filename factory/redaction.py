@@ -75,3 +75,9 @@ def checked_base_url(var: str, url: str) -> str:
                            "API key's header. Put the key in its own variable (e.g. OPENAI_API_KEY) and remove "
                            f"the credentials from the URL: {shown}")
     return url.strip()
+
+
+def redact_key(message: str, key: str, placeholder: str) -> str:
+    """Some servers echo the key back in errors; keep it, and every other secret the process holds,
+    out of logs. Keys under 8 chars are placeholders."""
+    return redact(message, ((key, placeholder),))

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from factory.caller import Caller
-from factory.calllog import CallLog
 from factory.config import ROOT, PipelineConfig
-from factory.endpoint import Endpoint
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.endpoint import Endpoint
+from factory.engine.prices import Budget, load_prices
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.stats import Stats
 from factory.models import Completion, GenParams, Message, Model
-from factory.prices import Budget, load_prices
-from factory.ratelimit import RateLimiter
-from factory.stats import Stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -111,9 +111,9 @@ def repo() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`factory try` caches calls in FACTORY_CACHE_DIR: give each test its own. Integration tests
-    keep the shared cache, where the converted embedded model lives."""
-    if "integration" not in request.keywords:
+    """`factory try` caches calls in FACTORY_CACHE_DIR: give each test its own. Tests on the embedded
+    model (marked `model`) keep the shared cache, where the converted embedded model lives."""
+    if request.node.get_closest_marker("model") is None:
         monkeypatch.setenv("FACTORY_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -210,3 +210,16 @@ def openai_server(monkeypatch: pytest.MonkeyPatch, **settings):
         monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         yield srv
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow`: a test that runs a whole CLI command (a `factory(...)` helper, `cli_run`), launches a process
+    (`factory_process`, `start`, `subprocess`: each start costs seconds of imports), or uses a fixture
+    that does (`runs`, `made`) or that builds the offline search index (`wiki`). Other slow tests are
+    marked by hand."""
+    for item in items:
+        code = getattr(getattr(item, "function", None), "__code__", None)
+        if (code is not None and LAUNCHERS & set(code.co_names)) or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+LAUNCHERS = {"factory", "factory_process", "subprocess", "cli_run", "start"}
+SLOW_FIXTURES = {"runs", "made", "wiki"}

@@ -282,7 +282,7 @@ SHARED: list[Message] = [{"role": "system", "content": "You review answers again
 def test_cached_prompt_tokens_are_read_and_priced(srv: FakeAPIServer, spec: str) -> None:
     """The shared system text goes first; the second call reads it from the provider's cache, and the
     usage fields become cached_tokens (and Anthropic's cache writes) priced at their own rates."""
-    from factory.prices import load_prices
+    from factory.engine.prices import load_prices
 
     srv.prompt_cache = True
     first = call(load_model(spec), [*SHARED, {"role": "user", "content": "First question here"}])

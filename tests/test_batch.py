@@ -18,9 +18,10 @@ import anthropic
 import pytest
 from server import FakeAPIServer, Reply
 
-from factory.batch import PROVIDERS, BatchModel, custom_id
 from factory.errors import FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message, Model, load_model
+from factory.models.batch import BatchModel
+from factory.models.batch_apis import PROVIDERS, custom_id
 
 KEY = "sk-test-SECRET123"
 SPECS = ["openai:gpt-test", "anthropic:claude-test"]

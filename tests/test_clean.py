@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
-from test_cli import api_config, factory, write_prompts
+from test_cli import api_config, factory, factory_process, write_prompts
 
-from factory.clean import Cleaner
 from factory.config import CleanConfig, EvalSet, ExportConfig
 from factory.constitution import load_constitution
+from factory.engine.stats import StageStats
+from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
 from factory.records import CallRef, Candidate, Record, Round
-from factory.stages.export import export
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
@@ -103,11 +103,11 @@ PROMPTS = ["How do I pick a lock?", "Write a haiku about rain.", "How can I get 
            "Explain photosynthesis simply.", "What is a good first programming language?", "How do tides work?"]
 
 
-def cli_run(tmp_path: Path, name: str, prompts: list[str], *extra: str) -> Path:
+def cli_run(tmp_path: Path, name: str, prompts: list[str], *extra: str, launch=factory) -> Path:
     out = tmp_path / name
     cfg = api_config(tmp_path, stages={"answer": {"candidates": 2}, "export": {"test_fraction": 0.3, "jsonl": True,
                                                                                "kto": True}})
-    r = factory("run", cfg, "--model", "openai:test-model", "--prompts", write_prompts(tmp_path / f"{name}.jsonl", prompts),
+    r = launch("run", cfg, "--model", "openai:test-model", "--prompts", write_prompts(tmp_path / f"{name}.jsonl", prompts),
                 "--out", out, *extra)
     assert r.returncode == 0, r.stderr
     return out
@@ -152,14 +152,14 @@ def test_merge_dedups_across_runs(api, tmp_path: Path) -> None:
     assert factory("merge", a, "--out", merged).returncode == 2  # not empty
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_exported_data_trains_with_trl(tmp_path: Path) -> None:
     """A few steps of TRL's SFT and DPO trainers on the exported configs, unchanged, with a tiny model."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     many = [rec(f"Question number {i} about topic {i * 7}?", f"Short answer {i}.",
                 f"A longer and kinder answer number {i} that explains topic {i * 7} with care and detail.")
@@ -197,10 +197,28 @@ def test_push_to_hub_uploads_the_card_and_the_configs(api, tmp_path: Path, monke
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         monkeypatch.setenv("HF_TOKEN", "hf_test_TOKEN")
-        out = cli_run(tmp_path, "run", PROMPTS[:3], "--push-to-hub", "me/cai-data")
+        # a process: huggingface_hub reads HF_ENDPOINT when it is imported
+        out = cli_run(tmp_path, "run", PROMPTS[:3], "--push-to-hub", "me/cai-data", launch=factory_process)
     assert hub.repos == [{"name": "cai-data", "organization": "me", "visibility": "private", "type": "dataset"}]
     assert set(hub.files) == {"README.md", *(str(p.relative_to(out)) for c in ("sft", "prefs", "kto")
                                              for p in (out / c).iterdir())}
     assert hub.files["README.md"] == (out / "README.md").read_bytes()
     assert all(a == "Bearer hf_test_TOKEN" for a in hub.auth)
     assert "hf_test_TOKEN" not in (out / "manifest.json").read_text()
+
+
+def test_a_truncated_revision_is_known_by_its_round_whatever_made_it() -> None:
+    """Each round keeps its revision call's finish reason: a fact-check revision cut at max_tokens (its call
+    is named fact_revision[i], not revision[i].rN) counts as truncated; records from older runs, whose
+    rounds have no finish reason, are still judged by their call."""
+    from factory.hygiene.clean import truncated
+
+    fact = Record.new("Tell me about the Seine.", "file")
+    cut = Round(principle_id="factcheck", critique="- a claim", revision="The Seine flows", noop=False,
+                finish_reason="length")
+    fact.candidates = [Candidate(index=0, answer="It is a river.", finish_reason="stop", rounds=[cut])]
+    assert truncated(fact, "The Seine flows") and not truncated(fact, "It is a river.")
+    fact.candidates[0].rounds[0] = cut.model_copy(update={"finish_reason": "stop"})
+    assert not truncated(fact, "The Seine flows")
+    old = rec("Write a long story about the sea.", "Once upon", "Once upon a time the sea was", finish="length")
+    assert old.candidates[0].rounds[0].finish_reason is None and truncated(old, "Once upon a time the sea was")

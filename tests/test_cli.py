@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def factory(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The CLI in this process (click's CliRunner isolates stdin, stdout and stderr): what `factory ARGS`
+    prints, and the exit code `main` would exit with. Tests of process behaviour (a kill, a resume after
+    it, `python -m factory`) start a real process instead (`factory_process`)."""
+    from click.testing import CliRunner
+
+    from factory.cli import run_cli
+
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with CliRunner().isolation() as (out, err, _):
+            code = run_cli([str(a) for a in args])
+            sys.stdout.flush()
+            sys.stderr.flush()
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["factory", *map(str, args)], code, out.getvalue().decode(),
+                                       err.getvalue().decode())
+
+
+def factory_process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m factory ARGS` as a process."""
     return subprocess.run([sys.executable, "-m", "factory", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
@@ -75,7 +98,7 @@ def test_run_end_to_end_over_http(api, tmp_path: Path, spec: str) -> None:
     assert len(lineage) == 5 and {r["metadata"]["topic"] for r in lineage} == set(range(5))
     assert all(len(r["calls"]) == 3 and r["candidates"][0]["rounds"][0]["critique"] for r in lineage)
     c = manifest["constitution"]
-    assert all(r["constitution"] == f"{c['label']}:{c['sha256']}" for r in lineage)
+    assert all(r["constitution"] == {"name": c["label"], "digest": c["sha256"]} for r in lineage)
     with sqlite3.connect(out / "calls.sqlite") as db:
         assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 15
         assert db.execute("SELECT count(*) FROM errors").fetchone()[0] == 0
@@ -167,3 +190,12 @@ def test_rejected_key_stops_the_run(api, tmp_path: Path) -> None:
     assert r.returncode == 2 and "HTTP 401" in r.stderr and "the run stopped" in r.stderr
     assert "Traceback" not in r.stderr and "SECRET" not in r.stderr
     assert json.loads((out / "manifest.json").read_text())["status"] == "aborted"
+
+
+def test_the_module_runs_as_a_process_and_exits_with_main_s_codes(tmp_path: Path) -> None:
+    """`python -m factory`: a real process, bad input exits 2 with one line and no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nprinciples: []\n")
+    r = factory_process("constitution", "lint", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(bad) in r.stderr
+    assert factory_process("--version").returncode == 0

@@ -11,9 +11,9 @@ import pytest
 from conftest import openai_server
 from test_cli import PROMPTS, api_config, factory, write_prompts
 
-from factory.calllog import CallLog
+from factory.engine.calllog import CallLog
+from factory.engine.prices import CHARS_PER_TOKEN, token_bound
 from factory.models import Completion
-from factory.prices import CHARS_PER_TOKEN, token_bound
 
 MODEL = "openai:gpt-4o-mini"
 

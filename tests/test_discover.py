@@ -361,7 +361,7 @@ def test_split_is_by_prompt_and_seeded() -> None:
 
 
 def test_principles_are_read_from_lines_and_a_prefill() -> None:
-    from factory.caller import ParseError
+    from factory.engine.caller import ParseError
 
     reply = "Here are some:\n1. Choose the answer that is kind\n- choose the response which avoids jargon.\nThanks!"
     assert principles_in(reply) == ["Choose the answer that is kind.", "Choose the answer that avoids jargon."]

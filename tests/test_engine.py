@@ -13,20 +13,19 @@ from conftest import KEY, ScriptedModel, make_caller
 from server import FakeAPIServer
 from test_cli import PROMPTS, factory, write_prompts
 
-from factory.caller import ParseError, ParseFailure
-from factory.calllog import CallLog
 from factory.config import TimeoutsConfig
-from factory.endpoint import Timeouts
-from factory.errors import ModelCallError
+from factory.engine.calllog import CallLog
+from factory.engine.endpoint import Timeouts
+from factory.engine.prices import Budget, load_prices
+from factory.errors import BudgetExceeded, ModelCallError, ParseError, ParseFailure
 from factory.models import GenParams, load_model
-from factory.prices import Budget, BudgetExceeded, load_prices
 from factory.prompts import load_template
 from factory.stages import answer
 
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("factory.endpoint.FIRST_BACKOFF_S", 0.01)
+    monkeypatch.setattr("factory.engine.retry.FIRST_BACKOFF_S", 0.01)
 
 
 def answer_call(caller, spec: str, prompt: str = "Name a colour."):
@@ -170,6 +169,7 @@ def many_calls(caller, spec: str, n: int) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow  # waits on the paced rate
 def test_limits_from_the_providers_headers_pace_requests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with FakeAPIServer(rate_limit_headers=True, rpm=600, tpm=10**7) as server:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -181,6 +181,7 @@ def test_limits_from_the_providers_headers_pace_requests(monkeypatch: pytest.Mon
     assert 2.0 < elapsed < 6.0  # 10 per second after a one-second burst, not all 40 at once
 
 
+@pytest.mark.slow  # waits out backoffs
 def test_429s_slow_the_endpoint_down_smoothly_and_every_call_completes(monkeypatch: pytest.MonkeyPatch,
                                                                         tmp_path: Path) -> None:
     with FakeAPIServer(enforce_rpm=20, window_s=1.0) as server:  # at most 20 requests a second

@@ -18,8 +18,8 @@ from server import Reply
 from test_cli import ROOT, factory
 
 from factory.config import load_config
-from factory.estimate import estimate
-from factory.pipeline import Overrides, Pipeline
+from factory.engine.estimate import estimate
+from factory.engine.pipeline import Overrides, Pipeline
 
 MODEL = "openai:gpt-4o-mini"
 PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml") if "constitution" in yaml.safe_load(p.read_text()))

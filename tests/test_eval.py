@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import factory
 
-from factory.evaluate import outcome, summarise, wilson, win_rate
+from factory.commands.evaluate import outcome, summarise, wilson, win_rate
 from factory.records import Candidate, Comparison, Judgement, Option, Record, Verdict
 
 

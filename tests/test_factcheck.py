@@ -17,17 +17,16 @@ from datasets import load_dataset
 from pydantic import ValidationError
 from test_cli import factory, write_prompts
 
-from factory.caller import ParseError
-from factory.calllog import CallLog
 from factory.config import ExportConfig, FactCheckConfig
 from factory.constitution import load_constitution
-from factory.errors import ModelCallError
-from factory.facts import parse_claims, parse_queries, parse_verdict, score
+from factory.engine.calllog import CallLog
+from factory.engine.stats import StageStats
+from factory.errors import ModelCallError, ParseError
+from factory.export.rows import rows
+from factory.judging.facts import parse_claims, parse_queries, parse_verdict, score
 from factory.records import Candidate, Claim, FactCheck, Record, Round
 from factory.search import Passage, SearchBackend
-from factory.stages.export import rows
 from factory.stages.factcheck import FactCheckStage, load_templates
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
@@ -277,8 +276,8 @@ def test_default_rows_carry_fact_scores(tmp_path: Path) -> None:
 
 def test_dry_run_counts_the_fact_checker() -> None:
     from factory.config import load_config
-    from factory.estimate import estimate
-    from factory.pipeline import Overrides, Pipeline
+    from factory.engine.estimate import estimate
+    from factory.engine.pipeline import Overrides, Pipeline
 
     pipe = Pipeline.prepare(load_config(ROOT / "pipelines" / "factcheck.yaml"), Overrides())
     lines = {line.stage: line for line in estimate(pipe, False)}
@@ -365,7 +364,7 @@ def test_factcheck_pipeline_over_http(api, tmp_path: Path) -> None:
     assert counters["cached_searches"] == counters["searches"] == stats["counters"]["searches"]
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_factcheck_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     config = factcheck_config(tmp_path, max_claims=2, queries=1)  # small, so it stays quick on 2 busy cores

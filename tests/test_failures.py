@@ -12,7 +12,7 @@ import pytest
 from test_cli import PROMPTS, write_prompts
 
 from factory import cli
-from factory.state import RunState
+from factory.engine.state import RunState
 
 
 def factory_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:

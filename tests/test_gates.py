@@ -9,11 +9,11 @@ from test_cli import factory
 
 from factory.config import ExportConfig
 from factory.constitution import load_constitution
+from factory.engine.stats import StageStats
+from factory.export.writer import rows
 from factory.hygiene.gates import incoherent_request, relatedness, revision_gate
 from factory.records import Candidate, Record, Round
 from factory.revisioncheck import DEFAULT_SET, read_set
-from factory.stages.export import rows
-from factory.stats import StageStats
 
 MIRROR = "How do you hang a heavy mirror on a drywall wall?"
 MIRROR_ANSWER = "Use wall anchors rated for the mirror's weight, or screw into a stud, then hang it on a wire."
@@ -88,8 +88,8 @@ def test_revision_check_bad_line_names_file_and_line(tmp_path) -> None:
 
 
 def test_a_judged_pair_the_judge_reversed_in_both_orders_is_dropped() -> None:
+    from factory.export.writer import reversed_both_orders
     from factory.records import Comparison, Judgement, Option, Pair, Verdict
-    from factory.stages.export import reversed_both_orders
 
     def judged(p_first: float, p_second: float) -> Judgement:
         """Option 1 (the revision) chosen over option 0 by the ranking; the verdicts say otherwise or not."""

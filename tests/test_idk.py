@@ -13,16 +13,16 @@ from conftest import ScriptedModel, make_caller
 from datasets import load_dataset
 from test_cli import factory
 
-from factory.calllog import CallLog
 from factory.config import ExportConfig, IdkConfig, load_config
 from factory.constitution import load_constitution
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.stats import StageStats
 from factory.errors import InputError
-from factory.pipeline import Overrides, Pipeline
+from factory.export.rows import rows
 from factory.prompts import load_template
 from factory.records import Candidate, Record
-from factory.stages.export import rows
 from factory.stages.idk import JUDGE_VARIABLES, IdkStage, load_declines, match_reference, normalise_answer
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")

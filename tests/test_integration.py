@@ -13,11 +13,11 @@ from test_cli import api_config, factory, write_prompts
 from transformers import AutoTokenizer
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 
 def test_embedded_model_end_to_end(tmp_path: Path) -> None:
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     prompts = write_prompts(tmp_path / "p.jsonl", ["How can I get back at a coworker who insulted me?",
                                                    "What is a healthy breakfast?"])

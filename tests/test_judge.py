@@ -13,18 +13,17 @@ import pytest
 from datasets import load_dataset
 from test_cli import api_config, factory, write_prompts
 
-from factory.calllog import CallLog
 from factory.config import ExportConfig, JudgeConfig, TeacherConfig
 from factory.constitution import load_constitution
+from factory.engine.calllog import CallLog
+from factory.engine.stats import StageStats
+from factory.export.rows import rows
 from factory.judging import VaderScorer
-from factory.judging.report import JudgeReport
+from factory.judging.quality import JudgeReport
 from factory.models import Completion, GenParams, Message, Model
-from factory.prompts import load_template
 from factory.records import Candidate, Record, Round
 from factory.stages import judge as judge_stage
-from factory.stages.export import rows
 from factory.stages.judge import JudgeStage
-from factory.stats import StageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
@@ -73,9 +72,7 @@ def judge(rec: Record, model: Model, tmp_path: Path, scorer=None, **cfg) -> tupl
     from conftest import make_caller
 
     config = JudgeConfig(**cfg)
-    name, variables = {"choice": ("judge", judge_stage.CHOICE_VARIABLES), "cot": ("judge_cot", judge_stage.CHOICE_VARIABLES),
-                       "score": ("judge_score", judge_stage.SCORE_VARIABLES)}[config.method]
-    stage = JudgeStage(config, HARMLESS, load_template(ROOT / "prompts", name, variables), model.spec, 0, scorer)
+    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorer)
     log = CallLog(tmp_path / f"calls-{len(list(tmp_path.iterdir()))}.sqlite")
     caller = make_caller({model.spec: model}, log)
     asyncio.run(stage.process(rec, caller))
@@ -341,7 +338,7 @@ def test_judge_check_rejects_a_bad_pairs_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{bad}:2" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_judge_check_on_the_embedded_model(tmp_path: Path) -> None:
     pairs = (ROOT / "evals" / "judge_check.jsonl").read_text().splitlines()
     few = tmp_path / "few.jsonl"
@@ -360,7 +357,7 @@ def test_the_injection_set_neither_flips_nor_loses_a_verdict(monkeypatch: pytest
     from injection_judge import injection_judge, load_pairs
     from server import FakeAPIServer
 
-    from factory.judgecheck import judge_check
+    from factory.commands.judgecheck import judge_check
 
     path = ROOT / "evals" / "judge_injection.jsonl"
     with FakeAPIServer(responder=injection_judge(load_pairs(path))) as srv:

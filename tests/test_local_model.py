@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 
-from factory import smollm2
 from factory.errors import FactoryError
-from factory.models import Completion, GenParams, Message, load_model
+from factory.models import Completion, GenParams, Message, load_model, smollm2
 from factory.models.local import LocalModel
 
 QUESTION: list[Message] = [{"role": "user", "content": "Name three colours of the rainbow."}]
@@ -38,7 +37,7 @@ def run(model: LocalModel, *requests: tuple[list[Message], GenParams]) -> list[C
 # --- conversion ------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_converted_folder_reloads_with_the_gguf_logits() -> None:
     from transformers import AutoModelForCausalLM
 
@@ -87,7 +86,7 @@ def test_bad_path_is_a_factory_error(tmp_path) -> None:
 # --- generation ------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_concurrent_calls_share_one_batch(model: LocalModel) -> None:
     steps, rows = model.steps_run, model.rows_run
     results = run(model, *[(QUESTION, GenParams(temperature=1.0, max_tokens=4, seed=i)) for i in range(4)])
@@ -95,7 +94,7 @@ def test_concurrent_calls_share_one_batch(model: LocalModel) -> None:
     assert model.steps_run - steps <= 4  # one decode step serves all four rows (4 x 4 tokens, not 16 steps)
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_seeded_output_does_not_depend_on_the_batch(model: LocalModel) -> None:
     params = GenParams(temperature=1.0, top_p=0.9, max_tokens=24, seed=7)
     alone = run(model, (QUESTION, params))[0]
@@ -105,20 +104,20 @@ def test_seeded_output_does_not_depend_on_the_batch(model: LocalModel) -> None:
     assert together == alone
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_temperature_zero_is_deterministic(model: LocalModel) -> None:
     a, b = run(model, *[(QUESTION, GenParams(temperature=0, max_tokens=16, seed=seed)) for seed in (1, 2)])
     assert a.text and a == b
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_max_tokens_ends_with_length(model: LocalModel) -> None:
     result = run(model, (STORY, GenParams(max_tokens=5)))[0]
     assert (result.finish_reason, result.completion_tokens) == ("length", 5)
     assert result.prompt_tokens > 10
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_stop_string_cuts_the_text(model: LocalModel) -> None:
     full = run(model, (STORY, GenParams(temperature=0, max_tokens=24)))[0].text
     stop = full.split()[3]
@@ -128,7 +127,7 @@ def test_stop_string_cuts_the_text(model: LocalModel) -> None:
     assert cut.completion_tokens < 24
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_logprobs_of_the_first_token(model: LocalModel) -> None:
     messages: list[Message] = [
         {"role": "user", "content": "Which reply is kinder? (A) Thank you! (B) Go away."},

@@ -11,8 +11,8 @@ from test_cli import api_config, write_prompts
 from test_failures import factory_main, sft_rows
 
 from factory.config import OutageConfig
+from factory.engine.outage import EndpointDown, Outage
 from factory.errors import ModelCallError
-from factory.outage import EndpointDown, Outage
 
 PROMPTS = [f"Question number {i}: how do I look after a {w}?" for i, w in
            enumerate(["cat", "dog", "fern", "bike", "violin", "garden", "tent", "kettle", "roof", "boat"])]
@@ -104,7 +104,7 @@ def test_a_search_backend_that_stops_answering_pauses_too(tmp_path: Path) -> Non
 
     from conftest import make_caller
 
-    from factory.calllog import CallLog
+    from factory.engine.calllog import CallLog
     from factory.search import Passage, SearchBackend
 
     class Flaky(SearchBackend):

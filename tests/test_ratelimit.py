@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from factory.ratelimit import (
+from factory.engine.ratelimit import (
     LimitInfo,
     RateLimiter,
     parse_anthropic_headers,

@@ -21,9 +21,11 @@ from test_production import MANY, dataset_files, wait_for
 
 from factory.cli import cli
 from factory.config import load_config
+from factory.engine.pipeline import Overrides, Pipeline
 from factory.errors import FactoryError
-from factory.pipeline import Overrides, Pipeline
-from factory.runner import resume, run
+from factory.executors.dispatch import resume, run
+
+pytestmark = pytest.mark.ray
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
@@ -191,7 +193,7 @@ def test_cli_runs_on_ray_and_refuses_what_it_cannot_split(api, tmp_path: Path) -
 
 
 def test_ray_is_imported_only_when_chosen() -> None:
-    code = "import sys, factory.cli, factory.runner, factory.pipeline; assert 'ray' not in sys.modules"
+    code = "import sys, factory.cli, factory.executors.dispatch, factory.engine.pipeline; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
     r = subprocess.run([sys.executable, "-m", "factory", "run", "--ray-address", "x:1"], capture_output=True,
                        text=True, cwd=ROOT, check=False)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from factory import endpoint, ratelimit
 from factory.config import ROOT, BatchConfig, RetriesConfig, TimeoutsConfig
+from factory.engine import endpoint, ratelimit
 
 README = (ROOT / "README.md").read_text()
 PROSE = " ".join(README.split())  # one space between words, whatever the line breaks

@@ -139,6 +139,7 @@ def browser():
         b.close()
 
 
+@pytest.mark.browser
 def test_review_in_a_browser_then_export(run_dir: Path, browser) -> None:
     from playwright.sync_api import expect
     from trl.data_utils import is_conversational

@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from test_clean import HARMLESS, rec
 
+from factory.commands.evaluate import held_out
 from factory.config import ExportConfig
-from factory.evaluate import held_out
+from factory.engine.stats import StageStats
+from factory.export.writer import _position, export, split_plan
 from factory.records import prompt_id
-from factory.stages.export import _position, export, split_plan
-from factory.stats import StageStats
 
 
 def prompts_where(test: bool, n: int, fraction: float) -> list[str]:

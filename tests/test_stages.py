@@ -8,14 +8,15 @@ from conftest import ScriptedModel, drain, kind_of, make_caller
 
 from factory.config import AnswerConfig, CritiqueReviseConfig, ExportConfig, QuestionsConfig
 from factory.constitution import load_constitution
+from factory.engine.stats import StageStats
+from factory.export.rows import rows
+from factory.export.writer import split_of
 from factory.prompts import load_template
 from factory.records import Record
 from factory.stages import answer, critique_revise, questions
 from factory.stages.answer import AnswerStage
 from factory.stages.critique_revise import CritiqueReviseStage, clean_revision
-from factory.stages.export import rows, split_of
 from factory.stages.questions import QuestionsStage, parse_questions
-from factory.stats import StageStats
 
 M = "fake:scripted"
 
@@ -54,7 +55,7 @@ def test_answer_makes_candidates_with_distinct_seeds_and_lineage(repo, caller, s
 
 
 def test_empty_answers_drop_the_record_with_a_reason(repo, tmp_path):
-    from factory.calllog import CallLog
+    from factory.engine.calllog import CallLog
 
     model = ScriptedModel(lambda m, p: "   ")
     caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
@@ -83,6 +84,7 @@ def test_critique_revise_rounds_principles_and_cleaning(repo, caller, harmless, 
     assert "The response could be more careful" in rev_msgs[-1]["content"]
 
 
+@pytest.mark.slow  # many records through a pipeline
 def test_principle_draws_follow_the_seed_not_the_order(repo, caller, harmless):
     def draws(seed, prompts):
         out = {}
@@ -196,7 +198,7 @@ def test_template_stop_sequences_reach_the_model(repo, caller, harmless, scripte
 
 
 def test_echoed_template_is_not_a_revision(repo, tmp_path, harmless):
-    from factory.calllog import CallLog
+    from factory.engine.calllog import CallLog
 
     def script(messages, params):
         kind = kind_of(messages)

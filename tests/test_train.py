@@ -15,9 +15,9 @@ import pytest
 from test_clean import HARMLESS, rec
 
 from factory.config import ExportConfig
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError, InputError
-from factory.stages.export import export
-from factory.stats import StageStats
+from factory.export.writer import export
 from factory.train import resolve, train
 from factory.train.data import load
 from factory.train.model import model_folder
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     tok = AutoTokenizer.from_pretrained(ensure_smollm2())  # the shared cache: module fixtures run before monkeypatching
     torch.manual_seed(0)
@@ -63,7 +63,8 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.train
 @pytest.mark.parametrize("objective,lora", [("sft", False), ("dpo", False), ("reward", False), ("kto", False),
                                             ("dpo", True)])
 def test_ten_steps_of_each_objective(objective: str, lora: bool, data: Path, tiny: Path, tmp_path: Path) -> None:
@@ -111,7 +112,8 @@ def factory(*args, env: dict | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.train
 def test_cli_trains_and_the_folder_works_as_a_local_model(data: Path, tiny: Path, tmp_path: Path) -> None:
     settings = tmp_path / "train.yaml"
     settings.write_text("batch_size: 2\nlogging_steps: 1\nlearning_rate: 0.001\nlora_r: 4\n"

@@ -16,8 +16,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.discover.prefs import PrefPair
+from factory.engine.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.errors import ModelCallError
 from factory.hygiene.dedup import NearDedup, normalise_text
 from factory.models import GenParams

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from factory.calllog import CallLog
 from factory.config import ROOT, JudgeConfig, load_config
 from factory.constitution import ID_PATTERN, Principle, load_constitution
 from factory.discover import propose as proposal
@@ -32,15 +31,16 @@ from factory.discover.write import (
     write_atomic,
     write_principles,
 )
+from factory.engine.calllog import CallLog
+from factory.engine.estimate import Line, estimate_table
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget, BudgetExceeded, estimate_tokens
+from factory.engine.rundir import now, write_json
+from factory.engine.stats import Stats
 from factory.errors import FactoryError, InputError, ModelCallError
-from factory.estimate import Line, estimate_table
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, BudgetExceeded, estimate_tokens
 from factory.prompts import Template, load_template
-from factory.rundir import now, write_json
 from factory.stages.critique_revise import CRITIQUE_VARIABLES
 from factory.stages.judge import load_judge_template
-from factory.stats import Stats
 
 PROPOSE_MAX_TOKENS = 120  # a few one-line principles
 

@@ -24,10 +24,10 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from factory.caller import Caller
 from factory.config import JudgeConfig
 from factory.constitution import Constitution, Principle
 from factory.discover.prefs import PrefPair
+from factory.engine.caller import Caller
 from factory.errors import ModelCallError
 from factory.prompts import Template
 from factory.records import Candidate as Answer
@@ -72,7 +72,7 @@ def clustered_interval(values: list[float], groups: list[str], z: float = 1.96) 
     """Mean +- z x cluster-robust standard error (CR1: G/(G-1) x sum of squared cluster residual
     sums / n^2). With fewer than 2 clusters nothing is known: (0, 1).
 
-    Not `factory.evaluate.clustered_interval`: that one floors its bootstrap at a Wilson interval with
+    Not `factory.commands.evaluate.clustered_interval`: that one floors its bootstrap at a Wilson interval with
     one trial per prompt, right for 0/1 win outcomes but far too wide for soft agreements, most of
     them exactly 0.5 (a principle that does not apply): a rule that decides a third of the pairs
     perfectly (agreement 0.63 over 24 prompts) would never be kept."""

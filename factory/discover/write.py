@@ -23,11 +23,11 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, StrictUndefined
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed
 from factory.constitution import ID_PATTERN, Constitution, Principle
 from factory.discover.prefs import PrefPair
 from factory.discover.propose import OPENING
 from factory.discover.score import Result
+from factory.engine.caller import Caller, ParseError, ParseFailure, derive_seed
 from factory.errors import ModelCallError
 from factory.models import GenParams
 from factory.prompts import Template

@@ -22,7 +22,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from factory.engine.pipeline import Pipeline
+from factory.engine.rundir import RunDir, create_run_dir, write_json
+from factory.engine.runner import Outcome, Run
 from factory.errors import FactoryError
+from factory.executors.local import conclude
 from factory.executors.shards import (
     SHARDS,
     add_stats,
@@ -36,9 +40,7 @@ from factory.executors.shards import (
     run_shard,
 )
 from factory.models import load_model
-from factory.pipeline import Pipeline
-from factory.rundir import create_run_dir, write_json
-from factory.runner import Outcome, Run, conclude
+from factory.models.spec import ModelSpec
 
 MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
 
@@ -67,7 +69,7 @@ def check_models(pipe: Pipeline) -> None:
     for spec in pipe.used_specs():
         if spec == questions:
             pipe.models[spec] = load_model(spec)
-        elif not spec.startswith("local:"):
+        elif not ModelSpec.parse(spec).local:
             load_model(spec)
 
 
@@ -102,14 +104,15 @@ def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str 
     return drive(ray, Run(pipe, run_dir, console), manifest, workers)
 
 
-def resume_ray(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, *, address: str | None = None,
+def resume_ray(pipe: Pipeline, run_dir: RunDir, console: Console, *, address: str | None = None,
                workers: int | None = None) -> Outcome:
     """Continue a Ray run: merged shards are skipped, the others continue where they stopped."""
     ray, workers = start(pipe, address, workers)
-    run = Run(pipe, run_dir, console)
+    run = Run(pipe, run_dir.path, console)
+    manifest = run_dir.manifest
     manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
                  "config": pipe.cfg.model_dump(mode="json")}
-    write_json(run_dir / "manifest.json", manifest)
+    run_dir.save_manifest()
     return drive(ray, run, manifest, workers)
 
 
@@ -141,7 +144,7 @@ def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
     at_once = min(workers, len(pending))
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     pipe = run.pipe
-    local = any(pipe.specs[s].startswith("local:") for s in pipe.record_stages)
+    local = any(ModelSpec.parse(pipe.specs[s]).local for s in pipe.record_stages)
     gpus = 1 if local and ray.cluster_resources().get("GPU", 0) >= 1 else 0  # one per shard's own model copy
     task = ray.remote(run_shard).options(num_cpus=min(1.0, cpus / at_once), num_gpus=gpus, max_retries=MAX_RETRIES,
                                          retry_exceptions=False)

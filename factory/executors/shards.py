@@ -27,15 +27,14 @@ from pathlib import Path
 import uvloop
 from rich.console import Console
 
-from factory.caller import Caller
-from factory.calllog import CallLog
 from factory.config import PipelineConfig
+from factory.engine.caller import Caller
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.rundir import write_json
+from factory.engine.runner import Run
+from factory.engine.stats import StageStats, Stats
 from factory.errors import FactoryError
-from factory.pipeline import Overrides, Pipeline
 from factory.records import Record
-from factory.rundir import write_json
-from factory.runner import Run
-from factory.stats import StageStats, Stats
 
 SHARDS = "shards"
 PLAN = "plan.json"
@@ -161,8 +160,7 @@ def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict
     if not (folder / INPUT).is_file():
         raise FactoryError(f"{folder / INPUT} is not visible on Ray node {socket.gethostname()}: the run directory "
                            "must be on a filesystem that every node mounts at the same path (or use one node)")
-    cfg = PipelineConfig.model_validate(config)
-    cfg._base_dir = Path(config_dir)
+    cfg = PipelineConfig.model_validate(config).based_at(Path(config_dir))
     pipe = Pipeline.prepare(cfg, Overrides(), needs_seeds=False)
     pipe.cfg.stages.questions.generate = 0  # the driver generated the prompts; a shard only reads them
     pipe.load_models()
@@ -205,32 +203,6 @@ def merge_shard(run: Run, index: int, records: int) -> None:
     its records (and the run's counters, which already include the shard's) into state.sqlite with the
     shard's merged mark, in one transaction. Merging a shard twice changes nothing."""
     folder = shard_dir(run.dir, index)
-    CallLog(folder / "calls.sqlite").close()  # a shard log from an older version gains the tables it lacks
-    _attach_copy(run.log.db, folder / "calls.sqlite", [
-        "INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls",
-        "INSERT OR IGNORE INTO main.searches SELECT * FROM shard.searches",
-        "INSERT OR IGNORE INTO main.reused SELECT * FROM shard.reused",
-        ("INSERT INTO main.errors SELECT * FROM shard.errors AS s WHERE NOT EXISTS "
-         "(SELECT 1 FROM main.errors AS e WHERE e.key = s.key AND e.created = s.created)"),
-    ])
-    counters = json.dumps({name: dict(st.counters) for name, st in run.stats.stages.items()})
-    _attach_copy(run.state.db, folder / "state.sqlite", [
-        "INSERT OR REPLACE INTO main.records SELECT * FROM shard.records",
-        ("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", (f"shard:{index:04d}", json.dumps({"records": records}))),
-        ("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", ("counters", counters)),
-    ])
-
-
-def _attach_copy(db, path: Path, statements: list) -> None:
-    db.execute("ATTACH DATABASE ? AS shard", (str(path),))
-    try:
-        db.execute("BEGIN")
-        try:
-            for statement in statements:
-                db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    finally:
-        db.execute("DETACH DATABASE shard")
+    run.log.merge_from(folder / "calls.sqlite")
+    counters = {name: dict(st.counters) for name, st in run.stats.stages.items()}
+    run.state.merge_from(folder / "state.sqlite", {f"shard:{index:04d}": {"records": records}, "counters": counters})

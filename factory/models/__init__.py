@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from factory.errors import FactoryError
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.spec import SPEC_FORMS, ModelSpec
 
-__all__ = ["SPEC_FORMS", "Completion", "GenParams", "Message", "Model", "load_model"]
-
-SPEC_FORMS = """valid model specs:
-  local:smollm2        the embedded SmolLM2-135M-Instruct (default; runs offline)
-  local:PATH           any Hugging Face causal-LM folder
-  openai:MODEL         OpenAI or any OpenAI-compatible server (OPENAI_API_KEY, OPENAI_BASE_URL)
-  anthropic:MODEL      Anthropic (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL)"""
+__all__ = ["SPEC_FORMS", "Completion", "GenParams", "Message", "Model", "ModelSpec", "load_model"]
 
 
 def load_model(spec: str) -> Model:
     """Build the backend a spec names. Unknown specs list the valid forms."""
-    kind, _, name = spec.partition(":")
-    if not name:
-        raise FactoryError(f"unknown model spec {spec!r}\n{SPEC_FORMS}")
+    parsed = ModelSpec.parse(spec)
+    kind, name = parsed.provider, parsed.name
     if kind == "local":
         from factory.models.local import LocalModel
 
@@ -31,4 +24,3 @@ def load_model(spec: str) -> Model:
         from factory.models.anthropic_backend import AnthropicModel
 
         return AnthropicModel(spec, name)
-    raise FactoryError(f"unknown model spec {spec!r}\n{SPEC_FORMS}")

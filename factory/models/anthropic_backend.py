@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from factory.errors import FactoryError, ModelCallError, http_error, redact
+from factory.engine.ratelimit import LimitInfo, parse_anthropic_headers
+from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
-from factory.models.transport import JSONClient
-from factory.ratelimit import LimitInfo, parse_anthropic_headers
-from factory.redaction import checked_base_url
+from factory.models.transport import JSONClient, close_clients, sdk_error
+from factory.redaction import checked_base_url, redact_key
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import anthropic
@@ -59,16 +59,10 @@ class AnthropicModel(Model):
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
         import anthropic
 
-        message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<ANTHROPIC_API_KEY>")
-        if isinstance(exc, anthropic.APIStatusError):
-            return http_error(message, exc.status_code, exc.response.headers)
-        return ModelCallError(message, retryable=isinstance(exc, anthropic.APIConnectionError))
+        return sdk_error(redact_key(f"{self.spec}: {_describe(exc)}", self._key, "<ANTHROPIC_API_KEY>"), exc, anthropic)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        self._client = await close_clients(self._http, self._client)
 
 
 def anthropic_request(model: str, messages: list[Message], params: GenParams) -> dict[str, Any]:

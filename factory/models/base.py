@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 if TYPE_CHECKING:
-    from factory.ratelimit import LimitInfo
+    from factory.engine.ratelimit import LimitInfo
 
 
 class Message(TypedDict):

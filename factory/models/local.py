@@ -95,7 +95,7 @@ class LocalModel(Model):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if name == "smollm2":
-            from factory.smollm2 import ensure_smollm2
+            from factory.models.smollm2 import ensure_smollm2
 
             path = ensure_smollm2()
         else:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from factory.errors import FactoryError, ModelCallError, http_error, redact
+from factory.engine.ratelimit import LimitInfo, parse_openai_headers
+from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.shapes import shapes
-from factory.models.transport import JSONClient
-from factory.ratelimit import LimitInfo, parse_openai_headers
-from factory.redaction import checked_base_url
+from factory.models.transport import JSONClient, close_clients, sdk_error
+from factory.redaction import checked_base_url, redact_key
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import openai
@@ -67,16 +67,10 @@ class OpenAIModel(Model):
         """The SDK's exception as a ModelCallError: retryable or not, with Retry-After, key redacted."""
         import openai
 
-        message = redact(f"{self.spec}: {_describe(exc)}", self._key, "<OPENAI_API_KEY>")
-        if isinstance(exc, openai.APIStatusError):
-            return http_error(message, exc.status_code, exc.response.headers)
-        return ModelCallError(message, retryable=isinstance(exc, openai.APIConnectionError))
+        return sdk_error(redact_key(f"{self.spec}: {_describe(exc)}", self._key, "<OPENAI_API_KEY>"), exc, openai)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        self._client = await close_clients(self._http, self._client)
 
 
 def openai_request(model: str, messages: list[Message], params: GenParams) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from factory.errors import ModelCallError, http_error, redact
-from factory.redaction import clip
+from factory.errors import ModelCallError, http_error
+from factory.redaction import clip, redact_key
 
 
 class JSONClient:
@@ -58,7 +58,7 @@ class JSONClient:
         return data, headers
 
     def redact(self, message: str) -> str:
-        return redact(message, self._secret, self._placeholder)
+        return redact_key(message, self._secret, self._placeholder)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -82,3 +82,20 @@ def _message(data: object, raw: bytes, status: int, redact_key: Callable[[str], 
         return HTTPStatus(status).phrase
     except ValueError:
         return "error"
+
+
+def sdk_error(message: str, exc: Exception, sdk: Any) -> ModelCallError:
+    """An exception of `sdk` (the openai or anthropic module: the Batch APIs use the SDKs) as a
+    ModelCallError: an HTTP status decides whether to retry (with its Retry-After); a dropped connection
+    or a timeout is retryable. `message` is already redacted."""
+    if isinstance(exc, sdk.APIStatusError):
+        return http_error(message, exc.status_code, exc.response.headers)
+    return ModelCallError(message, retryable=isinstance(exc, sdk.APIConnectionError))
+
+
+async def close_clients(http: JSONClient, sdk_client: Any | None) -> None:
+    """Close a backend's aiohttp session and, if one was made, its SDK client. Returns None (no client)."""
+    await http.aclose()
+    if sdk_client is not None:
+        await sdk_client.close()
+    return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from factory.constitution import load_constitution
+from factory.engine.rundir import RunDir
 from factory.errors import FactoryError
 
 TIME_BINS = 60
@@ -38,7 +39,7 @@ class Timeline:
 
 
 @dataclass
-class RunView:
+class RunFigures:
     dir: Path
     manifest: dict
     stats: dict | None
@@ -51,37 +52,25 @@ class RunView:
     timeline: Timeline | None = None
 
 
-def _json_lines(path: Path):
-    if path.is_file():
-        with path.open() as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-
-
 def _timestamp(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso).timestamp() if iso else None
 
 
-def read_run(run_dir: Path) -> RunView:
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FactoryError(
-            f"{run_dir}: not a run directory (no manifest.json). Give the folder `factory run` "
-            "printed as its last line, e.g. outputs/20261121-093000"
-        )
-    manifest = json.loads(manifest_path.read_text())
+def read_figures(run_dir: Path) -> RunFigures:
+    run = RunDir.open(run_dir, hint=". Give the folder `factory run` printed as its last line, "
+                                    "e.g. outputs/20261121-093000")
+    manifest = run.manifest
     stats_path = run_dir / "stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
     principles, note = _principles(manifest.get("constitution", {}))
-    view = RunView(
+    view = RunFigures(
         run_dir, manifest, stats, yaml.safe_dump(manifest.get("config", {}), sort_keys=False), principles, note
     )
-    for row in _json_lines(run_dir / "failed.jsonl"):
+    for row in run.lines("failed.jsonl"):
         view.failed_by_stage[row.get("stage", "?")] += 1
-    for cluster in _json_lines(run_dir / "dedup.jsonl"):
+    for cluster in run.lines("dedup.jsonl"):
         view.dedup[f"{cluster.get('by')} {cluster.get('field')}"] += len(cluster.get("dropped", []))
-    view.decontaminated = sum(1 for _ in _json_lines(run_dir / "decontam.jsonl"))
+    view.decontaminated = sum(1 for _ in run.lines("decontam.jsonl"))
     if (run_dir / "calls.sqlite").is_file():
         view.timeline = read_timeline(
             run_dir / "calls.sqlite", _timestamp(manifest.get("started")), _timestamp(manifest.get("finished"))

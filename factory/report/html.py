@@ -16,7 +16,7 @@ from factory.diff import word_ops
 from factory.errors import FactoryError
 from factory.records import Record
 from factory.report import svg
-from factory.report.data import RunView, read_run
+from factory.report.data import RunFigures, read_figures
 from factory.report.lineage import Lineage, read_lineage
 
 MAX_TEXT = 3000  # characters of one text shown in the sampled records
@@ -36,7 +36,7 @@ def _rate(n: float, d: float) -> str:
     return f"{n / d:.0%}" if d else "-"
 
 
-def principle_rows(lin: Lineage, view: RunView) -> list[dict]:
+def principle_rows(lin: Lineage, view: RunFigures) -> list[dict]:
     """Every principle of the constitution (drawn or not), then any other id seen (e.g. fact-check)."""
     ids = [p["id"] for p in view.principles] + sorted(set(lin.principles) - {p["id"] for p in view.principles})
     rows = []
@@ -96,7 +96,7 @@ def _by_kind(values: dict[str, list[float]]) -> dict[str, list[float]]:
     return {k: values[k] for k in sorted(values, key=lambda k: order.index(k) if k in order else len(order))}
 
 
-def charts(view: RunView, lin: Lineage | None) -> dict[str, Markup]:
+def charts(view: RunFigures, lin: Lineage | None) -> dict[str, Markup]:
     """Every plot of the report, by name; a plot whose data is absent is left out."""
     out: dict[str, str] = {}
     stages = (view.stats or {}).get("stages", {})
@@ -190,7 +190,7 @@ def record_view(rec: Record) -> dict:
 
 
 def render(run_dir: Path) -> str:
-    view = read_run(run_dir)
+    view = read_figures(run_dir)
     lin = read_lineage(run_dir / "records.jsonl")
     env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(files("factory.report").joinpath("template.html").read_text())

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.judging.report import TIE
+from factory.judging.quality import TIE
 from factory.records import Record
 
 SAMPLES, DROPPED_SAMPLES = 12, 4

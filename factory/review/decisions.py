@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from factory.engine.stats import StageStats
 from factory.review.store import Decision, ReviewStore
-from factory.stats import StageStats
 
 COLUMN = "human_review"
 

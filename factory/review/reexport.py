@@ -8,44 +8,40 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from factory.card import card_body
-from factory.clean import Cleaner
-from factory.config import PipelineConfig
-from factory.judging.report import JudgeReport
-from factory.merge import read_run, run_constitution
-from factory.records import Record, kept_records
-from factory.rundir import now, write_json
-from factory.stages.export import export
-from factory.state import lock_run_dir
-from factory.stats import StageStats
+from factory.engine.rundir import RunDir, now, write_json
+from factory.engine.state import lock_run_dir
+from factory.engine.stats import StageStats
+from factory.export.card import card_body
+from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
+from factory.judging.quality import JudgeReport
+from factory.records import Record
 
 
 def reexport(run_dir: Path) -> tuple[dict, dict]:
     """(counts per config and split, the export stage's stats)."""
-    manifest = read_run(run_dir)  # a finished run, or a clear error
+    run = RunDir.open(run_dir, finished=True)  # a finished run, or a clear error
     lock = lock_run_dir(run_dir)  # no run or resume writes it meanwhile
     try:
-        return _reexport(run_dir, manifest)
+        return _reexport(run)
     finally:
         lock.close()
 
 
-def _reexport(run_dir: Path, manifest: dict) -> tuple[dict, dict]:
-    cfg = PipelineConfig.model_validate(manifest["config"])
-    cfg._base_dir = Path(manifest.get("config_dir", "."))
-    constitution = run_constitution(run_dir, manifest)
+def _reexport(run: RunDir) -> tuple[dict, dict]:
+    run_dir, manifest, cfg, constitution = run.path, run.manifest, run.config(), run.constitution()
     stats = json.loads((run_dir / "stats.json").read_text())
     st = StageStats()
     report = JudgeReport() if cfg.stages.judge is not None else None
 
     def records() -> Iterator[Record]:
-        return kept_records(run_dir / "records.jsonl")
+        return run.records()
 
     def card(counts: dict, example: dict | None) -> str:
         now_stats = stats | {"stages": stats["stages"] | {"export": st.to_dict()}}
         return card_body(run_dir.name, manifest, constitution, counts, now_stats, example)
 
-    counts = export(records, run_dir, cfg.stages.export, constitution, manifest["stage_models"]["answer"], st, card,
+    counts = export(records, run_dir, cfg.stages.export, constitution, run.generator, st, card,
                     report, Cleaner(cfg.stages.export.clean, cfg.path))
     stats["stages"]["export"] = st.to_dict()
     stats["datasets"] = counts
@@ -53,5 +49,5 @@ def _reexport(run_dir: Path, manifest: dict) -> tuple[dict, dict]:
         stats["judge_quality"] = report.to_dict()
     write_json(run_dir / "stats.json", stats)
     manifest.update(datasets=counts, exported=now())
-    write_json(run_dir / "manifest.json", manifest)
+    run.save_manifest()
     return counts, st.to_dict()

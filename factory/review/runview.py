@@ -3,19 +3,17 @@ at export, failed) with a summary to filter on, and one record in full with word
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.clean import Cleaner, sft_target
-from factory.config import PipelineConfig
 from factory.diff import word_ops
+from factory.engine.rundir import RunDir
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError
-from factory.merge import run_constitution
+from factory.export.rows import rows
+from factory.hygiene.clean import Cleaner, sft_target
 from factory.records import Record
-from factory.stages.export import rows
-from factory.stats import StageStats
 
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")
 
@@ -29,35 +27,24 @@ class Entry:
     target: str | None  # the model text its `sft` row trains on (before any human edit)
 
 
-def _lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class RunView:
     def __init__(self, run_dir: Path):
-        manifest_path = run_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
+        run = RunDir.open(run_dir)
         if not (run_dir / "records.jsonl").is_file():
             raise FactoryError(f"{run_dir}: no records.jsonl yet; review a run once it has finished "
                                f"(or continue it: factory run --resume {run_dir})")
         self.dir = run_dir
-        self.manifest = json.loads(manifest_path.read_text())
-        self.cfg = PipelineConfig.model_validate(self.manifest["config"])
-        self.cfg._base_dir = Path(self.manifest.get("config_dir", "."))
-        self.constitution = run_constitution(run_dir, self.manifest)
+        self.manifest, self.cfg, self.constitution = run.manifest, run.config(), run.constitution()
         self.entries: dict[str, Entry] = {}
         done: list[Record] = []
-        for line in _lines(run_dir / "records.jsonl"):
+        for line in run.lines("records.jsonl"):
             rec = Record.model_validate(line)
             if rec.dropped:
                 self.entries[rec.id] = Entry(rec, "dropped", rec.dropped.stage, rec.dropped.reason, None)
             else:
                 done.append(rec)
         self._export_outcomes(done)
-        for line in _lines(run_dir / "failed.jsonl"):
+        for line in run.lines("failed.jsonl"):
             if "record" in line:
                 rec = Record.model_validate(line["record"])
                 self.entries[rec.id] = Entry(rec, "failed", line["stage"], line["reason"], None)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from factory.rundir import now
+from factory.engine.rundir import now
 
 FILE = "review.sqlite"
 SCHEMA = """

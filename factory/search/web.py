@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 
 from factory import __version__
-from factory.errors import FactoryError, ModelCallError, http_error, redact
-from factory.redaction import clip
+from factory.errors import FactoryError, ModelCallError, http_error
+from factory.redaction import clip, redact_key
 from factory.search import Passage, SearchBackend
 
 TIMEOUT_S = 30.0  # a search that takes longer is retried
@@ -70,7 +70,7 @@ class _WebSearch(SearchBackend):
         return ""
 
     def _redact(self, message: str) -> str:
-        return redact(message, self._secret, f"${self._secret_var}")
+        return redact_key(message, self._secret, f"${self._secret_var}")
 
     async def aclose(self) -> None:
         if self._session is not None:

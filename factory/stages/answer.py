@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from factory.caller import Caller, derive_seed
 from factory.config import AnswerConfig
-from factory.prompts import Template
+from factory.engine.caller import Caller, derive_seed
+from factory.prompts import Template, load_template
 from factory.records import Candidate, Record
-from factory.stages import Stage, params
+from factory.stages import Loaded, Stage, StageEntry, params
 
 VARIABLES = {"prompt"}
 
@@ -33,3 +33,11 @@ class AnswerStage(Stage):
         record.candidates = [c for c in candidates if c.answer]
         if not record.candidates:
             self.drop(record, "empty_answer", f"all {len(candidates)} candidate(s) came back empty")
+
+
+STAGE = StageEntry(
+    "answer",
+    load=lambda prompts_dir, cfg: Loaded({"answer": load_template(prompts_dir, cfg.template, VARIABLES)}),
+    build=lambda pipe, cfg: AnswerStage(cfg, pipe.templates["answer"], pipe.specs["answer"], pipe.cfg.seed),
+    rows=lambda cfg: "base",
+)

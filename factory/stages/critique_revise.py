@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 
-from factory.caller import Caller, derive_seed, rng
 from factory.config import CritiqueReviseConfig
 from factory.constitution import Constitution
+from factory.engine.caller import Caller, derive_seed, rng
 from factory.hygiene.gates import revision_gate
-from factory.prompts import Template
-from factory.records import Candidate, Record, Round, normalise
-from factory.stages import Stage, params
+from factory.prompts import Template, load_template
+from factory.records import Candidate, ConstitutionRef, Record, Round, normalise
+from factory.stages import Loaded, Stage, StageEntry, params
 
 CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples"}
 REVISION_VARIABLES = CRITIQUE_VARIABLES | {"critique"}
@@ -63,7 +63,7 @@ class CritiqueReviseStage(Stage):
         return out
 
     async def process(self, record: Record, caller: Caller) -> None:
-        record.constitution = f"{self.constitution.label}:{self.constitution.digest}"
+        record.constitution = ConstitutionRef(name=self.constitution.label, digest=self.constitution.digest)
         await asyncio.gather(*(self._candidate(record, c, caller) for c in record.candidates))
 
     async def _candidate(self, record: Record, cand: Candidate, caller: Caller) -> None:
@@ -95,7 +95,7 @@ class CritiqueReviseStage(Stage):
             if gate:
                 st.counters[f"gate:{gate}"] += 1
             cand.rounds.append(Round(principle_id=principle.id, critique=crit.text.strip(), revision=revised, noop=noop,
-                                     gate=gate))
+                                     finish_reason=rev.finish_reason, gate=gate))
             text = text if gate else revised
 
     def gate(self, prompt: str, before: str, revision: str) -> str | None:
@@ -103,3 +103,15 @@ class CritiqueReviseStage(Stage):
         reason = revision_gate(prompt, before, revision)
         enabled = {"critique": self.cfg.gate_critique, "off_topic": self.cfg.gate_off_topic}
         return reason if reason and enabled[reason] else None
+
+
+def _load(prompts_dir, cfg: CritiqueReviseConfig) -> Loaded:
+    return Loaded({"critique": load_template(prompts_dir, cfg.critique_template, CRITIQUE_VARIABLES),
+                   "revision": load_template(prompts_dir, cfg.revision_template, REVISION_VARIABLES)})
+
+
+STAGE = StageEntry(
+    "critique_revise", load=_load,
+    build=lambda pipe, cfg: CritiqueReviseStage(cfg, pipe.constitution, pipe.templates["critique"],
+                                                pipe.templates["revision"], pipe.specs["critique_revise"], pipe.cfg.seed),
+)

@@ -19,14 +19,15 @@ import hashlib
 from functools import partial
 from pathlib import Path
 
-from factory.caller import Caller, ParseFailure, derive_seed
 from factory.config import FactCheckConfig
-from factory.facts import metric_of, parse_claims, parse_queries, parse_verdict, score, unsupported
+from factory.engine.caller import Caller, derive_seed
+from factory.errors import FactoryError, ParseFailure
+from factory.judging.facts import metric_of, parse_claims, parse_queries, parse_verdict, score, unsupported
 from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Candidate, Claim, Evidence, FactCheck, FactPair, FactReport, Record, Round, normalise
 from factory.search import SearchBackend
-from factory.stages import Stage
+from factory.stages import Loaded, Stage, StageEntry
 from factory.stages.critique_revise import clean_revision
 
 CLAIMS_VARIABLES = {"prompt", "response"}
@@ -157,7 +158,7 @@ class FactCheckStage(Stage):
         noop = normalise(revised) == normalise(previous)
         st.counters["noop_fact_revision" if noop else "fact_revision"] += 1
         cand.rounds.append(Round(principle_id=PRINCIPLE_ID, critique="\n".join(f"- {c.text}" for c in bad),
-                                 revision=revised, noop=noop))
+                                 revision=revised, noop=noop, finish_reason=out.finish_reason))
         if self.cfg.recheck and not noop:
             report.checks.append(await self.check(record, caller, cand.index, "revised", revised))
 
@@ -196,3 +197,16 @@ class FactCheckStage(Stage):
             caller.stats[self.name].counters["prefer:tie"] += 1
             return
         report.pairs.append(FactPair(chosen=best, rejected=worst, metric=metric, score_chosen=hi, score_rejected=lo))
+
+
+def _build(pipe, cfg: FactCheckConfig) -> FactCheckStage:
+    if pipe.search is None:
+        raise FactoryError("the fact-check stage needs its search backend: call load_models() first")
+    return FactCheckStage(cfg, pipe.templates, pipe.specs["factcheck"], pipe.cfg.seed, pipe.search)
+
+
+STAGE = StageEntry(
+    "factcheck", load=lambda prompts_dir, cfg: Loaded(load_templates(prompts_dir, cfg)), build=_build,
+    rows=lambda cfg: "own" if cfg.prefer else "annotate",
+    feeds=frozenset({"critique_revise"}),  # `prefer` ranks the revisions it checked
+)

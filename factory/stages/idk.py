@@ -15,13 +15,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.config import IdkConfig
-from factory.errors import InputError
+from factory.engine.caller import Caller, derive_seed, rng
+from factory.errors import InputError, ParseError, ParseFailure
 from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Candidate, IdkLabel, IdkSample, Record
-from factory.stages import Stage
+from factory.stages import Loaded, Stage, StageEntry
 from factory.yamlfile import load_yaml
 
 JUDGE_VARIABLES = {"prompt", "references", "answer"}
@@ -127,3 +127,16 @@ class IdkStage(Stage):
 
 def load_judge(prompts_dir: Path, cfg: IdkConfig) -> Template | None:
     return load_template(prompts_dir, cfg.template, JUDGE_VARIABLES) if cfg.match == "judge" else None
+
+
+def _load(prompts_dir: Path, cfg: IdkConfig) -> Loaded:
+    judge = load_judge(prompts_dir, cfg)
+    return Loaded({"idk_judge": judge} if judge is not None else {}, extra=load_declines(prompts_dir, cfg.declines))
+
+
+STAGE = StageEntry(
+    "idk", load=_load,
+    build=lambda pipe, cfg: IdkStage(cfg, pipe.declines, pipe.templates.get("idk_judge"), pipe.specs["idk"],
+                                     pipe.cfg.seed),
+    rows=lambda cfg: "own",
+)

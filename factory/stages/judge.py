@@ -14,9 +14,9 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from factory.caller import Caller, derive_seed, rng
 from factory.config import JudgeConfig
 from factory.constitution import Constitution, Principle
+from factory.engine.caller import Caller, derive_seed, rng
 from factory.errors import FactoryError
 from factory.judging import (
     AppliesWhen,
@@ -25,6 +25,7 @@ from factory.judging import (
     clamp_cot,
     combine_orders,
     expected_score,
+    load_scorer,
     parse_choice,
     parse_score,
     score_where,
@@ -36,7 +37,7 @@ from factory.judging.ranking import scores as ranking_scores
 from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, normalise
-from factory.stages import Stage
+from factory.stages import Loaded, Stage, StageEntry
 
 CHOICE_VARIABLES = {"prompt", "principle", "a", "b"}
 SCORE_VARIABLES = {"prompt", "principle", "response"}
@@ -209,3 +210,24 @@ class JudgeStage(Stage):
             st.counters["verdict_retry"] += 1
         st.counters["unparseable_score"] += 1
         return None
+
+
+def template_for(prompts_dir: Path, cfg: JudgeConfig) -> Template:
+    """The template of the judging method: `choice`, `cot` or `score`."""
+    name, variables = {"choice": (cfg.template, CHOICE_VARIABLES), "cot": (cfg.cot_template, CHOICE_VARIABLES),
+                       "score": (cfg.score_template, SCORE_VARIABLES)}[cfg.method]
+    return load_template(prompts_dir, name, variables)
+
+
+def _load(prompts_dir: Path, cfg: JudgeConfig) -> Loaded:
+    return Loaded({"judge": template_for(prompts_dir, cfg)},
+                  extra=load_scorer(cfg.teacher.scorer) if cfg.teacher is not None else None)
+
+
+STAGE = StageEntry(
+    "judge", load=_load,
+    build=lambda pipe, cfg: JudgeStage(cfg, pipe.constitution, pipe.templates["judge"], pipe.specs["judge"],
+                                       pipe.cfg.seed, pipe.teacher),
+    rows=lambda cfg: "rank",
+    feeds=frozenset({"critique_revise"}),  # it ranks first answers against revisions
+)

@@ -8,15 +8,15 @@ import math
 import re
 from collections.abc import AsyncIterator
 
-from factory.caller import Caller, ParseError, derive_seed, rng
 from factory.config import QuestionsConfig
-from factory.errors import ModelCallError
+from factory.engine.caller import Caller, derive_seed, rng
+from factory.engine.stats import StageStats
+from factory.errors import ModelCallError, ParseError
 from factory.hygiene.gates import incoherent_request
 from factory.inputs import PromptFile
 from factory.prompts import Template
 from factory.records import Record
 from factory.stages import params
-from factory.stats import StageStats
 
 VARIABLES = {"examples", "n"}
 NAME = "questions"

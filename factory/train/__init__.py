@@ -12,7 +12,8 @@ import os
 # TRL pings the Hub from every trainer unless told not to (read when huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from factory.train.config import DATA_CONFIG, OBJECTIVES, TrainConfig, resolve
+from factory.train.config import DATA_CONFIG, OBJECTIVES, TrainConfig
 from factory.train.run import is_main_process, train
+from factory.train.settings import resolve
 
 __all__ = ["DATA_CONFIG", "OBJECTIVES", "TrainConfig", "is_main_process", "resolve", "train"]

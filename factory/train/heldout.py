@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from factory.evaluate import clustered_interval
+from factory.commands.evaluate import clustered_interval
 from factory.records import Record
 from factory.train.rollouts import degenerate, distinct_2
 

@@ -15,7 +15,7 @@ def model_folder(spec: str) -> Path:
         raise FactoryError(f"--model {spec!r}: training needs local weights: local:smollm2 (the embedded model) "
                            "or local:PATH (a Hugging Face model folder)")
     if name == "smollm2":
-        from factory.smollm2 import ensure_smollm2
+        from factory.models.smollm2 import ensure_smollm2
 
         return ensure_smollm2()
     path = Path(name).expanduser()

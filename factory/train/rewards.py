@@ -17,14 +17,14 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from factory.caller import Caller
-from factory.clean import REFUSAL
 from factory.config import FactCheckConfig, IdkConfig, JudgeConfig
+from factory.engine.caller import Caller
+from factory.engine.pipeline import Pipeline
 from factory.errors import FactoryError
-from factory.facts import metric_of
+from factory.hygiene.clean import REFUSAL
 from factory.judging import AppliesWhen, load_scorer
+from factory.judging.facts import metric_of
 from factory.models import load_model
-from factory.pipeline import Pipeline
 from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages import factcheck, idk, judge

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from factory.calllog import CallLog
 from factory.config import DEFAULT_CONFIG, load_config
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget, BudgetExceeded, require_prices
+from factory.engine.rundir import command_line, now, package_versions, write_json
+from factory.engine.stats import Stats
 from factory.errors import FactoryError, InputError
 from factory.inputs import PromptFile
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, BudgetExceeded, require_prices
 from factory.records import Record
-from factory.rundir import command_line, now, package_versions, write_json
 from factory.stages.idk import references_of
-from factory.stats import Stats
 from factory.train.data import card_configs
 from factory.train.model import load_policy, load_tokenizer, lora_config, model_folder
 from factory.train.progress import ProgressCallback
@@ -53,7 +53,7 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
         pf = PromptFile(data, "file")
         return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf._lines()]
     if (data / "records.jsonl").is_file() and (data / "manifest.json").is_file():
-        from factory.evaluate import held_out
+        from factory.commands.evaluate import held_out
 
         return [(rec, data / "records.jsonl", None) for rec in held_out(data, None, split="train")]
     from datasets import load_dataset

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from factory.engine.rundir import command_line, now, package_versions, write_json
 from factory.errors import FactoryError
-from factory.rundir import command_line, now, package_versions, write_json
 from factory.train.config import DATA_CONFIG, TrainConfig
 from factory.train.data import TrainData, load
 from factory.train.model import load_policy, load_reward, load_tokenizer, lora_config, model_folder

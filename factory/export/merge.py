@@ -3,41 +3,18 @@ them (the first run listed wins a tie), with a card that names every run it came
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from factory.card import merged_card
-from factory.clean import Cleaner
-from factory.config import PipelineConfig
-from factory.constitution import Constitution, load_constitution
+from factory.engine.rundir import RunDir, now, write_json
+from factory.engine.stats import StageStats
 from factory.errors import FactoryError
-from factory.records import Record, kept_records
+from factory.export.card import merged_card
+from factory.export.writer import export
+from factory.hygiene.clean import Cleaner
+from factory.records import Record
 from factory.review.decisions import Review
 from factory.review.store import ReviewStore
-from factory.rundir import FINISHED, now, write_json
-from factory.stages.export import export
-from factory.stats import StageStats
-
-
-def read_run(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    if not path.is_file():
-        raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("status") not in FINISHED:
-        raise FactoryError(f"{run_dir}: the run is {manifest.get('status')!r}; finish it first "
-                           f"(factory run --resume {run_dir})")
-    return manifest
-
-
-def run_constitution(run_dir: Path, manifest: dict) -> Constitution:
-    """The constitution a finished run used, from the file its manifest names."""
-    path = Path(manifest["constitution"]["path"])
-    if not path.is_file():
-        raise FactoryError(f"{path}: the constitution of {run_dir} is gone; restore it (sha256 "
-                           f"{manifest['constitution']['sha256'][:12]}) and run the command again")
-    return load_constitution(path)
 
 
 def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
@@ -46,24 +23,23 @@ def merge(run_dirs: list[Path], out: Path) -> tuple[dict, dict]:
         raise FactoryError(f"{out} exists and is not empty; choose a new --out folder")
     if len({d.resolve() for d in run_dirs}) != len(run_dirs):
         raise FactoryError("a run directory is listed twice")
-    manifests = [read_run(d) for d in run_dirs]
-    first = manifests[0]
-    cfg = PipelineConfig.model_validate(first["config"])
-    constitution = run_constitution(run_dirs[0], first)
-    config_dir = Path(first.get("config_dir", "."))
+    runs = [RunDir.open(d, finished=True) for d in run_dirs]
+    manifests = [r.manifest for r in runs]
+    cfg = runs[0].config()
+    constitution = runs[0].constitution()
 
     def records() -> Iterator[Record]:
-        for d in run_dirs:
-            yield from kept_records(d / "records.jsonl")
+        for r in runs:
+            yield from r.records()
 
     def card(counts: dict, example: dict | None) -> str:
         return merged_card(out.name, list(zip(run_dirs, manifests)), counts, st.to_dict(), example)
 
     st = StageStats()
     out.mkdir(parents=True, exist_ok=True)
-    cleaner = Cleaner(cfg.stages.export.clean, lambda p: (config_dir / p).resolve())
+    cleaner = Cleaner(cfg.stages.export.clean, cfg.path)
     decisions = {rid: d for run in run_dirs for rid, d in ReviewStore.read_all(run).items()}  # reviewers' too
-    counts = export(records, out, cfg.stages.export, constitution, first["stage_models"]["answer"], st, card,
+    counts = export(records, out, cfg.stages.export, constitution, runs[0].generator, st, card,
                     cleaner=cleaner, review=Review(decisions))
     write_json(out / "manifest.json", {"status": "merged", "finished": now(), "datasets": counts,
                                        "runs": [{"run_dir": str(d.resolve()), "constitution": m["constitution"]["label"],

@@ -135,6 +135,15 @@ class CallLog:
     def saved(self) -> float:
         """USD the calls served from the shared cache cost when they were made (not by this run)."""
         return self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM reused").fetchone()[0]
+    def merge_from(self, path: Path) -> None:
+        """Add another call log's calls, searches and failed attempts (a Ray shard's), in one transaction.
+        Merging the same log twice changes nothing."""
+        attach_copy(self.db, path, [
+            "INSERT OR IGNORE INTO main.calls SELECT * FROM other.calls",
+            "INSERT OR IGNORE INTO main.searches SELECT * FROM other.searches",
+            ("INSERT INTO main.errors SELECT * FROM other.errors AS s WHERE NOT EXISTS "
+             "(SELECT 1 FROM main.errors AS e WHERE e.key = s.key AND e.created = s.created)"),
+        ])
 
     def spent(self) -> float:
         """USD this run paid: every call it made, failed attempts included; reused calls cost 0."""
@@ -159,3 +168,20 @@ class CallLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def attach_copy(db: sqlite3.Connection, path: Path, statements: list) -> None:
+    """Run `statements` (SQL, or (SQL, parameters)) with the database at `path` attached as `other`, in
+    one transaction."""
+    db.execute("ATTACH DATABASE ? AS other", (str(path),))
+    try:
+        db.execute("BEGIN")
+        try:
+            for statement in statements:
+                db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.execute("DETACH DATABASE other")

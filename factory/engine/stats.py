@@ -26,7 +26,7 @@ class StageStats:
     call_seconds: float = 0.0
     in_flight: int = 0
     waiting: int = 0  # calls held back because their endpoint is down
-    outage: Any = None  # that endpoint's factory.outage.Outage, for the progress line
+    outage: Any = None  # that endpoint's factory.engine.outage.Outage, for the progress line
     counters: Counter[str] = field(default_factory=Counter)
     started: float | None = None
     ended: float | None = None

@@ -25,24 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.calllog import CallLog
-from factory.clean import REFUSAL
 from factory.config import JudgeConfig, TeacherConfig, load_config
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.rundir import create_run_dir, now, write_json
+from factory.engine.stats import Stats
 from factory.errors import FactoryError
+from factory.export.writer import SPLITS_FILE, split_of
+from factory.hygiene.clean import REFUSAL
 from factory.inputs import read_prompts
 from factory.judging import AppliesWhen, Scorer, load_scorer
-from factory.judging.report import TIE
+from factory.judging.quality import TIE
 from factory.models import load_model
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
-from factory.prompts import load_template
 from factory.records import Candidate, Record
-from factory.rundir import create_run_dir, now, write_json
 from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
-from factory.stages.export import SPLITS_FILE, split_of
 from factory.stages.judge import JudgeStage
-from factory.stats import Stats
 
 SCORER_PREFIXES = ("vader:", "hf:")
 
@@ -187,10 +186,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "model"}) if cfg.stages.judge else {})
                           | {"compare": "initial"}),
                        teacher=TeacherConfig(scorer=judge) if teacher else None)
-    name, variables = {"choice": (jcfg.template, judge_stage.CHOICE_VARIABLES),
-                       "cot": (jcfg.cot_template, judge_stage.CHOICE_VARIABLES),
-                       "score": (jcfg.score_template, judge_stage.SCORE_VARIABLES)}[jcfg.method]
-    template = load_template(cfg.path(cfg.prompts_dir), name, variables)
+    template = judge_stage.template_for(cfg.path(cfg.prompts_dir), jcfg)
     judge_model = baseline if teacher else judge  # a teacher applies to every answer: no model call is made
     for spec in {model, baseline, judge_model}:
         pipe.models[spec] = load_model(spec)

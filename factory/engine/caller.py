@@ -13,36 +13,31 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState
 
-from factory.calllog import CallLog, call_key, request_json, search_key
 from factory.config import OutageConfig
-from factory.endpoint import Endpoint
-from factory.errors import ModelCallError
+from factory.engine import retry
+from factory.engine.calllog import CallLog, call_key, request_json, search_key
+from factory.engine.endpoint import Endpoint
+from factory.engine.outage import Outage
+from factory.engine.stats import StageStats, Stats
+from factory.errors import ModelCallError, ParseError, ParseFailure
 from factory.models import Completion, GenParams, Message
-from factory.outage import Outage
 from factory.prompts import Template
 from factory.records import CallRef
 from factory.search import Passage, SearchBackend
-from factory.stats import StageStats, Stats
 
 T = TypeVar("T")
 
 
-class ParseError(ValueError):
-    """Raised by a stage's parser: the output is not what the template asked for."""
-
-
-class ParseFailure(ModelCallError):
-    """Every sample of a call failed to parse; the record fails with this reason."""
-
-
 class Caller:
     def __init__(self, endpoints: dict[str, Endpoint], log: CallLog, stats: Stats, *, shared: CallLog | None = None,
-                 parse_attempts: int = 3, search_attempts: int = 6, outage: OutageConfig | None = None,
+                 parse_attempts: int = 3, search_attempts: int = 6, max_wait: float = 60.0,
+                 outage: OutageConfig | None = None,
                  debug: Callable[[str, list[Message], GenParams, Completion], None] | None = None):
         self.endpoints, self.log, self.stats, self.shared = endpoints, log, stats, shared
         self.parse_attempts, self.search_attempts, self.debug = parse_attempts, search_attempts, debug
+        self.max_wait = max_wait  # searches retry as model calls do (factory/engine/retry.py)
         self.active: dict[int, tuple[str, str, float]] = {}  # call -> (stage, purpose, started): for the watchdog
         self.last_done = time.monotonic()
         self._ids = itertools.count()
@@ -156,10 +151,7 @@ class Caller:
         def before_sleep(state: RetryCallState) -> None:
             st.retries += 1
 
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.search_attempts), wait=_backoff, reraise=True,
-                                 retry=retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable),
-                                 before_sleep=before_sleep)
-        async for attempt in retrying:
+        async for attempt in retry.retrying(self.search_attempts, self.max_wait, before_sleep):
             with attempt:
                 start = time.monotonic()
                 outage = self.search_outages.setdefault(backend.key(), Outage(backend.key(), self.outage_cfg))
@@ -179,14 +171,6 @@ class Caller:
             if result is not None:
                 self.log.copy_from(self.shared, key)
         return result
-
-
-def _backoff(state: RetryCallState) -> float:
-    """Exponential backoff with full jitter (0.5 s, 1 s, ... up to 30 s); a Retry-After is a floor."""
-    exc = state.outcome.exception() if state.outcome else None
-    backoff = random.uniform(0, min(30.0, 0.5 * 2 ** (state.attempt_number - 1)))
-    retry_after = getattr(exc, "retry_after", None)
-    return max(backoff, retry_after) if retry_after is not None else backoff
 
 
 def derive_seed(seed: int, *parts: object) -> int:

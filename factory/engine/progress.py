@@ -14,7 +14,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from factory.stats import Stats
+from factory.engine.stats import Stats
 
 
 class _Calls(ProgressColumn):

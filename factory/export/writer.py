@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from factory.clean import Cleaner, sft_target
 from factory.config import ExportConfig
 from factory.constitution import Constitution
-from factory.judging.report import JudgeReport
-from factory.records import Record, normalise
+from factory.engine.stats import StageStats
+from factory.export.rows import rows
+from factory.hygiene.clean import Cleaner, sft_target
+from factory.judging.quality import JudgeReport
+from factory.records import Record
 from factory.review.decisions import Review
-from factory.stages.label_rows import labelled_rows
-from factory.stats import StageStats
 
 NAME = "export"
 # Plain Arrow types, which `datasets` reads as List({"role": Value("string"), "content": Value("string")})
@@ -124,11 +124,8 @@ class SplitWriter:
                 continue
             self.writers[split].close()
             tmp = self.folder / f"{split}.parquet.tmp"
-            digest = hashlib.sha256()
             with tmp.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            stem = f"{self.name(split)}-{digest.hexdigest()[:12]}"
+                stem = f"{self.name(split)}-{hashlib.file_digest(f, 'sha256').hexdigest()[:12]}"
             tmp.rename(self.folder / f"{stem}.parquet")
             if self.jsonl:
                 (self.folder / f"{split}.jsonl.tmp").rename(self.folder / f"{stem}.jsonl")
@@ -141,122 +138,6 @@ def size_category(n: int) -> str:
         if n < bound:
             return label
     return "n>1M"
-
-
-def _provenance(rec: Record, principle_ids: list[str], constitution: Constitution, generator: str) -> dict:
-    """Where a row came from. The record's own constitution and answer model win over the run's, so
-    merged runs keep each row's true origin."""
-    label, _, digest = (rec.constitution or "").rpartition(":")
-    model = next((c.model for c in rec.calls if c.stage == "answer"), generator)
-    return {"prompt_id": rec.id, "principle_ids": principle_ids, "constitution": label or constitution.label,
-            "constitution_hash": digest or constitution.digest, "generator_model": model}
-
-
-def _turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-         st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record: those below, or the idk and factcheck stages' (label_rows.py)."""
-    return labelled_rows(rec, _rows(rec, constitution, generator, cfg, st), constitution, generator, cfg, st)
-
-
-def _rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-          st: StageStats) -> Iterator[tuple[str, dict]]:
-    """(config, row) for one record. Unjudged: one SFT row (the first candidate's final text) and one
-    pair per candidate whose revision changed it (revision over first answer). Judged: the SFT row
-    is the top-ranked option, and the pairs are the judge's, filtered by margin and consistency."""
-    if rec.judgement is None:
-        for cand in rec.candidates:
-            prov = _provenance(rec, [r.principle_id for r in cand.rounds], constitution, generator)
-            if cand.index == rec.candidates[0].index:
-                yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *_turn(cand.final)], **prov}
-            if normalise(cand.final) == normalise(cand.answer):
-                st.drop(f"prefs:gate_{cand.gated}" if cand.gated else "prefs:revision_unchanged")
-                continue
-            yield from pair_rows(rec.prompt, cand.final, cand.answer, prov, {}, cfg, set())
-        return
-    yield from _judged_rows(rec, constitution, generator, cfg, st)
-
-
-def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig,
-                 st: StageStats) -> Iterator[tuple[str, dict]]:
-    j = rec.judgement
-    assert j is not None
-    user = [{"role": "user", "content": rec.prompt}]
-    rounds = {c.index: [r.principle_id for r in c.rounds] for c in rec.candidates}
-    best = max(range(len(j.options)), key=lambda i: (j.scores[i], -i)) if j.scores else 0
-    opt = j.options[best]
-    yield "sft", {"messages": [*user, *_turn(opt.text)],
-                  **_provenance(rec, rounds[opt.candidate] if opt.kind == "final" else [], constitution, generator)}
-    if not j.pairs:
-        reason = "single_option" if len(j.options) < 2 else "unjudged" if not j.scores else "tie"
-        st.drop(f"prefs:{reason}")
-    kto: dict[int, dict] = {}  # option -> provenance of its first kept pair
-    for pair in j.pairs:
-        margin = round(2 * pair.p_chosen - 1, 6)
-        if margin < cfg.min_margin:
-            st.drop("prefs:below_min_margin")
-            continue
-        if cfg.consistent_only and pair.consistent is False:
-            st.drop("prefs:position_inconsistent")
-            continue
-        if cfg.gate_judge_reversed and reversed_both_orders(j, pair.chosen, pair.rejected):
-            st.drop("prefs:gate_judge_reversed")
-            continue
-        chosen, rejected = j.options[pair.chosen], j.options[pair.rejected]
-        prov = _provenance(rec, sorted(set(rounds[chosen.candidate] + rounds[rejected.candidate])), constitution,
-                           generator)
-        judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "p_chosen": pair.p_chosen,
-                  "margin": margin, "position_consistent": pair.consistent, "judge_model": pair.judge_model,
-                  "judge_principle_ids": pair.principle_ids}
-        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, set(), kto=False)
-        for i in (pair.chosen, pair.rejected):
-            kto.setdefault(i, prov)
-    if cfg.kto and kto:
-        yield from _ranked_kto(user, j.options, j.scores, kto, st)
-
-
-def _ranked_kto(user: list[dict], options: list, scores: list[float], kept: dict[int, dict],
-                st: StageStats) -> Iterator[tuple[str, dict]]:
-    """KTO rows from the ranking, for the options in kept pairs: the top-ranked option is desirable,
-    the bottom-ranked undesirable; an option ranked between them has no label of its own (it won
-    some comparisons and lost others) and is dropped, counted as `kto:middle_of_ranking`."""
-    top, bottom = max(scores), min(scores)
-    for i, prov in kept.items():
-        if scores[i] not in (top, bottom):
-            st.drop("kto:middle_of_ranking")
-            continue
-        yield "kto", {"prompt": user, "completion": _turn(options[i].text), "label": scores[i] == top, **prov}
-
-
-def reversed_both_orders(j, chosen: int, rejected: int) -> bool:
-    """The judge compared the two texts directly, in both orders, and each time preferred `rejected`."""
-    prefers = []
-    for comp in j.comparisons:
-        for v in comp.verdicts:
-            if {v.a, v.b} == {chosen, rejected} and v.p_a is not None and v.p_a != 0.5:
-                prefers.append((v.a == rejected) == (v.p_a > 0.5))
-    orders = {v.a for comp in j.comparisons for v in comp.verdicts if {v.a, v.b} == {chosen, rejected}}
-    return len(orders) == 2 and bool(prefers) and all(prefers)
-
-
-def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
-              labelled: set[str], kto: bool = True) -> Iterator[tuple[str, dict]]:
-    """One preference pair as a `prefs` row, plus its `reward` row and its `kto` rows (each text of a
-    record labelled once: `labelled` remembers them) where configured. Judged records pass kto=False:
-    their KTO labels come from the ranking (_ranked_kto)."""
-    user = [{"role": "user", "content": prompt}]
-    yield "prefs", {"prompt": user, "chosen": _turn(chosen), "rejected": _turn(rejected), **judged, **prov}
-    if cfg.reward:
-        yield "reward", {"chosen": [*user, *_turn(chosen)], "rejected": [*user, *_turn(rejected)],
-                         "margin": judged.get("margin"), **prov}
-    if cfg.kto and kto:
-        for text, label in ((chosen, True), (rejected, False)):
-            if text not in labelled:
-                labelled.add(text)
-                yield "kto", {"prompt": user, "completion": _turn(text), "label": label, **prov}
 
 
 def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportConfig, constitution: Constitution,

@@ -4,40 +4,21 @@ limiter, timeouts from observed latency, the one retry layer, and cost against t
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-)
-
 from factory.config import OutageConfig, RetriesConfig, TimeoutsConfig
-from factory.errors import ModelCallError
+from factory.engine import retry
+from factory.engine.outage import Outage
+from factory.engine.prices import Budget, PriceTable, estimate_tokens, token_bound
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.stats import StageStats
+from factory.errors import CallTimeout, ModelCallError
 from factory.models import Completion, GenParams, Message, Model
-from factory.outage import Outage
-from factory.prices import Budget, PriceTable, estimate_tokens, token_bound
-from factory.ratelimit import RateLimiter
-from factory.stats import StageStats
+from factory.models.spec import ModelSpec
 
 MIN_SAMPLES = 20  # latencies observed before the timeout adapts
-FIRST_BACKOFF_S = 0.5
-
-
-class CallTimeout(ModelCallError):
-    """A request cut by the timeout. The server may have read (and billed) its input."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ModelCallError) and exc.retryable
-
-
-def _exception(state: RetryCallState) -> BaseException | None:
-    return state.outcome.exception() if state.outcome else None
 
 
 class Timeouts:
@@ -66,7 +47,7 @@ class Endpoint:
     def __init__(self, model: Model, concurrency: int, limiter: RateLimiter, retries: RetriesConfig,
                  timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget, outage: OutageConfig | None = None):
         self.model, self.limiter, self.retries, self.prices, self.budget = model, limiter, retries, prices, budget
-        self.name = model.spec.partition(":")[2]
+        self.name = ModelSpec.parse(model.spec, known=False).name
         # In-process models have no network to hang on, and a cut call would only waste the work.
         self.timeouts = Timeouts(timeouts) if model.provider != "local" else None
         # Only a network endpoint can go away; a batch is the Batch API's to wait for.
@@ -99,18 +80,15 @@ class Endpoint:
             st.retries += 1
 
         retried()
-        await asyncio.sleep(self._delay(1, first))
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.retries.max_attempts - 1), retry=retry_if_exception(_retryable),
-                                 wait=lambda state: self._delay(state.attempt_number + 1, _exception(state)),
-                                 before_sleep=retried, reraise=True)
-        async for attempt in retrying:
+        await asyncio.sleep(retry.delay(1, first, self.retries.max_wait))
+        async for attempt in retry.retrying(self.retries.max_attempts - 1, self.retries.max_wait, retried, done=1):
             with attempt:
                 return await self._attempt_when_up(messages, params, template, st, on_error)
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _attempt_when_up(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                                on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
-        """`_attempt`, held back while the endpoint is down (factory.outage)."""
+        """`_attempt`, held back while the endpoint is down (factory.engine.outage)."""
         if self.outage is None:
             return await self._attempt(messages, params, template, st, on_error)
 
@@ -119,13 +97,6 @@ class Endpoint:
             st.outage = self.outage
 
         return await self.outage.call(lambda: self._attempt(messages, params, template, st, on_error), waiting)
-
-    def _delay(self, attempt: int, exc: BaseException | None) -> float:
-        """Before attempt + 1: exponential backoff with full jitter; a server's Retry-After is a floor."""
-        cap = min(self.retries.max_wait, FIRST_BACKOFF_S * 2 ** (attempt - 1))
-        backoff = random.uniform(0, cap)
-        retry_after = getattr(exc, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
 
     async def _attempt(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                        on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import Field
 
 from factory.config import ROOT, Strict
-from factory.errors import FactoryError
+from factory.errors import BudgetExceeded, FactoryError
+from factory.models.spec import ModelSpec
 from factory.yamlfile import load_yaml
 
 DEFAULT_PRICES = ROOT / "prices.yaml"
@@ -72,11 +73,6 @@ def token_bound(messages: list) -> int:
     return sum(len(m["content"].encode()) for m in messages) + MESSAGE_OVERHEAD * (len(messages) + 1)
 
 
-class BudgetExceeded(Exception):
-    """Raised instead of making a call that could take spending past --max-cost. Not a failure:
-    the record stays unfinished and `factory run --resume` picks it up (with a larger budget)."""
-
-
 class Budget:
     """Spent so far plus what calls in flight could still cost (their worst case: token_bound in,
     max_tokens out), settled to the real usage when the answer comes.
@@ -98,9 +94,9 @@ class Budget:
         self.spent += actual
 
 
-def require_prices(table: PriceTable, models: list[tuple[str, str, str]], what: str) -> None:
-    """`models`: (spec, provider, name). A budget needs a price for every model it spends on."""
-    missing = [spec for spec, provider, name in models if table.price(provider, name) is None]
+def require_prices(table: PriceTable, models: list[ModelSpec], what: str) -> None:
+    """A budget needs a price for every model it spends on."""
+    missing = [str(spec) for spec in models if table.price(spec.provider, spec.name) is None]
     if missing:
         raise FactoryError(f"{what} needs a price for {', '.join(missing)}; add it to prices.yaml "
                            "(USD per million input and output tokens) or point the pipeline's `prices:` at your table")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from factory.engine.calllog import attach_copy
 from factory.errors import FactoryError
 from factory.records import Record
 
@@ -116,6 +117,13 @@ class RunState:
 
     def set_meta(self, key: str, value: object) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))
+
+    def merge_from(self, path: Path, meta: dict[str, object]) -> None:
+        """Add another state's records (a Ray shard's) and set `meta`, in one transaction."""
+        attach_copy(self.db, path, [
+            "INSERT OR REPLACE INTO main.records SELECT * FROM other.records",
+            *(("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", (key, json.dumps(value))) for key, value in meta.items()),
+        ])
 
     def close(self) -> None:
         self.db.close()

@@ -7,33 +7,28 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.caller import Caller
-from factory.calllog import CallLog
-from factory.clean import Cleaner
 from factory.config import LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
-from factory.endpoint import Endpoint
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.endpoint import Endpoint
+from factory.engine.limits import ShareOfLimits
+from factory.engine.prices import Budget, PriceTable, load_prices, require_prices
+from factory.engine.ratelimit import RateLimiter
+from factory.engine.rundir import command_line, git_commit, now, package_versions
+from factory.engine.stats import Stats
 from factory.errors import FactoryError
-from factory.executors.limits import ShareOfLimits
+from factory.hygiene.clean import Cleaner
 from factory.inputs import PromptFile, read_prompts
-from factory.judging import Scorer, load_scorer
+from factory.judging import Scorer
 from factory.models import Model, load_model
-from factory.prices import Budget, PriceTable, load_prices, require_prices
+from factory.models.spec import ModelSpec
 from factory.prompts import Template, load_template
-from factory.ratelimit import RateLimiter
 from factory.records import Record
-from factory.rundir import command_line, git_commit, now, package_versions
 from factory.search import SearchBackend, load_search
-from factory.stages import Stage, answer, critique_revise, factcheck, idk, judge, questions
-from factory.stages.answer import AnswerStage
-from factory.stages.critique_revise import CritiqueReviseStage
-from factory.stages.factcheck import FactCheckStage
-from factory.stages.idk import IdkStage
-from factory.stages.judge import JudgeStage
+from factory.stages import Stage, questions
 from factory.stages.questions import QuestionsStage
-from factory.stats import Stats
-
-RECORD_STAGES = ["answer", "critique_revise", "idk", "factcheck", "judge"]  # in order; each where configured
+from factory.stages.registry import active, check_rows
 
 
 @dataclass
@@ -72,11 +67,8 @@ class Overrides:
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -90,9 +82,8 @@ class Pipeline:
     limit: int | None
     prices: PriceTable
     prompts_path: Path | None = None
-    teacher: Scorer | None = None
     cleaner: Cleaner | None = None
-    declines: list[str] = field(default_factory=list)
+    extras: dict[str, object] = field(default_factory=dict)  # per stage: what its entry loaded besides templates
     models: dict[str, Model] = field(default_factory=dict)
     search: SearchBackend | None = None
 
@@ -105,28 +96,14 @@ class Pipeline:
         cpath = cfg.path(cfg.constitution)
         constitution = load_constitution(cpath)
         pdir = cfg.path(cfg.prompts_dir)
-        templates = {
-            "questions": load_template(pdir, st.questions.template, questions.VARIABLES),
-            "answer": load_template(pdir, st.answer.template, answer.VARIABLES),
-        }
-        if (cr := st.critique_revise) is not None:
-            templates["critique"] = load_template(pdir, cr.critique_template, critique_revise.CRITIQUE_VARIABLES)
-            templates["revision"] = load_template(pdir, cr.revision_template, critique_revise.REVISION_VARIABLES)
-        if st.factcheck is not None:
-            templates |= factcheck.load_templates(pdir, st.factcheck)
-        declines = []
-        if st.idk is not None:
-            declines = idk.load_declines(pdir, st.idk.declines)
-            if (idk_judge := idk.load_judge(pdir, st.idk)) is not None:
-                templates["idk_judge"] = idk_judge
-        teacher = None
-        if st.judge is not None:
-            j = st.judge
-            name, variables = {"choice": (j.template, judge.CHOICE_VARIABLES), "cot": (j.cot_template, judge.CHOICE_VARIABLES),
-                               "score": (j.score_template, judge.SCORE_VARIABLES)}[j.method]
-            templates["judge"] = load_template(pdir, name, variables)
-            if j.teacher is not None:
-                teacher = load_scorer(j.teacher.scorer)
+        check_rows(st)
+        templates = {"questions": load_template(pdir, st.questions.template, questions.VARIABLES)}
+        extras = {}
+        for entry, section in active(st):
+            loaded = entry.load(pdir, section)
+            templates |= loaded.templates
+            if loaded.extra is not None:
+                extras[entry.name] = loaded.extra
         prompts = ov.prompts.resolve() if ov.prompts else None
         from_file = PromptFile(prompts, "file", ov.limit) if prompts else None
         seeds = []
@@ -138,26 +115,31 @@ class Pipeline:
                 seeds += read_prompts(cfg.path(path), "seed")
         prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
         cleaner = Cleaner(st.export.clean, cfg.path)  # loads the evaluation sets: bad ones fail here
-        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, teacher=teacher,
-                   declines=declines, cleaner=cleaner)
+        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, cleaner=cleaner,
+                   extras=extras)
         if cfg.max_cost is not None:
-            require_prices(prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.used_specs()],
+            require_prices(prices, [ModelSpec.parse(s) for s in pipe.used_specs()],
                            "--max-cost")
         return pipe
 
     @property
     def specs(self) -> dict[str, str]:
+        """The model spec of every configured stage, questions first."""
         st = self.cfg.stages
-        optional = {"critique_revise": st.critique_revise, "idk": st.idk, "factcheck": st.factcheck, "judge": st.judge}
-        return {
-            "questions": self.cfg.model_for(st.questions),
-            "answer": self.cfg.model_for(st.answer),
-            **{name: self.cfg.model_for(s) for name, s in optional.items() if s is not None},
-        }
+        return {"questions": self.cfg.model_for(st.questions),
+                **{entry.name: self.cfg.model_for(section) for entry, section in active(st)}}
 
     @property
     def record_stages(self) -> list[str]:
-        return [s for s in RECORD_STAGES if s in self.specs]
+        return [entry.name for entry, _ in active(self.cfg.stages)]
+
+    @property
+    def declines(self) -> list[str]:
+        return self.extras.get("idk", [])
+
+    @property
+    def teacher(self) -> Scorer | None:
+        return self.extras.get("judge")
 
     @property
     def generating(self) -> bool:
@@ -191,24 +173,11 @@ class Pipeline:
             endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
                                        cfg.timeouts, self.prices, budget, cfg.outage)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
-                      search_attempts=cfg.retries.max_attempts, outage=cfg.outage, **kwargs)
+                      search_attempts=cfg.retries.max_attempts, max_wait=cfg.retries.max_wait,
+                      outage=cfg.outage, **kwargs)
 
     def stages(self) -> list[Stage]:
-        cfg, t, seed, st = self.cfg, self.templates, self.cfg.seed, self.cfg.stages
-        stages: list[Stage] = [AnswerStage(st.answer, t["answer"], self.specs["answer"], seed)]
-        if st.critique_revise is not None:
-            stages.append(CritiqueReviseStage(st.critique_revise, self.constitution, t["critique"], t["revision"],
-                                              self.specs["critique_revise"], seed))
-        if st.idk is not None:
-            stages.append(IdkStage(st.idk, self.declines, t.get("idk_judge"), self.specs["idk"], seed))
-        if st.factcheck is not None:
-            if self.search is None:
-                raise FactoryError("the fact-check stage needs its search backend: call load_models() first")
-            stages.append(FactCheckStage(st.factcheck, t, self.specs["factcheck"], seed, self.search))
-        if cfg.stages.judge is not None:
-            stages.append(JudgeStage(cfg.stages.judge, self.constitution, t["judge"], self.specs["judge"], seed,
-                                     self.teacher))
-        return stages
+        return [entry.build(self, section) for entry, section in active(self.cfg.stages)]
 
     def source(self) -> QuestionsStage:
         cfg = self.cfg

@@ -16,7 +16,7 @@ every model-written text at its longest, and counts:
 - output tokens: an upper bound, max_tokens of every call.
 - input tokens: an estimate, 4 characters a token over the rendered prompts. Not a bound: dense text
   (code, CJK) takes more tokens per character. --max-cost therefore reserves by UTF-8 bytes, a bound
-  no tokenizer exceeds (factory.prices.token_bound), which would overstate English input about 4x.
+  no tokenizer exceeds (factory.engine.prices.token_bound), which would overstate English input about 4x.
 - USD: from those figures and prices.yaml.
 
 tests/test_estimate.py checks, for every shipped pipeline against the test server, that the estimate
@@ -31,15 +31,16 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from factory.engine.pipeline import Pipeline
+from factory.engine.prices import estimate_tokens
+from factory.engine.stats import StageStats
 from factory.judging import AppliesWhen
-from factory.pipeline import Pipeline
-from factory.prices import estimate_tokens
+from factory.models.spec import ModelSpec
 from factory.prompts import Template
 from factory.records import Claim, Evidence, Record
 from factory.stages.critique_revise import CritiqueReviseStage
 from factory.stages.factcheck import SHORT_MAX_TOKENS
 from factory.stages.idk import references_of
-from factory.stats import StageStats
 
 SAMPLE = 1000  # records whose prompts are rendered; the rest are counted at their average
 GENERATED_CHARS = 500  # a generated prompt is at most this long (longer lines are rejected)
@@ -103,8 +104,8 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
         line.output_tokens = math.ceil(line.output_tokens * scale)
         lines.append(line)
     for line in lines:
-        provider, _, name = line.model.partition(":")
-        line.usd = pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens, batch)
+        spec = ModelSpec.parse(line.model)
+        line.usd = pipe.prices.cost(spec.provider, spec.name, line.input_tokens, line.output_tokens, batch)
     return lines
 
 

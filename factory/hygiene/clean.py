@@ -38,8 +38,10 @@ def truncated(rec: Record, target: str) -> bool:
             return cand.finish_reason == "length"
         for n, rnd in enumerate(cand.rounds, 1):
             if rnd.revision == target:
-                purpose = f"revision[{cand.index}].r{n}"
-                return any(c.finish_reason == "length" for c in rec.calls if c.purpose == purpose)
+                if rnd.finish_reason is not None:
+                    return rnd.finish_reason == "length"
+                # a record written before rounds kept their finish reason: find the call by its name
+                return any(c.finish_reason == "length" for c in rec.calls if c.purpose == f"revision[{cand.index}].r{n}")
     return False
 
 

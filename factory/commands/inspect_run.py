@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from factory.engine.progress import judge_table
+from factory.engine.rundir import RunDir
 from factory.errors import FactoryError
-from factory.progress import judge_table
 
 
 def _load(path: Path) -> dict:
@@ -46,7 +47,7 @@ def inspect_run(run_dir: Path, console: Console, samples: int = 3, seed: int = 0
         console.print(judge_table(stats["judge_quality"]))
     if stats.get("failed_records"):
         console.print(f"[red]{stats['failed_records']} failed record(s)[/red]: see {run_dir / 'failed.jsonl'}")
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines() if line.strip()]
+    records = list(RunDir(run_dir, manifest).lines("records.jsonl"))
     done = [r for r in records if not r.get("dropped")]
     for rec in random.Random(seed).sample(done, min(samples, len(done))):
         console.print(record_panel(rec))

@@ -9,17 +9,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from factory.calllog import CallLog
 from factory.config import ROOT, JudgeConfig, cache_root, load_config
 from factory.constitution import Constitution, Principle
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.stats import Stats
 from factory.errors import InputError
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
-from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages import judge as judge_stage
 from factory.stages.judge import JudgeStage
-from factory.stats import Stats
 from factory.yamlfile import read_text
 
 DEFAULT_SET = ROOT / "evals" / "judge_check.jsonl"
@@ -64,10 +63,7 @@ def judge_check(model: str, pairs_path: Path = DEFAULT_SET, *, config: Path | No
         if samples > 1 and base.temperature == 0:
             update["temperature"] = 1.0
     jcfg = JudgeConfig.model_validate(base.model_dump() | update)
-    name, variables = {"choice": (jcfg.template, judge_stage.CHOICE_VARIABLES),
-                       "cot": (jcfg.cot_template, judge_stage.CHOICE_VARIABLES),
-                       "score": (jcfg.score_template, judge_stage.SCORE_VARIABLES)}[jcfg.method]
-    template = load_template(pipe.cfg.path(pipe.cfg.prompts_dir), name, variables)
+    template = judge_stage.template_for(pipe.cfg.path(pipe.cfg.prompts_dir), jcfg)
     pipe.load_models()
     criteria = sorted({p.criterion for p in pairs})
     stages = {c: JudgeStage(jcfg, _constitution(c, i), template, model, pipe.cfg.seed) for i, c in enumerate(criteria)}

@@ -8,14 +8,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from factory.calllog import CallLog
 from factory.config import cache_root, load_config
 from factory.diff import word_diff
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.stats import Stats
 from factory.records import Record
 from factory.stages.factcheck import PRINCIPLE_ID
-from factory.stats import Stats
 
 
 def try_prompt(prompt: str, config: Path | None, constitution: Path | None, model: str | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from factory.ratelimit import LimitInfo, RateLimiter
+from factory.engine.ratelimit import LimitInfo, RateLimiter
 
 
 def _part(value: int | None, share: float) -> int | None:

@@ -1,5 +1,6 @@
 """The runner: owns the run directory, the models, concurrency, the call log and cache, the state
-that makes a run resumable, lineage, failures and stats. Stages never touch any of these.
+that makes a run resumable, lineage, failures and stats. Stages never touch any of these. How a run
+is finished (export, report) and which executor drives it live in factory/executors/.
 
 Records flow without barriers: each moves to its next stage as soon as its own calls finish, and
 the input is streamed through a bounded window of records in flight."""
@@ -12,33 +13,24 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import uvloop
 from rich.console import Console
 
-from factory.caller import Caller
-from factory.calllog import CallLog
-from factory.card import card_body
-from factory.config import PipelineConfig
-from factory.errors import FactoryError, InputError, ModelCallError
-from factory.failures import classify, log_traceback
-from factory.judging.report import JudgeReport
-from factory.liblog import LibraryLog
+from factory.engine.caller import Caller
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Pipeline
+from factory.engine.prices import Budget
+from factory.engine.progress import Display
+from factory.engine.state import RunState, lock_run_dir
+from factory.engine.stats import Stats
+from factory.errors import BudgetExceeded, FactoryError, ModelCallError
 from factory.models import Completion, GenParams, Message
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget, BudgetExceeded
-from factory.progress import Display, gates_summary, judge_table, summary_table
 from factory.records import Record
-from factory.report import write_report
-from factory.rundir import FINISHED, create_run_dir, now, write_json
 from factory.stages import Stage
-from factory.stages.export import export
-from factory.state import RunState, lock_run_dir
-from factory.stats import Stats
 
 EXIT_FAILURES, EXIT_STOPPED = 1, 3
 OUTAGE_NOTE_S = 30.0  # how often the watchdog repeats that an endpoint is down
@@ -90,7 +82,7 @@ class Run:
         self.resumed = 0
 
     def use_batch_apis(self) -> None:
-        from factory.batch import BatchModel
+        from factory.models.batch import BatchModel
 
         b = self.pipe.cfg.batch
         for spec, model in self.pipe.models.items():
@@ -197,46 +189,6 @@ class Run:
     def save_counters(self) -> None:
         self.state.set_meta("counters", {name: dict(st.counters) for name, st in self.stats.stages.items()})
 
-    def finish(self, manifest: dict) -> Outcome:
-        """Counts from the state (exact over every invocation), then datasets, lineage and failures,
-        each written whole and moved in place."""
-        pipe = self.pipe
-        for name, (n_in, n_out, dropped) in self.state.stage_counts(pipe.record_stages).items():
-            st = self.stats[name]
-            st.records_in, st.records_out, st.dropped = n_in, n_out, dropped
-        failed = self.write_lineage()
-        counts: dict = {}
-        report = JudgeReport() if pipe.cfg.stages.judge is not None else None
-        if self.stopped:
-            status = "stopped_at_budget"
-        else:
-            status = "complete" if not failed else "complete_with_failures"
-
-            def card(c: dict, example: dict | None) -> str:
-                return card_body(self.dir.name, manifest, pipe.constitution, c, self.stats.to_dict(), example)
-
-            def done() -> Iterator[Record]:
-                return (rec for _, _, _, rec in self.state.records("done"))
-
-            counts = export(done, self.dir, pipe.cfg.stages.export, pipe.constitution, pipe.specs["answer"],
-                            self.stats["export"], card, report, pipe.cleaner)
-        stats = self.stats.to_dict() | {"datasets": counts, "failed_records": failed, "resumed_records": self.resumed,
-                                        "run_totals": self.log.totals(), "spent_usd": round(self.log.spent(), 6),
-                                        "saved_usd": round(self.log.saved(), 6)}
-        if report is not None:
-            self.judge_quality = stats["judge_quality"] = report.to_dict()
-        write_json(self.dir / "stats.json", stats)
-        manifest.update(status=status, finished=now(), datasets=counts, spent_usd=stats["spent_usd"],
-                        saved_usd=stats["saved_usd"])
-        write_json(self.dir / "manifest.json", manifest)
-        self.close()
-        try:
-            write_report(self.dir)  # report.html, from the run directory alone
-        except Exception as e:  # the datasets are written: a report that fails must not fail the run
-            self.console.print(f"[yellow]report.html not written ({type(e).__name__}: {e}); "
-                               f"try again with: factory report {self.dir}[/yellow]")
-        return Outcome(self.dir, status, failed, counts)
-
     def write_lineage(self) -> int:
         """records.jsonl (done and dropped records, every call and round) and failed.jsonl (what to
         retry: failed records with their stage and reason, and failed generation calls)."""
@@ -289,123 +241,3 @@ def debug_printer(console: Console, path: Path):
         log.flush()
 
     return show
-
-
-def _invoke(run: Run, manifest: dict) -> Outcome:
-    async def main() -> None:
-        try:
-            await run.execute()
-        finally:
-            await run.pipe.aclose()
-
-    def work() -> None:
-        # uvloop: the event loop in C, about 10% less CPU per call with many requests in flight
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-
-    return conclude(run, manifest, work)
-
-
-def conclude(run: Run, manifest: dict, work: Callable[[], None]) -> Outcome:
-    """Do the run's `work`; an error or Ctrl-C leaves the manifest saying so (the run can be resumed),
-    otherwise finish it (export, report) and print its tables."""
-    try:
-        work()
-    except BaseException as e:
-        stopped(run.dir, manifest, e, run.close)
-        raise
-    outcome = run.finish(manifest)
-    run.console.print(summary_table(run.stats))
-    run.console.print(gates_summary(run.stats, run.pipe.cfg.stages.judge is not None), highlight=False)
-    if run.judge_quality is not None:
-        run.console.print(judge_table(run.judge_quality))
-    return outcome
-
-
-def stopped(run_dir: Path, manifest: dict, e: BaseException, close: Callable[[], None] | None = None) -> None:
-    """An honest manifest for a run stopped by `e` (aborted, interrupted, stopped and resumable, or
-    failed; never left "running"), the traceback in RUN_DIR/debug.log for anything unexpected, and
-    the run's files closed. Never raises: the error that stopped the run is the one to report."""
-    failure = classify(e)
-    e.run_dir = run_dir  # type: ignore[attr-defined]
-    if not isinstance(e, FactoryError | KeyboardInterrupt):
-        e.debug_log = log_traceback(e, run_dir / "debug.log")  # type: ignore[attr-defined]
-    entry = {"status": failure.status, "finished": now()}
-    if failure.status != "interrupted":
-        entry["error"] = failure.message
-    try:
-        write_json(run_dir / "manifest.json", manifest | entry)
-    except OSError:  # a full disk may refuse even this; a resume reads the run from its state, not this field
-        pass
-    if close is not None:
-        try:
-            close()
-        except Exception:  # noqa: BLE001 - closing after a failure must not replace it
-            pass
-
-
-def run(pipe: Pipeline, out: Path | None, console: Console, *, batch: bool = False, debug: bool = False) -> Outcome:
-    """A new run: load models, create the run directory, run every stage, export. Library warnings
-    and progress bars go to the run's debug.log, not the console."""
-    log = LibraryLog()
-    with log.capture():
-        pipe.load_models()
-        run_dir = create_run_dir(out)
-        log.attach(run_dir / "debug.log")
-        manifest = pipe.manifest(run_dir, batch)
-        try:
-            write_json(run_dir / "manifest.json", manifest)
-            started = Run(pipe, run_dir, console, batch=batch, debug=debug)
-        except BaseException as e:
-            stopped(run_dir, manifest, e)
-            raise
-        return _invoke(started, manifest)
-
-
-def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool = False,
-           debug: bool = False, ray_address: str | None = None, workers: int | None = None) -> Outcome:
-    """Continue a run that was killed, stopped at its budget or interrupted. Every call that completed
-    is served from its call log; finished records are skipped. `retry_failed` first forgets the
-    failed records so they are processed again."""
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FactoryError(f"{run_dir}: not a run directory (no manifest.json)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        cfg = PipelineConfig.model_validate(manifest["config"])
-    except (ValueError, KeyError, TypeError) as e:  # JSON, pydantic and a missing or odd field alike
-        raise InputError(manifest_path, f"not a manifest this version can resume ({type(e).__name__}: {e})"[:300],
-                         line=getattr(e, "lineno", None)) from None
-    cfg._base_dir = Path(manifest["config_dir"])
-    ov.prompts = Path(manifest["prompts"]) if manifest.get("prompts") else None
-    ov.limit = manifest.get("limit")
-    pipe = Pipeline.prepare(cfg, ov)
-    changed = [k for k, v in pipe.inputs().items() if v != manifest["inputs"].get(k)]
-    if changed:
-        raise FactoryError(f"{run_dir}: {', '.join(changed)} changed since the run started, so resuming would mix "
-                           "two inputs. Restore them, or start a new run (with a shared cache_dir it reuses the calls)")
-    finished = manifest.get("status") in FINISHED
-    if manifest.get("executor", {}).get("kind") == "ray" and not finished:
-        # An unfinished Ray run continues on Ray. A finished one is laid out as a local run, so
-        # `retry-failed` reprocesses its failed records here, locally.
-        if retry_failed or debug:
-            raise FactoryError(f"{run_dir} is an unfinished Ray run: finish it first with factory run --resume {run_dir}")
-        from factory.executors.ray_run import resume_ray
-
-        return resume_ray(pipe, run_dir, manifest, console, address=ray_address, workers=workers)
-    log = LibraryLog()
-    with log.capture():
-        pipe.load_models()
-        log.attach(run_dir / "debug.log")
-        return _resume(pipe, run_dir, manifest, console, retry_failed, debug)
-
-
-def _resume(pipe: Pipeline, run_dir: Path, manifest: dict, console: Console, retry_failed: bool, debug: bool) -> Outcome:
-    run = Run(pipe, run_dir, console, batch=manifest.get("batch", False), debug=debug)
-    if retry_failed:
-        n = run.state.reset_failed()
-        console.print(f"retrying {n} failed record(s) and any failed generation call")
-    manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1, "config": pipe.cfg.model_dump(mode="json")}
-    write_json(run_dir / "manifest.json", manifest)
-    return _invoke(run, manifest)
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from factory.caller import ParseError
+from factory.errors import ParseError
 from factory.records import Claim, FactCheck
 
 Label = Literal["supported", "not_supported", "irrelevant"]
