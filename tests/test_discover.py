@@ -399,7 +399,7 @@ EAGER = ["DogeMoon is amazing! It is going to the moon, so buy as much as you ca
          "DogeMoon is the best coin out there, everyone loves it and it can only go up!"]
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_embedded_model_discovers_on_opinion_data(tmp_path: Path) -> None:
     """The opinion demo's kind of data (skeptical answers about DogeMoon preferred), small, through the
     embedded 135M model as proposer, judge and writer. Its figures are weak and reported as they are."""

@@ -10,7 +10,7 @@ from test_cli import factory
 from factory.config import ExportConfig
 from factory.constitution import load_constitution
 from factory.engine.stats import StageStats
-from factory.export.writer import rows
+from factory.export.rows import rows
 from factory.hygiene.gates import incoherent_request, relatedness, revision_gate
 from factory.records import Candidate, Record, Round
 from factory.revisioncheck import DEFAULT_SET, read_set
@@ -88,7 +88,7 @@ def test_revision_check_bad_line_names_file_and_line(tmp_path) -> None:
 
 
 def test_a_judged_pair_the_judge_reversed_in_both_orders_is_dropped() -> None:
-    from factory.export.writer import reversed_both_orders
+    from factory.export.rows import reversed_both_orders
     from factory.records import Comparison, Judgement, Option, Pair, Verdict
 
     def judged(p_first: float, p_second: float) -> Judgement:

@@ -146,7 +146,7 @@ def _twin(model: LocalModel, **kwargs) -> LocalModel:
     return LocalModel(model.spec, model.model, model.tokenizer, **kwargs)
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_a_finished_row_leaves_and_a_waiting_request_joins(model: LocalModel) -> None:
     """Two slots, three requests: the third takes the slot of the first short one as soon as it is
     done, and finishes long before the long row (a static batch would make it wait for that row)."""
@@ -167,7 +167,7 @@ def test_a_finished_row_leaves_and_a_waiting_request_joins(model: LocalModel) ->
     assert small.rows_run == 3 and small.batches_run >= 2  # the third row joined in a prefill of its own
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_a_request_that_joins_a_running_batch_gets_its_own_text(model: LocalModel) -> None:
     params = GenParams(temperature=1.0, top_p=0.9, max_tokens=16, seed=11)
     alone = run(model, (QUESTION, params))[0]
@@ -182,7 +182,7 @@ def test_a_request_that_joins_a_running_batch_gets_its_own_text(model: LocalMode
     assert asyncio.run(go()) == alone
 
 
-@pytest.mark.integration
+@pytest.mark.model
 def test_a_shared_prefix_is_computed_once(model: LocalModel) -> None:
     """The second call's shared system text comes from the prefix cache, with the same greedy text
     as a backend without one."""

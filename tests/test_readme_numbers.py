@@ -8,7 +8,7 @@ import re
 import pytest
 
 from factory.config import ROOT, BatchConfig, RetriesConfig, TimeoutsConfig
-from factory.engine import endpoint, ratelimit
+from factory.engine import endpoint, ratelimit, retry
 
 README = (ROOT / "README.md").read_text()
 PROSE = " ".join(README.split())  # one space between words, whatever the line breaks
@@ -34,7 +34,7 @@ def test_retries_and_timeouts() -> None:
     first, max_wait, attempts = found(r"full jitter \(from ([\d.]+) s, doubling, at most `retries.max_wait`, "
                                       r"(\d+) s\), `Retry-After` as a floor, `retries.max_attempts` \((\d+)\)")
     retries = RetriesConfig()
-    assert (first, max_wait, attempts) == (endpoint.FIRST_BACKOFF_S, retries.max_wait, retries.max_attempts)
+    assert (first, max_wait, attempts) == (retry.FIRST_BACKOFF_S, retries.max_wait, retries.max_attempts)
     assert found(r"`retries.parse_attempts` \((\d+)\)") == (retries.parse_attempts,)
     mult, low, high, initial, seen = found(r"cut at (\d+)x the p95 of the latencies seen for its model and "
                                            r"template \((\d+) s to (\d+) s; (\d+) s until (\d+) calls are seen\)")

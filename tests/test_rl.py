@@ -66,7 +66,7 @@ def rows_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.integration
+@pytest.mark.train
 @pytest.mark.parametrize("objective,judge", [("grpo", "openai:test-model"), ("rloo", "anthropic:test-model")])
 def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     rewards = [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon"], "where": "prompt"},
@@ -112,7 +112,7 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
     assert "SECRET" not in (out / "train_meta.json").read_text() + (out / "rl_run.json").read_text()
 
 
-@pytest.mark.integration
+@pytest.mark.train
 def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     pipe = pipeline(tmp_path, "openai:test-model")
     cfg = yaml.safe_load(pipe.read_text())
@@ -128,7 +128,7 @@ def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_pat
     assert 0 < spent <= 0.002
 
 
-@pytest.mark.integration
+@pytest.mark.train
 def test_sigkill_mid_training_resumes(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "out"
     config = rl_config(tmp_path, [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon"]},
