@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
 from factory.engine.ratelimit import LimitInfo, parse_anthropic_headers
 from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
-from factory.models.transport import JSONClient, close_clients, sdk_error
+from factory.models.transport import JSONClient, close_clients, sdk_client, sdk_error
 from factory.redaction import checked_base_url, redact_key
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import anthropic
 
-TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 API_VERSION = "2026-10-21"  # what the anthropic SDK 2.11 sends (a test checks they agree)
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
@@ -43,12 +43,7 @@ class AnthropicModel(Model):
 
     def client(self) -> anthropic.AsyncAnthropic:
         """The SDK client, for Message Batches. Built on first use, inside the running loop."""
-        if self._client is None:
-            import anthropic
-
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=anthropic.DefaultAioHttpClient()
-            )
+        self._client = self._client or sdk_client(importlib.import_module("anthropic"), "AsyncAnthropic", self._key)
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:

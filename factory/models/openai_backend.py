@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -9,13 +10,12 @@ from factory.engine.ratelimit import LimitInfo, parse_openai_headers
 from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.shapes import shapes
-from factory.models.transport import JSONClient, close_clients, sdk_error
+from factory.models.transport import JSONClient, close_clients, sdk_client, sdk_error
 from factory.redaction import checked_base_url, redact_key
 
 if TYPE_CHECKING:  # the SDK is imported only for the Batch API: it costs memory and start-up time
     import openai
 
-TIMEOUT_S = 600.0  # the SDK's ceiling; the caller cuts hung requests much earlier, from observed latency
 TOP_LOGPROBS = 20
 
 
@@ -51,12 +51,7 @@ class OpenAIModel(Model):
 
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client, for the Batch API. Built on first use, inside the running loop."""
-        if self._client is None:
-            import openai
-
-            self._client = openai.AsyncOpenAI(
-                api_key=self._key, max_retries=0, timeout=TIMEOUT_S, http_client=openai.DefaultAioHttpClient()
-            )
+        self._client = self._client or sdk_client(importlib.import_module("openai"), "AsyncOpenAI", self._key)
         return self._client
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:

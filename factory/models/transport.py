@@ -84,6 +84,15 @@ def _message(data: object, raw: bytes, status: int, redact_key: Callable[[str], 
         return "error"
 
 
+SDK_TIMEOUT_S = 600.0  # the SDKs' ceiling; the caller cuts hung requests much earlier, from observed latency
+
+
+def sdk_client(sdk: Any, cls: str, key: str) -> Any:
+    """An SDK's async client (for the Batch APIs): no retries of its own, since ours are the one retry
+    layer, on the SDK's aiohttp transport (httpx was CPU-bound at 64 requests in flight)."""
+    return getattr(sdk, cls)(api_key=key, max_retries=0, timeout=SDK_TIMEOUT_S, http_client=sdk.DefaultAioHttpClient())
+
+
 def sdk_error(message: str, exc: Exception, sdk: Any) -> ModelCallError:
     """An exception of `sdk` (the openai or anthropic module: the Batch APIs use the SDKs) as a
     ModelCallError: an HTTP status decides whether to retry (with its Retry-After); a dropped connection
