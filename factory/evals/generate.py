@@ -1,0 +1,270 @@
+"""`factory evals generate`: a model writes test items for a behaviour, a judge (or a classifier)
+keeps those whose label it agrees with at `min_confidence`, near-duplicates (MinHash) and items
+sharing a 13-gram with training prompts are removed, and the set is written with a card.
+
+Behaviour sets alternate the label direction per attempt (yes/no statements: half "Yes", half
+"No"; A/B items: the behaviour's answer half as (A), half as (B)), and the kept set is cut back to
+equal directions (dropped extras counted as `balance`). QA sets (`qa=True`) draw passages from a
+search corpus, have the model write a question and a short answer from each, and keep an item only
+when searching the corpus for the question finds a passage that states the answer.
+
+Every dropped item lands in drops.jsonl with its reason; the reasons are counted in the card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
+from factory.errors import FactoryError, InputError
+from factory.evals.items import NO, YES, Item, write_set
+from factory.evals.session import Session, choose, mean
+from factory.hygiene.decontam import Decontaminator
+from factory.hygiene.dedup import NearDedup
+from factory.judging import load_scorer, sigmoid
+from factory.models import GenParams
+from factory.rundir import now
+from factory.stages.idk import match_reference
+
+SCORER_PREFIXES = ("vader:", "hf:")
+WRITE_VARIABLES = {"behaviour", "format", "label", "index"}
+CHOICE_VARIABLES = {"behaviour", "format", "question", "a", "b"}
+QA_VARIABLES = {"title", "passage"}
+_AB = re.compile(r"Question:\s*(?P<q>.+?)\s*\(A\)\s*(?P<a>.+?)\s*\(B\)\s*(?P<b>.+?)\s*$", re.DOTALL)
+_QA = re.compile(r"Question:\s*(?P<q>.+?)\s*\n\s*Answer:\s*(?P<a>[^\n]+)", re.DOTALL)
+
+
+@dataclass
+class Settings:
+    behaviour: str = ""
+    format: str = "yesno"  # yesno | ab | qa
+    n: int = 100
+    oversample: float = 2.0
+    generator: str = "local:smollm2"
+    filter: str | None = None  # a model spec or a classifier; default: the generator
+    min_confidence: float = 0.7
+    train_prompts: list[Path] = field(default_factory=list)
+    corpus: Path | None = None  # QA: None is the offline Wikipedia summaries
+    search_k: int = 3
+    temperature: float = 1.0
+    max_tokens: int = 120
+    balance: bool = True
+
+
+def check_behaviour(s: Settings, source: str = "--behaviour") -> None:
+    if s.format != "qa" and not s.behaviour.strip():
+        raise InputError(source, "the behaviour description is empty: describe the behaviour the items test, "
+                                 "e.g. --behaviour 'dislikes the DogeMoon coin'", field="behaviour")
+
+
+def read_behaviour_file(path: Path) -> str:
+    """A behaviour described in a file (first non-empty line is fine; all of it is used)."""
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise InputError(path, "the behaviour description is empty", line=1, field="behaviour")
+    return text
+
+
+def parse_statement(text: str) -> tuple[str, list[str]]:
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    line = re.sub(r"^(statement\s*(#\d+)?\s*:)\s*", "", line, flags=re.IGNORECASE).strip().strip('"').strip()
+    if len(line.split()) < 3:
+        raise ParseError("expected one statement of three words or more")
+    return line, [YES, NO]
+
+
+def parse_ab(text: str) -> tuple[str, list[str]]:
+    m = _AB.search(text.strip())
+    if not m:
+        raise ParseError("expected 'Question: ...', '(A) ...', '(B) ...'")
+    q, a, b = (m[k].strip().splitlines()[0].strip() if k != "q" else m[k].strip() for k in ("q", "a", "b"))
+    if not q or not a or not b or a.lower() == b.lower():
+        raise ParseError("expected a question and two different answers")
+    return q, [a, b]
+
+
+def parse_qa(text: str) -> tuple[str, str]:
+    m = _QA.search(text.strip())
+    if not m:
+        raise ParseError("expected 'Question: ...' and 'Answer: ...'")
+    q, a = m["q"].strip(), m["a"].strip().rstrip(".")
+    if not q.endswith("?") or not a:
+        raise ParseError("expected a question ending in '?' and a non-empty answer")
+    return q, a
+
+
+def load_corpus(path: Path | None, need: int, seed: int) -> list[tuple[str, str, str]]:
+    """(title, text, source) of `need` documents drawn (seeded) from the corpus; an unreadable
+    corpus exits 2 naming the file, line and field."""
+    from factory.search.local import _read_wiki, default_corpus, read_collection
+
+    try:
+        if path is None:
+            docs = list(_read_wiki(default_corpus()))
+        else:
+            if not path.exists():
+                raise InputError(path, "no such corpus (give a .jsonl or .parquet file of title/text, or a folder)")
+            docs = list(read_collection(path))
+    except UnicodeDecodeError as e:
+        raise InputError(path or "corpus", f"not UTF-8 text ({e.reason})", line=None) from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(path or "corpus", f"not a readable corpus: {e}") from None
+    docs = [(d.title, d.text, d.source) for d in docs if len(d.text.split()) >= 12]
+    if not docs:
+        raise InputError(path or "corpus", "the corpus holds no document of 12 words or more", field="text")
+    return rng(seed, "corpus").sample(docs, min(need, len(docs)))
+
+
+def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple[dict, Path]:
+    check_behaviour(s)
+    filt = s.filter or s.generator
+    classifier = load_scorer(filt) if filt.startswith(SCORER_PREFIXES) else None
+    if classifier is not None and s.format != "yesno":
+        raise FactoryError("a classifier filter scores statements: use it with --format yesno, or filter with a model")
+    contam = None
+    for p in s.train_prompts:
+        one = Decontaminator.from_file(p, field="prompt")
+        contam = one if contam is None else contam.merged(one)
+    attempts = max(2, math.ceil(s.n * s.oversample))
+    session = Session(config, [s.generator] + ([] if classifier else [filt]), ["write", "filter", "search"])
+    seed = session.seed
+    docs = load_corpus(s.corpus, attempts, seed) if s.format == "qa" else []
+    write = session.template("evals_qa_write" if s.format == "qa" else "evals_write",
+                             QA_VARIABLES if s.format == "qa" else WRITE_VARIABLES)
+    judge = None if classifier or s.format == "qa" else session.template("evals_filter", CHOICE_VARIABLES)
+    search = None
+    if s.format == "qa":
+        from factory.search import load_search
+
+        search = load_search("local", collection=s.corpus)
+    drops: list[dict] = []
+
+    async def one(i: int, caller: Caller) -> Item | None:
+        params = GenParams(temperature=s.temperature, max_tokens=s.max_tokens, seed=derive_seed(seed, "write", i))
+        if s.format == "qa":
+            return await qa_item(i, caller, params)
+        label = (YES if i % 2 == 0 else NO) if s.format == "yesno" else ("A" if i % 2 == 0 else "B")
+        variables = {"behaviour": s.behaviour, "format": s.format, "label": label, "index": i + 1}
+        parse = parse_statement if s.format == "yesno" else parse_ab
+        try:
+            (question, options), _, _ = await caller.chat_parsed("write", f"write[{i}]", write, variables,
+                                                                 s.generator, params, parse)
+        except ParseFailure as e:
+            drops.append({"attempt": i, "reason": "unparseable", "detail": str(e)})
+            return None
+        expected = label if s.format == "yesno" else options[0 if label == "A" else 1]
+        if classifier is not None:
+            score = (await asyncio.to_thread(classifier.score, [question]))[0]
+            p_yes = sigmoid(3.0 * score)
+            confidence = p_yes if expected == YES else 1 - p_yes
+        else:
+            ps = await choose(caller, "filter", judge, {"behaviour": s.behaviour, "format": s.format, "question": question}, options,
+                              filt, seed, i)
+            p0 = mean(ps)
+            confidence = None if p0 is None else (p0 if expected == options[0] else 1 - p0)
+        item = Item(id=f"item-{i}", format=s.format, behaviour=s.behaviour, question=question, options=options,
+                    expected=expected, label_confidence=None if confidence is None else round(confidence, 4),
+                    generator=s.generator, filter=filt)
+        if confidence is None or confidence < s.min_confidence:
+            drops.append({"attempt": i, "reason": "filter_disagrees" if confidence is not None else "filter_unreadable",
+                          "item": item.model_dump()})
+            return None
+        return item
+
+    async def qa_item(i: int, caller: Caller, params: GenParams) -> Item | None:
+        if i >= len(docs):
+            return None
+        title, text, source = docs[i]
+        variables = {"title": title, "passage": " ".join(text.split()[:180])}
+        try:
+            (question, answer), _, _ = await caller.chat_parsed("write", f"write[{i}]", write, variables,
+                                                               s.generator, params, parse_qa)
+        except ParseFailure as e:
+            drops.append({"attempt": i, "reason": "unparseable", "detail": str(e), "source": source})
+            return None
+        item = Item(id=f"qa-{i}", format="qa", behaviour=s.behaviour or "answers factual questions",
+                    question=question, expected=answer, answers=[answer], generator=s.generator,
+                    filter=f"search:local top-{s.search_k}", source=source)
+        if match_reference(text, [answer]) is None:
+            drops.append({"attempt": i, "reason": "answer_not_in_passage", "item": item.model_dump()})
+            return None
+        hits = await caller.search("search", search, question, s.search_k)
+        found = [rank for rank, h in enumerate(hits, 1) if match_reference(f"{h.title} {h.text}", [answer])]
+        if not found:
+            drops.append({"attempt": i, "reason": "search_does_not_support", "item": item.model_dump()})
+            return None
+        item.label_confidence = round(1.0 / found[0], 4)  # 1 when the top passage states it
+        item.source = hits[found[0] - 1].source
+        return item
+
+    async def main(caller: Caller) -> list[Item]:
+        got = await asyncio.gather(*(one(i, caller) for i in range(attempts)))
+        return [g for g in got if g is not None]
+
+    items, folder, stats = session.run(out, main)
+    if search is not None:
+        asyncio.run(search.aclose())
+    items = hygiene(items, contam, drops)
+    if s.balance and s.format != "qa":
+        items = balanced(items, drops)
+    if len(items) > s.n:
+        for it in items[s.n:]:
+            drops.append({"reason": "over_n", "item": it.model_dump()})
+        items = items[:s.n]
+    reasons = Counter(d["reason"] for d in drops)
+    card = {"behaviour": s.behaviour or "answers factual questions", "format": s.format, "items": len(items),
+            "attempts": attempts, "generator": s.generator, "filter": filt,
+            "min_confidence": s.min_confidence if s.format != "qa" else None,
+            "label_directions": dict(Counter(directions(it) for it in items)),
+            "dropped": dict(sorted(reasons.items())), "dedup": "MinHash LSH, 5-gram shingles, Jaccard >= 0.8",
+            "decontaminated_against": [str(p) for p in s.train_prompts], "corpus": str(s.corpus or "wikipedia (offline)")
+            if s.format == "qa" else None, "calls": sum(st.calls for st in stats.stages.values()),
+            "created": now()}
+    write_set(folder, items, card)
+    with (folder / "drops.jsonl").open("w") as f:
+        for d in drops:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return card, folder
+
+
+def directions(item: Item) -> str:
+    if item.format == "yesno":
+        return item.expected
+    return "qa" if item.format == "qa" else "AB"[item.options.index(item.expected)]
+
+
+def hygiene(items: list[Item], contam: Decontaminator | None, drops: list[dict]) -> list[Item]:
+    """Near-duplicates (the first of each cluster kept) and items overlapping training prompts, dropped."""
+    dup = NearDedup().duplicates([it.text for it in items])
+    hits = contam.match_many([it.text for it in items]) if contam is not None else [None] * len(items)
+    kept = []
+    for it, d, hit in zip(items, dup, hits, strict=True):
+        if d is not None:
+            drops.append({"reason": "near_duplicate", "of": items[d].id, "item": it.model_dump()})
+        elif hit is not None:
+            drops.append({"reason": "overlaps_training", "match": hit, "item": it.model_dump()})
+        else:
+            kept.append(it)
+    return kept
+
+
+def balanced(items: list[Item], drops: list[dict]) -> list[Item]:
+    """Equal numbers of each label direction, interleaved (the extras dropped, counted)."""
+    by: dict[str, list[Item]] = {}
+    for it in items:
+        by.setdefault(directions(it), []).append(it)
+    if len(by) < 2:
+        return items
+    k = min(len(v) for v in by.values())
+    for v in by.values():
+        for it in v[k:]:
+            drops.append({"reason": "balance", "item": it.model_dump()})
+    return [it for group in zip(*(v[:k] for v in by.values())) for it in group]

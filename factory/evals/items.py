@@ -1,0 +1,115 @@
+"""The eval-set schema: one row per test item, read back with bad rows located, written as a
+Hugging Face dataset folder (Parquet plus a README card that `datasets` reads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from factory.errors import InputError
+
+DATA_FILE = "eval.parquet"
+YES, NO = "Yes", "No"
+
+
+class Item(BaseModel):
+    """A yes/no statement, an A/B choice, or a question with reference answers (`qa`).
+
+    `question` is what the model is asked; `options` the two answers (Yes/No for statements);
+    `expected` the option that shows the behaviour (for `qa`: the first reference)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    format: Literal["yesno", "ab", "qa"]
+    behaviour: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    options: list[str] = Field(default_factory=list)
+    expected: str = Field(min_length=1)
+    answers: list[str] = Field(default_factory=list)
+    label_confidence: float | None = None
+    generator: str = ""
+    filter: str = ""
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Item:
+        if self.format == "qa":
+            if not self.answers or not all(a.strip() for a in self.answers):
+                raise ValueError("answers: a QA item needs a non-empty list of reference answers")
+        elif len(self.options) != 2 or self.expected not in self.options:
+            raise ValueError("options: a choice item needs exactly two options, one of them `expected`")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The item as one text (for dedup and decontamination)."""
+        return " ".join([self.question, *self.options]) if self.format == "ab" else self.question
+
+
+COLUMNS = list(Item.model_fields)
+
+
+def write_set(folder: Path, items: list[Item], card: dict) -> Path:
+    """eval.parquet and README.md (a dataset card whose YAML header names the data file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [i.model_dump() for i in items]
+    table = pa.Table.from_pylist(rows, schema=_schema()) if rows else _schema().empty_table()
+    pq.write_table(table, folder / DATA_FILE)
+    (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: test",
+             f"    path: {DATA_FILE}", "---", "", f"# Model-written eval set: {card['behaviour']}", ""]
+    lines += [f"- **{k}**: {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+              for k, v in card.items() if k != "behaviour"]
+    lines += ["", "Columns: " + ", ".join(COLUMNS) + ".", "",
+              "Load with `datasets.load_dataset(FOLDER, split='test')`; run with `factory eval --set FOLDER`.", ""]
+    (folder / "README.md").write_text("\n".join(lines))
+    return folder / DATA_FILE
+
+
+def _schema() -> pa.Schema:
+    s, ls = pa.string(), pa.list_(pa.string())
+    return pa.schema([("id", s), ("format", s), ("behaviour", s), ("question", s), ("options", ls),
+                      ("expected", s), ("answers", ls), ("label_confidence", pa.float64()), ("generator", s),
+                      ("filter", s), ("source", s)])
+
+
+def read_set(path: Path) -> list[Item]:
+    """A set folder (its eval.parquet), a .parquet file or a .jsonl file; a bad row exits 2 naming
+    the file, the line (row for Parquet) and the field."""
+    if path.is_dir():
+        path = path / DATA_FILE
+    if not path.is_file():
+        raise InputError(path, "no such eval set (give a folder written by `factory evals generate`, "
+                               "or a .jsonl/.parquet file)")
+    if path.suffix == ".parquet":
+        try:
+            rows = list(enumerate(pq.read_table(path).to_pylist(), 1))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(path, f"not a readable Parquet file: {e}") from None
+    else:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise InputError(path, f"not valid JSON ({e.msg})", line=n) from None
+    items = []
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise InputError(path, "expected a JSON object", line=n)
+        row.setdefault("id", f"{path.stem}-{n}")
+        try:
+            items.append(Item.model_validate(row))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(map(str, err["loc"])) or str(err["msg"]).split(":", 1)[0].removeprefix("Value error, ")
+            raise InputError(path, err["msg"].removeprefix("Value error, "), line=n, field=field) from None
+    if not items:
+        raise InputError(path, "the eval set holds no items")
+    return items
