@@ -168,6 +168,16 @@ def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> Non
     assert all(a for a in ds["answers"]) and all(s for s in ds["source"])
     card = json.loads((out / "card.json").read_text())
     assert card["dropped"] == {"answer_not_in_passage": 1}
+    split = tmp_path / "qa-split"
+    r = factory("evals", "generate", "--format", "qa", "--corpus", corpus, "--n", "4", "--oversample", "1",
+                "--generator", "openai:writer", "--heldout", "0.5", "--out", split)
+    assert r.returncode == 0, r.stderr
+    from factory.inputs import read_prompts
+
+    train = read_prompts(split / "train_prompts.jsonl")
+    held = read_set(split)
+    assert len(train) + len(held) == 3 and not {t.prompt for t in train} & {h.question for h in held}
+    assert all(t.metadata["answers"] for t in train)  # what `factory run pipelines/idk.yaml --prompts` needs
 
     r = factory("eval", "--set", out, "--model", "openai:trained", "--baseline", "openai:base", "--samples", "2",
                 "--out", tmp_path / "e")
@@ -246,3 +256,15 @@ def test_bad_input_exits_2_naming_file_line_field(tmp_path: Path) -> None:
     r = factory("evals", "generate", "--format", "qa", "--corpus", corpus, "--out", tmp_path / "z")
     assert r.returncode == 2 and f"{corpus}:2: field 'text'" in r.stderr, r.stderr
     assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
+
+
+def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
+    from factory.config import ROOT
+
+    items = read_set(ROOT / "evals" / "idk_qa.jsonl")
+    assert len(items) == 42 and items[0].format == "qa" and items[0].answers == ["Paris"]
+    bad = tmp_path / "p.jsonl"
+    bad.write_text(json.dumps({"prompt": "Capital of France?"}) + "\n")
+    with pytest.raises(InputError) as e:
+        read_set(bad)
+    assert (e.value.line, e.value.field) == (1, "answers")

@@ -31,11 +31,13 @@ def evals() -> None:
               help="Training prompts (.jsonl 'prompt' field, .parquet, .txt): items sharing a 13-gram are removed.")
 @click.option("--corpus", type=click.Path(path_type=Path), help="QA: a .jsonl/.parquet of title/text or a folder "
               "(default: the offline Wikipedia summaries).")
+@click.option("--heldout", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Keep this share as the "
+              "eval set and write the rest as train_prompts.jsonl (for `factory run --prompts`).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Pipeline config (seed, limits).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The set's folder (default: outputs/<timestamp>).")
 def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: int, oversample: float, generator: str,
              filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], corpus: Path | None,
-             config: Path | None, out: Path | None) -> None:
+             heldout: float | None, config: Path | None, out: Path | None) -> None:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
     Prints the counts and the folder (a dataset: eval.parquet, README.md card, drops.jsonl)."""
     from factory.cli import stdout
@@ -43,7 +45,8 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
 
     text = read_behaviour_file(behaviour_file) if behaviour_file else (behaviour or "")
     s = Settings(behaviour=text, format=fmt, n=n, oversample=oversample, generator=generator, filter=filt,
-                 min_confidence=min_confidence, train_prompts=list(train_prompts), corpus=corpus)
+                 min_confidence=min_confidence, train_prompts=list(train_prompts), corpus=corpus,
+                 heldout=heldout)
     card, folder = generate(s, out, config)
     stdout.print(f"{card['items']} items kept of {card['attempts']} written; label directions "
                  f"{card['label_directions']}; dropped {card['dropped']}", markup=False, soft_wrap=True)

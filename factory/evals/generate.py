@@ -53,8 +53,9 @@ class Settings:
     corpus: Path | None = None  # QA: None is the offline Wikipedia summaries
     search_k: int = 3
     temperature: float = 1.0
-    max_tokens: int = 120
+    max_tokens: int | None = None  # default by format: yesno 48, ab 100, qa 80
     balance: bool = True
+    heldout: float | None = None  # share kept as the eval set; the rest goes to train_prompts.jsonl
 
 
 def check_behaviour(s: Settings, source: str = "--behaviour") -> None:
@@ -148,7 +149,8 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     drops: list[dict] = []
 
     async def one(i: int, caller: Caller) -> Item | None:
-        params = GenParams(temperature=s.temperature, max_tokens=s.max_tokens, seed=derive_seed(seed, "write", i))
+        params = GenParams(temperature=s.temperature, max_tokens=s.max_tokens or {"yesno": 48, "ab": 100, "qa": 80}[s.format],
+                           seed=derive_seed(seed, "write", i))
         if s.format == "qa":
             return await qa_item(i, caller, params)
         label = (YES if i % 2 == 0 else NO) if s.format == "yesno" else ("A" if i % 2 == 0 else "B")
@@ -219,6 +221,10 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         for it in items[s.n:]:
             drops.append({"reason": "over_n", "item": it.model_dump()})
         items = items[:s.n]
+    train: list[Item] = []
+    if s.heldout is not None:  # seeded per item: the same item always lands on the same side
+        train = [it for it in items if rng(seed, "heldout", it.question).random() >= s.heldout]
+        items = [it for it in items if it not in train]
     reasons = Counter(d["reason"] for d in drops)
     card = {"behaviour": s.behaviour or "answers factual questions", "format": s.format, "items": len(items),
             "attempts": attempts, "generator": s.generator, "filter": filt,
@@ -228,6 +234,13 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
             "decontaminated_against": [str(p) for p in s.train_prompts], "corpus": str(s.corpus or "wikipedia (offline)")
             if s.format == "qa" else None, "calls": sum(st.calls for st in stats.stages.values()),
             "created": now()}
+    if s.heldout is not None:
+        card |= {"heldout": s.heldout, "train_prompts": len(train)}
+        with (folder / "train_prompts.jsonl").open("w") as f:
+            for it in train:
+                row = {"prompt": it.question, "answers": it.answers} if it.format == "qa" else \
+                    {"prompt": it.question, "options": it.options, "expected": it.expected}
+                f.write(json.dumps(row | {"kind": "eval_train", "source_url": it.source}, ensure_ascii=False) + "\n")
     write_set(folder, items, card)
     with (folder / "drops.jsonl").open("w") as f:
         for d in drops:

@@ -79,8 +79,9 @@ def _schema() -> pa.Schema:
 
 
 def read_set(path: Path) -> list[Item]:
-    """A set folder (its eval.parquet), a .parquet file or a .jsonl file; a bad row exits 2 naming
-    the file, the line (row for Parquet) and the field."""
+    """A set folder (its eval.parquet), a .parquet file or a .jsonl file (items, or prompts with
+    reference `answers` as in evals/idk_qa.jsonl); a bad row exits 2 naming the file, the line (row
+    for Parquet) and the field."""
     if path.is_dir():
         path = path / DATA_FILE
     if not path.is_file():
@@ -103,6 +104,10 @@ def read_set(path: Path) -> list[Item]:
     for n, row in rows:
         if not isinstance(row, dict):
             raise InputError(path, "expected a JSON object", line=n)
+        if "prompt" in row and "question" not in row:  # a prompts file with reference answers (evals/idk_qa.jsonl)
+            row = {"format": "qa", "behaviour": "answers factual questions", "question": row.pop("prompt"),
+                   "answers": row.get("answers"), "expected": (row.get("answers") or ["-"])[0],
+                   **{k: v for k, v in row.items() if k in ("id", "source")}}
         row.setdefault("id", f"{path.stem}-{n}")
         try:
             items.append(Item.model_validate(row))
