@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo opinion-demo opinion-demo-dpo test test-fast clean browser
+.PHONY: install demo opinion-demo opinion-demo-dpo idk-demo idk-demo-dpo test test-fast clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ opinion-demo-dpo: install
 	$(BIN)/factory eval --model local:outputs/opinion-demo-dpo --baseline local:smollm2 --judge vader:negative \
 		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --samples 4 --out outputs/opinion-demo-eval
 	$(BIN)/python -m factory.train.heldout outputs/opinion-demo-eval
+
+# "I don't know" on CPU: a QA set written from the offline Wikipedia summaries (each reference found
+# again by search), 30% held out; the IDK stage labels the rest from 5 samples; DPO on its pairs
+# (decline > wrong, correct > wrong: the reward route, GRPO/RLOO with an `idk` term, is not merged
+# yet); then base and trained model on the held-out questions: accuracy, decline and wrong-answer
+# rates, P(IK) and P(True) calibration (outputs/idk-demo-eval/report.html).
+idk-demo: install
+	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-eval
+	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --out outputs/idk-demo-set
+	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo
+	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
+	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \
+		--samples 5 --out outputs/idk-demo-eval
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
 browser:
