@@ -25,6 +25,7 @@ from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
 from factory.errors import FactoryError, InputError
 from factory.evals.items import NO, YES, Item, write_set
 from factory.evals.session import Session, choose, mean
+from factory.evaluate import SCORER_PREFIXES
 from factory.hygiene.decontam import Decontaminator
 from factory.hygiene.dedup import NearDedup
 from factory.judging import load_scorer, sigmoid
@@ -32,7 +33,6 @@ from factory.models import GenParams
 from factory.rundir import now
 from factory.stages.idk import match_reference
 
-SCORER_PREFIXES = ("vader:", "hf:")
 WRITE_VARIABLES = {"behaviour", "format", "label", "index"}
 CHOICE_VARIABLES = {"behaviour", "format", "question", "a", "b"}
 QA_VARIABLES = {"title", "passage"}

@@ -26,12 +26,12 @@ from factory.config import ROOT
 from factory.errors import FactoryError, InputError
 from factory.evals.run import rate
 from factory.evals.session import Session, choose, mean
+from factory.evaluate import SCORER_PREFIXES
 from factory.inputs import read_prompts
 from factory.judging import load_scorer
 from factory.models import GenParams
 from factory.rundir import now, write_json
 
-SCORER_PREFIXES = ("vader:", "hf:")
 DEFAULT_SEEDS = ROOT / "prompts" / "seeds" / "red_team.jsonl"
 DEFAULT_BENIGN = ROOT / "prompts" / "seeds" / "helpful.jsonl"
 
@@ -64,7 +64,7 @@ def redteam(s: Settings, out: Path | None, config: Path | None = None) -> tuple[
     seeds = [r.prompt for r in read_prompts(s.seeds, "seed")]
     if len(seeds) < 1:
         raise InputError(s.seeds, "no seed attacks in the file", field="prompt")
-    benign = [r.prompt for r in read_prompts(s.benign, "file", s.benign_limit)] if s.benign else []
+    benign = [r.prompt for r in read_prompts(s.benign, "file", s.benign_limit)] if s.benign and s.benign_limit else []
     classifier = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
     session = Session(config, [s.target, attacker] + ([] if classifier else [judge]),
                       ["attack", "answer", "judge", "benign"])
