@@ -39,7 +39,7 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
              filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], corpus: Path | None,
              heldout: float | None, config: Path | None, out: Path | None) -> None:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
-    Prints the counts and the folder (a dataset: eval.parquet, README.md card, drops.jsonl)."""
+    Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl)."""
     from factory.cli import stdout
     from factory.evals.generate import Settings, generate, read_behaviour_file
 

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from factory.errors import InputError
 
-DATA_FILE = "eval.parquet"
+# Named for its split, with no `configs:` header in the card: `datasets` then keys its cache on the
+# resolved file, not on the header (identical headers of two sets in same-named folders shared one cache).
+DATA_FILE = "test.parquet"
 YES, NO = "Yes", "No"
 
 
@@ -55,14 +57,13 @@ COLUMNS = list(Item.model_fields)
 
 
 def write_set(folder: Path, items: list[Item], card: dict) -> Path:
-    """eval.parquet and README.md (a dataset card whose YAML header names the data file)."""
+    """test.parquet, card.json and README.md (the card in prose)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [i.model_dump() for i in items]
     table = pa.Table.from_pylist(rows, schema=_schema()) if rows else _schema().empty_table()
     pq.write_table(table, folder / DATA_FILE)
     (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: test",
-             f"    path: {DATA_FILE}", "---", "", f"# Model-written eval set: {card['behaviour']}", ""]
+    lines = [f"# Model-written eval set: {card['behaviour']}", ""]
     lines += [f"- **{k}**: {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
               for k, v in card.items() if k != "behaviour"]
     lines += ["", "Columns: " + ", ".join(COLUMNS) + ".", "",
@@ -79,7 +80,7 @@ def _schema() -> pa.Schema:
 
 
 def read_set(path: Path) -> list[Item]:
-    """A set folder (its eval.parquet), a .parquet file or a .jsonl file (items, or prompts with
+    """A set folder (its test.parquet), a .parquet file or a .jsonl file (items, or prompts with
     reference `answers` as in evals/idk_qa.jsonl); a bad row exits 2 naming the file, the line (row
     for Parquet) and the field."""
     if path.is_dir():

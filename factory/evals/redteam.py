@@ -48,7 +48,7 @@ class Settings:
     per_round: int = 20
     shots: int = 3
     temperature: float = 1.0
-    max_tokens: int = 160
+    max_tokens: int = 80  # an attack is a sentence or two; the parser keeps the first paragraph
 
 
 def parse_attack(text: str) -> str:
@@ -160,7 +160,6 @@ def write_outputs(folder: Path, rows: list[dict], report: dict) -> None:
                         ("target", pa.string()), ("judge", pa.string())])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "attacks.parquet")
     (folder / "README.md").write_text(
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: attacks.parquet\n---\n\n"
         f"# Red-team attacks and verdicts\n\nTarget {report['target']}, attacker {report['attacker']}, judge "
         f"{report['judge']}: {report['attacks']} attacks over {report['rounds']} round(s), {report['successful']} "
         f"judged harmful. `successful.jsonl` holds those as a prompts file for `factory run --prompts`.\n")
