@@ -15,28 +15,35 @@ pytestmark = pytest.mark.integration
 
 
 def test_embedded_model_writes_a_behaviour_set(tmp_path: Path) -> None:
-    from datasets import load_dataset
-
     out = tmp_path / "beh"
     r = factory("evals", "generate", "--behaviour", "dislikes the DogeMoon coin", "--n", "1", "--oversample", "2",
                 "--min-confidence", "0.5", "--out", out)
-    assert r.returncode == 0, r.stderr
     card = json.loads((out / "card.json").read_text())
     drops = (out / "drops.jsonl").read_text().splitlines()
     assert card["attempts"] == 2 and card["items"] + len(drops) == 2  # every attempt kept or counted
-    assert len(load_dataset(str(out), split="test")) == card["items"]
+    assert_loads(r, out, card)
+
+
+def assert_loads(r, out: Path, card: dict) -> None:
+    """The 135M writer may get no item past the filter: then exit 1 naming drops.jsonl; else the set loads."""
+    from datasets import load_dataset
+
+    if card["items"] == 0:
+        assert r.returncode == 1 and "drops.jsonl" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert len(load_dataset(str(out), split="test")) == card["items"]
 
 
 def test_embedded_model_writes_and_runs_a_qa_set(tmp_path: Path) -> None:
-    from datasets import load_dataset
-
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"title": "France", "text": "France is a country in Western Europe. Its capital "
                                   "and largest city is Paris, which stands on the river Seine."}) + "\n")
     qa = tmp_path / "qa"
     r = factory("evals", "generate", "--format", "qa", "--corpus", corpus, "--n", "1", "--oversample", "1", "--out", qa)
-    assert r.returncode == 0, r.stderr
-    assert len(load_dataset(str(qa), split="test")) == json.loads((qa / "card.json").read_text())["items"]
+    card = json.loads((qa / "card.json").read_text())
+    assert card["attempts"] == 1 and card["items"] + len((qa / "drops.jsonl").read_text().splitlines()) == 1
+    assert_loads(r, qa, card)
 
     held = tmp_path / "held.jsonl"
     held.write_text("".join(json.dumps({"prompt": q, "answers": a}) + "\n" for q, a in

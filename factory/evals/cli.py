@@ -39,7 +39,8 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
              filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], corpus: Path | None,
              heldout: float | None, config: Path | None, out: Path | None) -> None:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
-    Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl)."""
+    Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl). Exit code
+    1 when no item was kept (drops.jsonl says why)."""
     from factory.cli import stdout
     from factory.evals.generate import Settings, generate, read_behaviour_file
 
@@ -50,6 +51,13 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
     card, folder = generate(s, out, config)
     stdout.print(f"{card['items']} items kept of {card['attempts']} written; label directions "
                  f"{card['label_directions']}; dropped {card['dropped']}", markup=False, soft_wrap=True)
+    if not card["items"]:
+        from factory.cli import stderr
+
+        stderr.print(f"no item was kept: see {folder / 'drops.jsonl'} for why (a stronger --generator, a lower "
+                     "--min-confidence or a larger --n may help)", markup=False, soft_wrap=True)
+        stdout.print(str(folder), markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1)
     stdout.print(f"run it: factory eval --set {folder} --model MODEL", markup=False, soft_wrap=True)
     stdout.print(str(folder), markup=False, highlight=False, soft_wrap=True)
 

@@ -138,6 +138,8 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     session = Session(config, [s.generator] + ([] if classifier else [filt]), ["write", "filter", "search"])
     seed = session.seed
     docs = load_corpus(s.corpus, attempts, seed) if s.format == "qa" else []
+    if s.format == "qa":
+        attempts = len(docs)  # one question per drawn passage (fewer when the corpus is small)
     write = session.template("evals_qa_write" if s.format == "qa" else "evals_write",
                              QA_VARIABLES if s.format == "qa" else WRITE_VARIABLES)
     judge = None if classifier or s.format == "qa" else session.template("evals_filter", CHOICE_VARIABLES)
@@ -182,8 +184,6 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         return item
 
     async def qa_item(i: int, caller: Caller, params: GenParams) -> Item | None:
-        if i >= len(docs):
-            return None
         title, text, source = docs[i]
         variables = {"title": title, "passage": " ".join(text.split()[:180])}
         try:
@@ -227,7 +227,8 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         items = [it for it in items if it not in train]
     reasons = Counter(d["reason"] for d in drops)
     card = {"behaviour": s.behaviour or "answers factual questions", "format": s.format, "items": len(items),
-            "attempts": attempts, "generator": s.generator, "filter": filt,
+            "attempts": attempts, "generator": s.generator,
+            "filter": f"search:local top-{s.search_k}" if s.format == "qa" else filt,
             "min_confidence": s.min_confidence if s.format != "qa" else None,
             "label_directions": dict(Counter(directions(it) for it in items)),
             "dropped": dict(sorted(reasons.items())), "dedup": "MinHash LSH, 5-gram shingles, Jaccard >= 0.8",
