@@ -46,18 +46,28 @@ opinion-demo-dpo: install
 		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --samples 4 --out outputs/opinion-demo-eval
 	$(BIN)/python -m factory.train.heldout outputs/opinion-demo-eval
 
-# "I don't know" on CPU: a QA set written from the offline Wikipedia summaries (each reference found
-# again by search), 30% held out; the IDK stage labels the rest from 5 samples; DPO on its pairs
-# (decline > wrong, correct > wrong: the reward route, GRPO/RLOO with an `idk` term, is not merged
-# yet); then base and trained model on the held-out questions: accuracy, decline and wrong-answer
-# rates, P(IK) and P(True) calibration (outputs/idk-demo-eval/report.html).
+# "I don't know" learned by reward, on CPU: a QA set written from the offline Wikipedia summaries
+# (each reference found again by search), 30% held out; GRPO on the rest with the `idk` reward term
+# (correct +1, decline 0, wrong -1; pipelines/idk_rl.yaml); then base and trained model on the
+# held-out questions: accuracy, decline and wrong-answer rates, P(IK) and P(True) calibration
+# (outputs/idk-demo-eval/report.html).
 idk-demo: install
-	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-eval
+	rm -rf outputs/idk-demo-set outputs/idk-demo-grpo outputs/idk-demo-eval
+	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --out outputs/idk-demo-set
+	$(BIN)/factory train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml \
+		--out outputs/idk-demo-grpo
+	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-grpo --baseline local:smollm2 \
+		--samples 5 --out outputs/idk-demo-eval
+
+# The offline route, for comparison: the IDK stage labels the training questions from 5 samples, DPO
+# on its pairs (decline > wrong, correct > wrong; pipelines/idk_train.yaml), the same evaluation.
+idk-demo-dpo: install
+	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-dpo-eval
 	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --out outputs/idk-demo-set
 	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo
 	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \
-		--samples 5 --out outputs/idk-demo-eval
+		--samples 5 --out outputs/idk-demo-dpo-eval
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
 browser:

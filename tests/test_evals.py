@@ -268,3 +268,15 @@ def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         read_set(bad)
     assert (e.value.line, e.value.field) == (1, "answers")
+
+
+def test_idk_recipe_configs_validate() -> None:
+    from factory.config import ROOT
+    from factory.train.config import resolve
+    from factory.train.rl_config import IdkTerm
+
+    rl = resolve("grpo", ROOT / "pipelines" / "idk_rl.yaml")
+    assert [type(t) for t in rl.rewards] == [IdkTerm] and rl.pipeline.endswith("idk.yaml")
+    assert resolve("dpo", ROOT / "pipelines" / "idk_train.yaml").learning_rate == 3e-5
+    make = (ROOT / "Makefile").read_text()
+    assert "train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml" in make
