@@ -55,6 +55,7 @@ class Decliner:
 def run_set(source: Path, models: list[str], out: Path | None, *, config: Path | None = None, samples: int = 5,
             calibrate: bool = True, limit: int | None = None, temperature: float = 0.7) -> tuple[dict, Path]:
     items = read_set(source)[:limit]
+    models = list(dict.fromkeys(models))  # a model given as both --model and --baseline is measured once
     session = Session(config, models, ["answer", "pik", "ptrue"])
     seed = session.seed
     choice = session.template("evals_answer", ANSWER_VARIABLES)
