@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_cli import factory
 
-from factory.errors import InputError
+from factory.errors import InputError, ParseError
 from factory.evals.calibration import auroc, calibration, ece
 from factory.evals.generate import balanced, parse_ab, parse_qa, parse_statement
 from factory.evals.items import Item, read_set
@@ -97,7 +97,6 @@ def test_parsers() -> None:
     assert (q, opts) == ("Buy DogeMoon?", ["No, too risky", "Yes, all in"])
     assert parse_qa("Question: What is the capital of France?\nAnswer: Paris.") == (
         "What is the capital of France?", "Paris")
-    from factory.caller import ParseError
 
     for bad in ("Question: x\n(A) same\n(B) same", "nothing"):
         with pytest.raises(ParseError):
@@ -272,7 +271,7 @@ def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
 
 def test_idk_recipe_configs_validate() -> None:
     from factory.config import ROOT
-    from factory.train.config import resolve
+    from factory.train.settings import resolve
     from factory.train.rl_config import IdkTerm
 
     rl = resolve("grpo", ROOT / "pipelines" / "idk_rl.yaml")

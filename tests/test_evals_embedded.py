@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_cli import api_config, factory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
 def test_embedded_model_writes_a_behaviour_set(tmp_path: Path) -> None:

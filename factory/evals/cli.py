@@ -37,11 +37,11 @@ def evals() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The set's folder (default: outputs/<timestamp>).")
 def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: int, oversample: float, generator: str,
              filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], corpus: Path | None,
-             heldout: float | None, config: Path | None, out: Path | None) -> None:
+             heldout: float | None, config: Path | None, out: Path | None) -> int:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
     Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl). Exit code
     1 when no item was kept (drops.jsonl says why)."""
-    from factory.cli import stdout
+    from factory.commands.show import stdout
     from factory.evals.generate import Settings, generate, read_behaviour_file
 
     text = read_behaviour_file(behaviour_file) if behaviour_file else (behaviour or "")
@@ -52,14 +52,15 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
     stdout.print(f"{card['items']} items kept of {card['attempts']} written; label directions "
                  f"{card['label_directions']}; dropped {card['dropped']}", markup=False, soft_wrap=True)
     if not card["items"]:
-        from factory.cli import stderr
+        from factory.commands.show import stderr
 
         stderr.print(f"no item was kept: see {folder / 'drops.jsonl'} for why (a stronger --generator, a lower "
                      "--min-confidence or a larger --n may help)", markup=False, soft_wrap=True)
         stdout.print(str(folder), markup=False, highlight=False, soft_wrap=True)
-        raise SystemExit(1)
+        return 1
     stdout.print(f"run it: factory eval --set {folder} --model MODEL", markup=False, soft_wrap=True)
     stdout.print(str(folder), markup=False, highlight=False, soft_wrap=True)
+    return 0
 
 
 def print_set_report(console, report: dict, folder: Path) -> None:
@@ -103,7 +104,7 @@ def redteam(target: str, attacker: str | None, judge: str | None, seeds: Path | 
     """Red team: attacks from seed attacks, rewritten where they worked; the attack success rate per round
     and per principle, beside over-refusal on benign prompts. The successful attacks are written as a
     prompts file: `factory run --prompts FOLDER/successful.jsonl` turns them into training data."""
-    from factory.cli import stdout
+    from factory.commands.show import stdout
     from factory.evals import redteam as rt
 
     s = rt.Settings(target=target, attacker=attacker, judge=judge, seeds=seeds or rt.DEFAULT_SEEDS,

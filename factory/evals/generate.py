@@ -21,16 +21,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
-from factory.errors import FactoryError, InputError
+from factory.commands.evaluate import SCORER_PREFIXES
+from factory.engine.caller import Caller, derive_seed, rng
+from factory.engine.rundir import now
+from factory.errors import FactoryError, InputError, ParseError, ParseFailure
 from factory.evals.items import NO, YES, Item, write_set
 from factory.evals.session import Session, choose, mean
-from factory.evaluate import SCORER_PREFIXES
 from factory.hygiene.decontam import Decontaminator
 from factory.hygiene.dedup import NearDedup
 from factory.judging import load_scorer, sigmoid
 from factory.models import GenParams
-from factory.rundir import now
 from factory.stages.idk import match_reference
 
 WRITE_VARIABLES = {"behaviour", "format", "label", "index"}

@@ -20,17 +20,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.caller import Caller, ParseError, ParseFailure, derive_seed, rng
-from factory.clean import REFUSAL
+from factory.commands.evaluate import SCORER_PREFIXES
 from factory.config import ROOT
-from factory.errors import FactoryError, InputError
+from factory.engine.caller import Caller, derive_seed, rng
+from factory.engine.rundir import now, write_json
+from factory.errors import FactoryError, InputError, ParseError, ParseFailure
 from factory.evals.run import rate
 from factory.evals.session import Session, choose, mean
-from factory.evaluate import SCORER_PREFIXES
+from factory.hygiene.clean import REFUSAL
 from factory.inputs import read_prompts
 from factory.judging import load_scorer
 from factory.models import GenParams
-from factory.rundir import now, write_json
 
 DEFAULT_SEEDS = ROOT / "prompts" / "seeds" / "red_team.jsonl"
 DEFAULT_BENIGN = ROOT / "prompts" / "seeds" / "helpful.jsonl"

@@ -19,14 +19,14 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from factory.caller import Caller, derive_seed
-from factory.clean import REFUSAL
+from factory.commands.evaluate import clustered_interval, outcome
+from factory.engine.caller import Caller, derive_seed
+from factory.engine.rundir import now, write_json
 from factory.evals.calibration import calibration
 from factory.evals.items import NO, YES, Item, read_set
 from factory.evals.session import Session, choose, mean
-from factory.evaluate import clustered_interval, outcome
+from factory.hygiene.clean import REFUSAL
 from factory.models import GenParams
-from factory.rundir import now, write_json
 from factory.stages.idk import load_declines, match_reference, normalise_answer
 
 ANSWER_VARIABLES = {"format", "question", "a", "b"}

@@ -8,16 +8,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from factory.caller import Caller, derive_seed
-from factory.calllog import CallLog
 from factory.config import load_config
+from factory.engine.caller import Caller, derive_seed
+from factory.engine.calllog import CallLog
+from factory.engine.pipeline import Overrides, Pipeline
+from factory.engine.prices import Budget
+from factory.engine.rundir import create_run_dir
+from factory.engine.stats import Stats
 from factory.judging import choice_probability, parse_choice
 from factory.models import GenParams, load_model
-from factory.pipeline import Overrides, Pipeline
-from factory.prices import Budget
 from factory.prompts import Template, load_template
-from factory.rundir import create_run_dir
-from factory.stats import Stats
 
 T = TypeVar("T")
 
