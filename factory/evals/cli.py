@@ -63,11 +63,13 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
     return 0
 
 
+def fmt(r: dict | None) -> str:
+    """A rate with its 95% interval and count, or '-'."""
+    return "-" if not r or r.get("rate") is None else f"{r['rate']} {tuple(r['ci95'])} (n={r['n']})"
+
+
 def print_set_report(console, report: dict, folder: Path) -> None:
     from rich.table import Table
-
-    def fmt(r: dict | None) -> str:
-        return "-" if not r or r.get("rate") is None else f"{r['rate']} {tuple(r['ci95'])} (n={r['n']})"
 
     table = Table(title=f"{report['set']}: {report['items']} items")
     cols = ("model", "behaviour match", "accuracy", "decline", "wrong answer", "P(IK) AUROC/ECE", "P(True) AUROC/ECE")
@@ -111,9 +113,6 @@ def redteam(target: str, attacker: str | None, judge: str | None, seeds: Path | 
                     benign=benign or rt.DEFAULT_BENIGN, benign_limit=benign_limit, rounds=rounds,
                     per_round=per_round, shots=shots)
     report, folder = rt.redteam(s, out, config)
-
-    def fmt(r: dict | None) -> str:
-        return "-" if not r or r.get("rate") is None else f"{r['rate']} {tuple(r['ci95'])} (n={r['n']})"
 
     stdout.print(f"attack success rate: {fmt(report['attack_success'])}", markup=False)
     for k, r in report["per_round"].items():
