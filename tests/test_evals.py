@@ -279,3 +279,9 @@ def test_idk_recipe_configs_validate() -> None:
     assert resolve("dpo", ROOT / "pipelines" / "idk_train.yaml").learning_rate == 3e-5
     make = (ROOT / "Makefile").read_text()
     assert "train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml" in make
+
+
+@pytest.mark.parametrize("args", [["evals"], ["evals", "generate"], ["redteam"], ["eval"]])
+def test_help(args: list[str]) -> None:
+    r = factory(*args, "--help")
+    assert r.returncode == 0 and "Usage" in r.stdout
