@@ -271,8 +271,8 @@ def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
 
 def test_idk_recipe_configs_validate() -> None:
     from factory.config import ROOT
-    from factory.train.settings import resolve
     from factory.train.rl_config import IdkTerm
+    from factory.train.settings import resolve
 
     rl = resolve("grpo", ROOT / "pipelines" / "idk_rl.yaml")
     assert [type(t) for t in rl.rewards] == [IdkTerm] and rl.pipeline.endswith("idk.yaml")
