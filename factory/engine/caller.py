@@ -57,7 +57,7 @@ class Caller:
         if sample:  # a fresh sample of the same request: another seed, another cache entry
             params = replace(params, seed=derive_seed(params.seed or 0, "sample", sample))
         request = request_json(messages, params)
-        key = call_key(model, request, template.name, template.digest, context, sample)
+        key = call_key(self.endpoints[model].model.identity, request, template.name, template.digest, context, sample)
         st = self.stats[stage]
         st.touch()
         while (result := self._cached(key)) is None and key in self._pending:

@@ -67,7 +67,8 @@ def request_json(messages: list[Message], params: GenParams) -> str:
 
 def call_key(model: str, request: str, template: str, template_hash: str, context: dict | None = None,
              sample: int = 0) -> str:
-    """A hash of everything that shapes the request: backend and model, the rendered messages and
+    """A hash of everything that shapes the request: the model's identity (`model`: its spec with the
+    weights digest or the server's base URL, see factory.models.identity), the rendered messages and
     parameters (`request`, from request_json), the template and its hash, what of the constitution
     the call used (`context`, e.g. the principle's hash) and the sample index. Editing one
     principle changes only the keys of the calls that used it."""

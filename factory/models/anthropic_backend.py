@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from factory.engine.ratelimit import LimitInfo, parse_anthropic_headers
 from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.identity import http_identity
 from factory.models.transport import JSONClient, close_clients, sdk_client, sdk_error
 from factory.redaction import checked_base_url, redact_key
 
@@ -40,6 +41,7 @@ class AnthropicModel(Model):
         base_url = checked_base_url("ANTHROPIC_BASE_URL", os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com")
         headers = {"x-api-key": key, "anthropic-version": API_VERSION}
         self._http = JSONClient(spec, base_url, headers, key, "<ANTHROPIC_API_KEY>")
+        self._identity = http_identity(spec, base_url)
 
     def client(self) -> anthropic.AsyncAnthropic:
         """The SDK client, for Message Batches. Built on first use, inside the running loop."""

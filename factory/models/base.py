@@ -51,6 +51,13 @@ class Model(ABC):
     provider: str = "local"  # "openai", "anthropic": which price table column and batch API apply
     prefill: bool = True  # continues a final assistant turn; where False the caller leaves that turn out
     batched: bool = False  # a Batch API model: the caller skips in-flight limits, rate limits and timeouts
+    _identity: str | None = None  # set by backends that know more than their spec
+
+    @property
+    def identity(self) -> str:
+        """What the call cache keys on: the spec, plus what tells two models behind one spec apart
+        (a local folder's weights digest, an HTTP server's base URL). See factory.models.identity."""
+        return self._identity or self.spec
 
     @abstractmethod
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:

@@ -51,6 +51,7 @@ class BatchModel(Model):
         if api_class is None:
             raise FactoryError(f"--batch needs an openai: or anthropic: model; {inner.spec} has no batch API")
         self.inner, self.spec, self.provider, self.prefill = inner, inner.spec, inner.provider, inner.prefill
+        self._identity = inner.identity
         self.api: BatchAPI = api_class(inner)
         self.poll_s, self.flush_s, self.max_resubmits = poll_s, flush_s, max_resubmits
         self.max_requests = min(max_requests or self.api.max_requests, self.api.max_requests)

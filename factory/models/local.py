@@ -39,6 +39,7 @@ import torch
 
 from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.identity import folder_identity
 from factory.models.kvcache import PrefixCache, SlotCache
 
 PREFILL_TOKENS = 4096  # prompt tokens prefilled in one forward at most (more joiners wait a step)
@@ -110,7 +111,9 @@ class LocalModel(Model):
             tokenizer.pad_token = tokenizer.eos_token
         if not tokenizer.chat_template:
             raise FactoryError(f"{spec}: the tokenizer in {path} has no chat template")
-        return cls(spec, model, tokenizer, max_batch=max_batch)
+        local = cls(spec, model, tokenizer, max_batch=max_batch)
+        local._identity = folder_identity(spec, path)
+        return local
 
     async def complete(self, messages: list[Message], params: GenParams) -> Completion:
         loop = asyncio.get_running_loop()

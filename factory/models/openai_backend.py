@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from factory.engine.ratelimit import LimitInfo, parse_openai_headers
 from factory.errors import FactoryError, ModelCallError
 from factory.models.base import Completion, GenParams, Message, Model
+from factory.models.identity import http_identity
 from factory.models.shapes import shapes
 from factory.models.transport import JSONClient, close_clients, sdk_client, sdk_error
 from factory.redaction import checked_base_url, redact_key
@@ -48,6 +49,7 @@ class OpenAIModel(Model):
                 headers[header] = os.environ[variable]
         base_url = checked_base_url("OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
         self._http = JSONClient(spec, base_url, headers, key, "<OPENAI_API_KEY>")
+        self._identity = http_identity(spec, base_url)
 
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client, for the Batch API. Built on first use, inside the running loop."""

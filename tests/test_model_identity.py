@@ -1,0 +1,116 @@
+"""The call cache knows which model answered: a retrained folder at the same path, or another server
+behind the same model name, misses the cache (run, shared --cache-dir, try, judge-check); an
+unchanged model still hits it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import judge_reply, server_script
+from server import FakeAPIServer
+from test_cli import PROMPTS, factory, write_prompts
+
+from factory.config import ROOT, cache_root
+from factory.models import identity
+
+
+def test_folder_digest_is_cached_by_size_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    (folder / "config.json").write_text("{}")
+    (folder / ".hidden").write_text("ignored")
+    hashed: list[str] = []
+    real = identity._file_sha256
+    monkeypatch.setattr(identity, "_file_sha256", lambda p: hashed.append(p.name) or real(p))
+    first = identity.folder_digest(folder)
+    assert sorted(hashed) == ["config.json", "model.safetensors"]
+    hashed.clear()
+    assert identity.folder_digest(folder) == first and not hashed  # unchanged: only stat calls
+    (folder / "model.safetensors").write_bytes(b"weights two")  # retrained in place
+    assert identity.folder_digest(folder) != first and hashed == ["model.safetensors"]
+    (folder / ".hidden").write_text("changed")
+    assert identity.folder_digest(folder) == identity.folder_digest(folder)
+
+
+def test_http_identity_names_the_server() -> None:
+    assert identity.http_identity("openai:m", "http://a/v1/") == "openai:m@http://a/v1"
+
+
+def _run(prompts: Path, out: Path, cache: Path, *extra: str) -> dict:
+    r = factory("run", "--model", "openai:m", "--prompts", prompts, "--cache-dir", cache, "--out", out, *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "stats.json").read_text())["stages"]["answer"]
+
+
+def test_another_server_with_the_same_model_name_misses_every_cache(api, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
+    cache = tmp_path / "shared"
+    assert _run(prompts, tmp_path / "a", cache)["cached_calls"] == 0
+    assert _run(prompts, tmp_path / "b", cache)["cached_calls"] == 5  # same server: the shared cache serves
+    tried = factory("try", "How do I pick a lock?", "--model", "openai:m")
+    assert "(0 from cache)" in tried.stdout
+    assert "3 calls (3 from cache)" in factory("try", "How do I pick a lock?", "--model", "openai:m").stdout
+    better = {json.loads(line)["better"] for line in (ROOT / "evals" / "judge_check.jsonl").read_text().splitlines()}
+    api.responder = lambda messages, body: judge_reply(messages, body, better.__contains__) or server_script(messages, body)
+    before = len(api.requests)
+    r = factory("judge-check", "--model", "openai:m", "--json")
+    assert r.returncode == 0, r.stderr
+    judged = len(api.requests) - before
+    assert factory("judge-check", "--model", "openai:m", "--json").returncode == 0
+    assert len(api.requests) == before + judged  # unchanged model: all from the cache
+
+    with FakeAPIServer(responder=api.responder) as other:
+        monkeypatch.setenv("OPENAI_BASE_URL", other.url + "/v1")
+        assert _run(prompts, tmp_path / "c", cache)["cached_calls"] == 0
+        assert len([r for r in other.requests if r["path"].endswith("/chat/completions")]) >= 5
+        assert "(0 from cache)" in factory("try", "How do I pick a lock?", "--model", "openai:m").stdout
+        before = len(other.requests)
+        assert factory("judge-check", "--model", "openai:m", "--json").returncode == 0
+        assert len(other.requests) - before == judged > 0  # every judge call asked again
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path):
+    def save(folder: Path, seed: int) -> Path:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        from factory.smollm2 import ensure_smollm2
+
+        tok = AutoTokenizer.from_pretrained(ensure_smollm2(ROOT_CACHE))
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        LlamaForCausalLM(cfg).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return folder
+    return save
+
+
+ROOT_CACHE = cache_root()  # read at import, before the per-test FACTORY_CACHE_DIR: the converted embedded model
+
+
+def test_a_retrained_folder_at_the_same_path_misses_the_cache(tiny_folder, tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path / "policy", seed=0)
+    spec = f"local:{folder}"
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
+    cache = tmp_path / "shared"
+
+    def run(out: str) -> dict:
+        r = factory("run", "--model", spec, "--prompts", prompts, "--cache-dir", cache, "--out", tmp_path / out)
+        assert r.returncode == 0, r.stderr
+        return json.loads((tmp_path / out / "stats.json").read_text())["stages"]["answer"]
+
+    assert run("a")["cached_calls"] == 0
+    assert run("b")["cached_calls"] == 2
+    tried = factory("try", "Name a colour.", "--model", spec)
+    assert "(0 from cache)" in tried.stdout, tried.stderr
+    assert "from cache)" in tried.stdout and "(0 from cache)" not in factory("try", "Name a colour.", "--model", spec).stdout
+    tiny_folder(folder, seed=1)  # retrained into the same path
+    assert run("c")["cached_calls"] == 0
+    assert "(0 from cache)" in factory("try", "Name a colour.", "--model", spec).stdout
