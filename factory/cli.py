@@ -214,6 +214,11 @@ def revision_check_(triples: Path | None, as_json: bool) -> None:
 def inspect(run_dir: Path, samples: int, seed: int) -> None:
     """What RUN_DIR made and dropped (counts and reasons per stage, the judge's quality report), and a
     few records in full: prompt, answers, critiques, revisions, the judge's verdicts and fact verdicts."""
+    if (run_dir / "loop.json").is_file():  # a `factory loop` directory: its per-round table
+        from factory.loop.table import print_loop
+
+        print_loop(run_dir, stdout)
+        return
     from factory.commands.inspect_run import inspect_run
 
     inspect_run(run_dir, stdout, samples, seed)
@@ -339,6 +344,7 @@ def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eva
 
 
 from factory.commands.constitution_cli import constitution  # noqa: E402 - registered below
+from factory.commands.loop_cli import loop  # noqa: E402
 from factory.commands.train_cli import train_  # noqa: E402
 from factory.evals.cli import evals, redteam  # noqa: E402
 
@@ -346,6 +352,7 @@ cli.add_command(constitution)
 cli.add_command(train_)
 cli.add_command(evals)
 cli.add_command(redteam)
+cli.add_command(loop)
 
 
 def run_cli(args: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.config import JudgeConfig, TeacherConfig, load_config
+from factory.config import JudgeConfig, PipelineConfig, TeacherConfig, load_config
 from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget
@@ -175,10 +175,12 @@ def classifier_rule(teacher: TeacherConfig | None) -> Callable[[Record], bool] |
     return lambda rec: any(when.applies(c.answer) for c in rec.candidates)
 
 
-def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | None, *, config: Path | None = None,
-             limit: int | None = None, benign: set[str] | None = None, samples: int = 1) -> tuple[dict, Path]:
-    """(the report, the folder it was written to: `out`, or a new one in outputs/ once the inputs are valid)."""
-    cfg = load_config(config)
+def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | None, *,
+             config: Path | PipelineConfig | None = None, limit: int | None = None, benign: set[str] | None = None,
+             samples: int = 1, cache_dir: Path | None = None) -> tuple[dict, Path]:
+    """(the report, the folder it was written to: `out`, or a new one in outputs/ once the inputs are valid).
+    `cache_dir`: a shared call cache (as `factory run --cache-dir`), read and written."""
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     records = held_out(source, limit)
     teacher = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
@@ -196,6 +198,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     stats = Stats(["answer", "judge"])
     out = create_run_dir(out)  # only now: bad input leaves nothing behind
     log = CallLog(out / "calls.sqlite")
+    shared = CallLog(Path(cache_dir) / "calls.sqlite") if cache_dir is not None else None
 
     async def one(rec: Record, caller) -> list[Record]:
         """Sample k of the model's answers is judged against sample k of the baseline's (same seed)."""
@@ -216,12 +219,14 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
         return out
 
     async def main() -> list[Record]:
-        caller = pipe.caller(log, stats, Budget(None))
+        caller = pipe.caller(log, stats, Budget(None), shared=shared)
         try:
             return [j for js in await asyncio.gather(*(one(r, caller) for r in records)) for j in js]
         finally:
             await pipe.aclose()
-            log.close()
+            for each in (log, shared):
+                if each is not None:
+                    each.close()
 
     judged = asyncio.run(main())
     benign = benign if benign is not None else set(cfg.stages.export.clean.benign_kinds)

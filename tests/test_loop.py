@@ -1,0 +1,173 @@
+"""`factory loop`: rounds of generate, label, train, evaluate with the suite's tiny model as the policy
+and the test server as the fixed judge; the manifest, resume after SIGKILL, the table and report, and
+bad input exiting 2 before any model loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import judge_reply
+from test_cli import factory
+
+from factory.config import ROOT, cache_root
+
+SHARED_CACHE = cache_root()  # read at import, before the per-test FACTORY_CACHE_DIR: the converted embedded model
+TRAIN = ["How do I boil an egg?", "What is a good name for a cat?", "How do I tie a tie?", "Why is the sky blue?",
+         "How do I fold a shirt?", "What should I cook tonight?"]
+HELD = ["How do I water a plant?", "What is a nice colour for a room?", "How do I sharpen a pencil?"]
+
+
+def better(text: str) -> bool:
+    """The judge's taste: arbitrary but fixed, so every round has clear preferences."""
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % 2 == 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from factory.smollm2 import ensure_smollm2
+
+    tok = AutoTokenizer.from_pretrained(ensure_smollm2(SHARED_CACHE))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def judged(api):
+    api.responder = lambda messages, body: judge_reply(messages, body, better) or "unused"
+    return api
+
+
+def lines(path: Path, prompts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def loop_config(tmp_path: Path, tiny: Path, **loop) -> Path:
+    (tmp_path / "train.yaml").write_text("max_steps: 2\nbatch_size: 2\nmax_length: 64\nlearning_rate: 0.001\n"
+                                         "logging_steps: 1\n")
+    cfg = {
+        "name": "loop-test", "constitution": str(ROOT / "constitutions" / "harmless.yaml"),
+        "prompts_dir": str(ROOT / "prompts"), "model": f"local:{tiny}", "seed": 0, "concurrency": 8,
+        "stages": {
+            "questions": {"seeds": [str(lines(tmp_path / "train.jsonl", TRAIN))], "include_seeds": True, "generate": 0},
+            "answer": {"candidates": 2, "temperature": 0.9, "max_tokens": 8},
+            "critique_revise": None,
+            "judge": {"model": "openai:m", "compare": "initial", "method": "choice"},
+            "export": {"test_fraction": 0.0, "clean": {"drop_truncated": False}},
+        },
+        "loop": {"held_out": str(lines(tmp_path / "held.jsonl", HELD)), "eval_judge": "openai:m",
+                 "train_config": "train.yaml", **loop},
+    }
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def datasets(out: Path, rounds: int) -> list[bytes]:
+    """Every round's exported training rows, as bytes."""
+    return [b"".join(p.read_bytes() for p in sorted((out / f"round-{k}" / "run" / "data").rglob("*.parquet")))
+            for k in range(1, rounds + 1)]
+
+
+def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loop"
+    r = factory("loop", loop_config(tmp_path, tiny, mix=0.5), "--rounds", "2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(out)
+    manifest = json.loads((out / "loop.json").read_text())
+    assert manifest["status"] == "complete" and manifest["wall_seconds"] > 0
+    assert list(manifest["steps"]) == ["1.generate", "1.train", "1.eval", "2.generate", "2.mix", "2.train",
+                                       "2.eval", "2.eval_prev"]
+    assert all(s["status"] == "done" for s in manifest["steps"].values())
+    for k in (1, 2):
+        for part in ("run/manifest.json", "train/train_meta.json", "eval/eval.json"):
+            assert (out / f"round-{k}" / part).is_file(), (k, part)
+    # round 2 answered with round 1's policy, and trained from it
+    run2 = json.loads((out / "round-2" / "run" / "manifest.json").read_text())
+    assert str(out / "round-1" / "train") in run2["config"]["model"]
+    meta2 = json.loads((out / "round-2" / "train" / "train_meta.json").read_text())
+    assert meta2["base_model"]["path"] == str((out / "round-1" / "train").resolve())
+    rows1 = json.loads((out / "round-1" / "train" / "train_meta.json").read_text())["data"]["rows"]["train"]
+    assert meta2["data"]["rows"]["train"] > 0 and rows1 > 0
+    assert "mixed" in r.stderr
+    prev = json.loads((out / "round-2" / "eval_prev" / "eval.json").read_text())
+    assert prev["model"].endswith("round-2/train") and prev["baseline"].endswith("round-1/train")
+    assert prev["prompts"] == len(HELD) and len(prev["ci95"]) == 2
+    shown = factory("inspect", out)
+    assert shown.returncode == 0 and "win vs round 0" in shown.stdout and "position" in shown.stdout
+    html = (out / "report.html").read_text()
+    assert html.count("<tr><td>") >= 2 and "<svg" in html and "win rate vs previous" in html
+
+
+def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Path, tmp_path: Path) -> None:
+    config = loop_config(tmp_path, tiny)
+    whole = tmp_path / "whole"
+    assert factory("loop", config, "--rounds", "2", "--out", whole).returncode == 0
+    served = len(judged.requests)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "factory", "loop", config, "--rounds", "2", "--out", out],
+                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it inside round 2's generation
+        steps = json.loads((out / "loop.json").read_text())["steps"] if (out / "loop.json").is_file() else {}
+        if steps.get("2.generate", {}).get("status") == "running":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "loop.json").read_text())["steps"]["2.generate"]["status"] == "running"
+    judged.requests.clear()
+    r = factory("loop", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "loop.json").read_text())["resumed"] == 1
+    assert datasets(out, 2) == datasets(whole, 2)
+    assert served > 0 and len(judged.requests) <= served  # calls made before the kill were not made again
+
+
+def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path) -> None:
+    config = loop_config(tmp_path, tiny)
+    r = factory("loop", config, "--rounds", "0", "--out", tmp_path / "a")
+    assert r.returncode == 2 and "--rounds" in r.stderr and "at least 1" in r.stderr and "Traceback" not in r.stderr
+
+    data = yaml.safe_load(config.read_text())
+    data["loop"]["objective"] = "kto"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    r = factory("loop", config, "--rounds", "1", "--out", tmp_path / "b")
+    line = config.read_text().splitlines().index("  objective: kto") + 1
+    assert r.returncode == 2 and f"{config}:{line}: field 'loop.objective'" in r.stderr and "kto" in r.stderr
+
+    data["loop"]["objective"] = "dpo"
+    data["loop"]["colour"] = "red"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    r = factory("loop", config, "--rounds", "1", "--out", tmp_path / "c")
+    assert r.returncode == 2 and "field 'loop.colour'" in r.stderr and "unknown key" in r.stderr
+
+    del data["loop"]["colour"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    lines(tmp_path / "held.jsonl", [*HELD[:2], TRAIN[3].upper()])
+    r = factory("loop", config, "--rounds", "1", "--out", tmp_path / "d")
+    assert r.returncode == 2 and f"{tmp_path / 'held.jsonl'}:3: field 'prompt'" in r.stderr
+    assert f"{tmp_path / 'train.jsonl'}:4" in r.stderr
+    assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
