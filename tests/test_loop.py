@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,8 +111,8 @@ def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, t
     meta2 = json.loads((out / "round-2" / "train" / "train_meta.json").read_text())
     assert meta2["base_model"]["path"] == str((out / "round-1" / "train").resolve())
     rows1 = json.loads((out / "round-1" / "train" / "train_meta.json").read_text())["data"]["rows"]["train"]
-    assert meta2["data"]["rows"]["train"] > 0 and rows1 > 0
-    assert "mixed" in r.stderr
+    added, own = map(int, re.search(r"mixed (\d+) earlier row\(s\) into (\d+)", r.stderr).groups())
+    assert added == round(0.5 * rows1) > 0 and meta2["data"]["rows"]["train"] == own + added
     prev = json.loads((out / "round-2" / "eval_prev" / "eval.json").read_text())
     assert prev["model"].endswith("round-2/train") and prev["baseline"].endswith("round-1/train")
     assert prev["prompts"] == len(HELD) and len(prev["ci95"]) == 2

@@ -144,19 +144,23 @@ def _mix(cfg: LoopConfig, out: Path, k: int, console: Console, was_started: bool
     from factory.train.data import card_configs
 
     config = DATA_CONFIG.get(cfg.loop.objective, "prefs")
+
+    def train_file(folder: Path) -> Path:
+        files = [f["path"] for f in card_configs(folder).get(config, []) if f["split"].startswith("train")]
+        if len(files) != 1:
+            raise FactoryError(f"{folder}: expected one train file for '{config}', found {len(files)}")
+        return folder / files[0]
+
     src, target = round_dir(out, k) / "run", _fresh(round_dir(out, k) / "data")
     shutil.copytree(src, target, ignore=shutil.ignore_patterns("calls.sqlite*", "*.jsonl", "cache"))
-    files = [f["path"] for f in card_configs(target).get(config, []) if f["split"].startswith("train")]
-    if len(files) != 1:
-        raise FactoryError(f"{src}: expected one train file for '{config}', found {len(files)}")
-    tables = [pq.read_table(target / files[0])]
+    tables = [pq.read_table(train_file(target))]
     for j in range(1, k):
-        earlier = pq.read_table(round_dir(out, j) / "run" / files[0])
+        earlier = pq.read_table(train_file(round_dir(out, j) / "run"))
         rows = random.Random(f"{cfg.pipeline.seed}|mix|{k}|{j}").sample(range(earlier.num_rows),
                                                                         round(cfg.loop.mix * earlier.num_rows))
-        tables.append(earlier.take(sorted(rows)))
+        tables.append(earlier.take(pa.array(sorted(rows), type=pa.int64())))
     mixed = pa.concat_tables(tables, promote_options="default")
-    pq.write_table(mixed, target / files[0])
+    pq.write_table(mixed, train_file(target))
     console.print(f"mixed {mixed.num_rows - tables[0].num_rows} earlier row(s) into {tables[0].num_rows}")
 
 
