@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import judge_reply
+from conftest import JUDGE_OPTIONS, last_user
+from server import Reply
 from test_cli import factory
 
 from factory.config import ROOT, cache_root
@@ -27,9 +30,16 @@ TRAIN = ["How do I boil an egg?", "What is a good name for a cat?", "How do I ti
 HELD = ["How do I water a plant?", "What is a nice colour for a room?", "How do I sharpen a pencil?"]
 
 
-def better(text: str) -> bool:
-    """The judge's taste: arbitrary but fixed, so every round has clear preferences."""
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % 2 == 0
+def judge(messages: list[dict], body: dict):
+    """The judge's taste: arbitrary but fixed (the larger hash wins), so every distinct pair has a clear
+    preference, consistent across positions."""
+    found = JUDGE_OPTIONS.search(last_user(messages))
+    if not found:
+        return "unused"
+    a, b = (int(hashlib.sha256(t.encode()).hexdigest(), 16) for t in found.groups())
+    p_a = 0.5 if a == b else 0.9 if a > b else 0.1
+    return Reply("A" if p_a >= 0.5 else "B", logprobs={"A": math.log(p_a), "B": math.log(1 - p_a)}
+                 if body.get("logprobs") else None)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def judged(api):
-    api.responder = lambda messages, body: judge_reply(messages, body, better) or "unused"
+    api.responder = judge
     return api
 
 
@@ -126,7 +136,7 @@ def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Pa
     config = loop_config(tmp_path, tiny)
     whole = tmp_path / "whole"
     assert factory("loop", config, "--rounds", "2", "--out", whole).returncode == 0
-    served = len(judged.requests)
+    judged.requests.clear()
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "factory", "loop", config, "--rounds", "2", "--out", out],
                             cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,12 +149,16 @@ def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "loop.json").read_text())["steps"]["2.generate"]["status"] == "running"
-    judged.requests.clear()
     r = factory("loop", "--resume", out)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "loop.json").read_text())["resumed"] == 1
     assert datasets(out, 2) == datasets(whole, 2)
-    assert served > 0 and len(judged.requests) <= served  # calls made before the kill were not made again
+    with sqlite3.connect(out / "cache" / "calls.sqlite") as db:
+        distinct = db.execute("SELECT COUNT(*) FROM calls WHERE model = 'openai:m'").fetchone()[0]
+    asked = [r for r in judged.requests if r["path"].endswith("/chat/completions")]
+    # Every judge call was made once across the killed and the resumed process (a call in flight at
+    # the kill, at most `concurrency` of them, may have been made twice).
+    assert distinct > 0 and distinct <= len(asked) <= distinct + 8
 
 
 def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path) -> None:
