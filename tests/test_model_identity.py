@@ -100,17 +100,20 @@ def test_a_retrained_folder_at_the_same_path_misses_the_cache(tiny_folder, tmp_p
     spec = f"local:{folder}"
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
     cache = tmp_path / "shared"
+    config = tmp_path / "short.yaml"  # a random tiny model never stops: short answers keep the test fast
+    config.write_text(f"constitution: {ROOT / 'constitutions' / 'harmless.yaml'}\nprompts_dir: {ROOT / 'prompts'}\n"
+                      "stages:\n  answer: {max_tokens: 8}\n  critique_revise: {max_tokens: 8}\n")
 
     def run(out: str) -> dict:
-        r = factory("run", "--model", spec, "--prompts", prompts, "--cache-dir", cache, "--out", tmp_path / out)
+        r = factory("run", config, "--model", spec, "--prompts", prompts, "--cache-dir", cache, "--out", tmp_path / out)
         assert r.returncode == 0, r.stderr
         return json.loads((tmp_path / out / "stats.json").read_text())["stages"]["answer"]
 
     assert run("a")["cached_calls"] == 0
     assert run("b")["cached_calls"] == 2
-    tried = factory("try", "Name a colour.", "--model", spec)
+    tried = factory("try", "Name a colour.", "--model", spec, "--config", config)
     assert "(0 from cache)" in tried.stdout, tried.stderr
-    assert "from cache)" in tried.stdout and "(0 from cache)" not in factory("try", "Name a colour.", "--model", spec).stdout
+    assert "from cache)" in tried.stdout and "(0 from cache)" not in factory("try", "Name a colour.", "--model", spec, "--config", config).stdout
     tiny_folder(folder, seed=1)  # retrained into the same path
     assert run("c")["cached_calls"] == 0
-    assert "(0 from cache)" in factory("try", "Name a colour.", "--model", spec).stdout
+    assert "(0 from cache)" in factory("try", "Name a colour.", "--model", spec, "--config", config).stdout
