@@ -186,3 +186,18 @@ def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path
     assert r.returncode == 2 and f"{tmp_path / 'held.jsonl'}:3: field 'prompt'" in r.stderr
     assert f"{tmp_path / 'train.jsonl'}:4" in r.stderr
     assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
+
+
+def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "self"
+    r = factory("loop", loop_config(tmp_path, tiny, judge="self", start_from="base"), "--rounds", "2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    for k, policy in ((1, f"local:{tiny}"), (2, f"local:{(out / 'round-1' / 'train').resolve()}")):
+        cfg = json.loads((out / f"round-{k}" / "run" / "manifest.json").read_text())["config"]
+        assert cfg["model"] == policy and cfg["stages"]["judge"]["model"] is None  # the judge is the policy
+    with sqlite3.connect(out / "round-2" / "run" / "calls.sqlite") as db:
+        stages = dict(db.execute("SELECT stage, model FROM calls GROUP BY stage").fetchall())
+    assert stages["judge"] == stages["answer"] == f"local:{(out / 'round-1' / 'train').resolve()}"
+    # start_from base: round 2 trained from the base model, on round 2's data
+    meta = json.loads((out / "round-2" / "train" / "train_meta.json").read_text())
+    assert meta["base_model"]["spec"] == f"local:{tiny}"
