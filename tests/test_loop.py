@@ -201,3 +201,17 @@ def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tm
     # start_from base: round 2 trained from the base model, on round 2's data
     meta = json.loads((out / "round-2" / "train" / "train_meta.json").read_text())
     assert meta["base_model"]["spec"] == f"local:{tiny}"
+
+
+def test_an_online_objective_trains_on_the_rounds_prompts(judged, tiny: Path, tmp_path: Path) -> None:
+    from test_rl import FAST
+
+    config = loop_config(tmp_path, tiny, objective="rloo")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**FAST, "max_steps": 2, "rewards": [
+        {"kind": "teacher", "scorer": "vader:negative", "everywhere": True}]}))
+    out = tmp_path / "rl"
+    r = factory("loop", config, "--rounds", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "round-1" / "train" / "train_meta.json").read_text())
+    assert meta["objective"] == "rloo" and meta["metrics"]["steps"] == 2
+    assert (out / "round-1" / "eval" / "eval.json").is_file()
