@@ -47,7 +47,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from factory.smollm2 import ensure_smollm2
+    from factory.models.smollm2 import ensure_smollm2
 
     tok = AutoTokenizer.from_pretrained(ensure_smollm2(SHARED_CACHE))
     torch.manual_seed(0)

@@ -79,7 +79,7 @@ def tiny_folder(tmp_path: Path):
         import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-        from factory.smollm2 import ensure_smollm2
+        from factory.models.smollm2 import ensure_smollm2
 
         tok = AutoTokenizer.from_pretrained(ensure_smollm2(ROOT_CACHE))
         torch.manual_seed(seed)

@@ -20,10 +20,10 @@ from pathlib import Path
 from rich.console import Console
 
 from factory.config import PipelineConfig
-from factory.errors import FactoryError
-from factory.loop.config import LoopConfig, load_loop
 from factory.engine.pipeline import file_digest
 from factory.engine.rundir import now, write_json
+from factory.errors import FactoryError
+from factory.loop.config import LoopConfig, load_loop
 
 MANIFEST = "loop.json"
 
