@@ -21,10 +21,10 @@ import yaml
 from conftest import JUDGE_OPTIONS, last_user
 from server import Reply
 from test_cli import factory
+from test_train import tiny  # noqa: F401  (the fixture)
 
-from factory.config import ROOT, cache_root
+from factory.config import ROOT
 
-SHARED_CACHE = cache_root()  # read at import, before the per-test FACTORY_CACHE_DIR: the converted embedded model
 TRAIN = ["How do I boil an egg?", "What is a good name for a cat?", "How do I tie a tie?", "Why is the sky blue?",
          "How do I fold a shirt?", "What should I cook tonight?"]
 HELD = ["How do I water a plant?", "What is a nice colour for a room?", "How do I sharpen a pencil?"]
@@ -42,24 +42,6 @@ def judge(messages: list[dict], body: dict):
                  if body.get("logprobs") else None)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from factory.models.smollm2 import ensure_smollm2
-
-    tok = AutoTokenizer.from_pretrained(ensure_smollm2(SHARED_CACHE))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture
 def judged(api):
     api.responder = judge
@@ -71,12 +53,12 @@ def lines(path: Path, prompts: list[str]) -> Path:
     return path
 
 
-def loop_config(tmp_path: Path, tiny: Path, **loop) -> Path:
+def loop_config(tmp_path: Path, model: Path, **loop) -> Path:
     (tmp_path / "train.yaml").write_text("max_steps: 2\nbatch_size: 2\nmax_length: 64\nlearning_rate: 0.001\n"
                                          "logging_steps: 1\n")
     cfg = {
         "name": "loop-test", "constitution": str(ROOT / "constitutions" / "harmless.yaml"),
-        "prompts_dir": str(ROOT / "prompts"), "model": f"local:{tiny}", "seed": 0, "concurrency": 8,
+        "prompts_dir": str(ROOT / "prompts"), "model": f"local:{model}", "seed": 0, "concurrency": 8,
         "stages": {
             "questions": {"seeds": [str(lines(tmp_path / "train.jsonl", TRAIN))], "include_seeds": True, "generate": 0},
             "answer": {"candidates": 2, "temperature": 0.9, "max_tokens": 8},
@@ -102,7 +84,7 @@ def datasets(out: Path, rounds: int) -> list[bytes]:
             for k in range(1, rounds + 1)]
 
 
-def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, tmp_path: Path) -> None:
+def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "loop"
     r = factory("loop", loop_config(tmp_path, tiny, mix=0.5), "--rounds", "2", "--out", out)
     assert r.returncode == 0, r.stderr
@@ -132,7 +114,7 @@ def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, t
     assert html.count("<tr><td>") >= 2 and "<svg" in html and "win rate vs previous" in html
 
 
-def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     config = loop_config(tmp_path, tiny)
     whole = tmp_path / "whole"
     assert factory("loop", config, "--rounds", "2", "--out", whole).returncode == 0
@@ -161,7 +143,7 @@ def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Pa
     assert distinct > 0 and distinct <= len(asked) <= distinct + 8
 
 
-def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path) -> None:
+def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     config = loop_config(tmp_path, tiny)
     r = factory("loop", config, "--rounds", "0", "--out", tmp_path / "a")
     assert r.returncode == 2 and "--rounds" in r.stderr and "at least 1" in r.stderr and "Traceback" not in r.stderr
@@ -188,7 +170,7 @@ def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path
     assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
 
 
-def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tmp_path: Path) -> None:
+def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "self"
     r = factory("loop", loop_config(tmp_path, tiny, judge="self", start_from="base"), "--rounds", "2", "--out", out)
     assert r.returncode == 0, r.stderr
@@ -203,7 +185,7 @@ def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tm
     assert meta["base_model"]["spec"] == f"local:{tiny}"
 
 
-def test_an_online_objective_trains_on_the_rounds_prompts(judged, tiny: Path, tmp_path: Path) -> None:
+def test_an_online_objective_trains_on_the_rounds_prompts(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     from test_rl import FAST
 
     config = loop_config(tmp_path, tiny, objective="rloo")

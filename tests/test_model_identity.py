@@ -11,6 +11,7 @@ import pytest
 from conftest import judge_reply, server_script
 from server import FakeAPIServer
 from test_cli import PROMPTS, factory, write_prompts
+from test_train import save_tiny
 
 from factory.config import ROOT, cache_root
 from factory.models import identity
@@ -73,30 +74,11 @@ def test_another_server_with_the_same_model_name_misses_every_cache(api, tmp_pat
         assert len(other.requests) - before == judged > 0  # every judge call asked again
 
 
-@pytest.fixture
-def tiny_folder(tmp_path: Path):
-    def save(folder: Path, seed: int) -> Path:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        from factory.models.smollm2 import ensure_smollm2
-
-        tok = AutoTokenizer.from_pretrained(ensure_smollm2(ROOT_CACHE))
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        LlamaForCausalLM(cfg).save_pretrained(folder)
-        tok.save_pretrained(folder)
-        return folder
-    return save
-
-
 ROOT_CACHE = cache_root()  # read at import, before the per-test FACTORY_CACHE_DIR: the converted embedded model
 
 
-def test_a_retrained_folder_at_the_same_path_misses_the_cache(tiny_folder, tmp_path: Path) -> None:
-    folder = tiny_folder(tmp_path / "policy", seed=0)
+def test_a_retrained_folder_at_the_same_path_misses_the_cache(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path / "policy", 0, ROOT_CACHE)
     spec = f"local:{folder}"
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
     cache = tmp_path / "shared"
@@ -114,6 +96,6 @@ def test_a_retrained_folder_at_the_same_path_misses_the_cache(tiny_folder, tmp_p
     tried = factory("try", "Name a colour.", "--model", spec, "--config", config)
     assert "(0 from cache)" in tried.stdout, tried.stderr
     assert "from cache)" in tried.stdout and "(0 from cache)" not in factory("try", "Name a colour.", "--model", spec, "--config", config).stdout
-    tiny_folder(folder, seed=1)  # retrained into the same path
+    save_tiny(folder, 1, ROOT_CACHE)  # retrained into the same path
     assert run("c")["cached_calls"] == 0
     assert "(0 from cache)" in factory("try", "Name a colour.", "--model", spec, "--config", config).stdout

@@ -40,23 +40,28 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exported(tmp_path_factory.mktemp("data"), test_fraction=0.25, kto=True, reward=True)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random Llama (hidden 32, 1 layer) with the embedded model's tokenizer and chat template, as a folder."""
+def save_tiny(folder: Path, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """A random Llama (hidden 32, 1 layer) with the embedded model's tokenizer and chat template, saved
+    into FOLDER. `cache_dir`: where the converted embedded model is (default: the shared cache)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from factory.models.smollm2 import ensure_smollm2
 
-    tok = AutoTokenizer.from_pretrained(ensure_smollm2())  # the shared cache: module fixtures run before monkeypatching
-    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(ensure_smollm2(cache_dir))
+    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny")
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a folder (module fixtures run before the per-test FACTORY_CACHE_DIR)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def metrics(out: Path) -> list[dict]:
