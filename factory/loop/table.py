@@ -15,8 +15,9 @@ from rich.table import Table
 from factory.errors import FactoryError
 from factory.report.svg import lines
 
-COLUMNS = ("round", "datasets", "dropped", "judge: position consistency / ties", "teacher", "train",
-           "win vs round 0 (95% CI)", "win vs previous (95% CI)", "seconds")
+COLUMNS = ("round", "datasets", "dropped", "judge: position consistency / ties", "comparisons by", "train",
+           "win vs round 0 (95% CI)", "win vs previous (95% CI)", "classifier share > 0 by kind (round 0 -> now)",
+           "seconds")
 
 
 def _json(path: Path) -> dict | None:
@@ -44,7 +45,6 @@ def round_rows(out: Path) -> list[dict]:
             for reason, n in st.get("dropped", {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
         quality = stats.get("judge_quality") or {}
-        teacher = {k2: v for k2, v in stages.get("judge", {}).get("counters", {}).items() if "teacher" in k2}
         meta = _json(folder / "train" / "train_meta.json") or {}
         seconds = sum(s.get("seconds", 0) for key, s in manifest["steps"].items() if key.startswith(f"{k}."))
         rows.append({
@@ -53,7 +53,7 @@ def round_rows(out: Path) -> list[dict]:
             "dropped": dropped,
             "position_consistency": quality.get("position_consistency"),
             "tie_rate": quality.get("tie_rate"),
-            "teacher": teacher,
+            "comparisons_by": quality.get("comparisons_by") or {},  # the teacher's share of the labels
             "train": {"steps": meta.get("metrics", {}).get("steps"), "final_loss": meta.get("metrics", {}).get("final_loss"),
                       "rows": meta.get("data", {}).get("rows")} if meta else None,
             "vs_round_0": _json(folder / "eval" / "eval.json"),
@@ -69,8 +69,15 @@ def _cells(r: dict) -> list[str]:
 
     train = r["train"]
     return [str(r["round"]), kv(r["datasets"]), kv(r["dropped"]), f"{r['position_consistency']} / {r['tie_rate']}",
-            kv(r["teacher"]), "-" if not train else f"{train['steps']} steps, loss {train['final_loss']}",
-            _win(r["vs_round_0"]), _win(r["vs_previous"]), str(r["seconds"])]
+            kv(r["comparisons_by"]), "-" if not train else f"{train['steps']} steps, loss {train['final_loss']}",
+            _win(r["vs_round_0"]), _win(r["vs_previous"]), _scores(r["vs_round_0"]), str(r["seconds"])]
+
+
+def _scores(report: dict | None) -> str:
+    """A classifier eval judge (vader:negative, ...): its share above 0 per prompt kind, base and policy."""
+    by_kind = (report or {}).get("scores_by_kind") or {}
+    return ", ".join(f"{kind}: {b['baseline']['share_above_0']} -> {b['model']['share_above_0']}"
+                     for kind, b in by_kind.items()) or "-"
 
 
 def print_loop(out: Path, console: Console) -> None:
