@@ -114,7 +114,9 @@ def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, t
     assert html.count("<tr><td>") >= 2 and "<svg" in html and "win rate vs previous" in html
 
 
-def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("phase", ["2.generate", "1.train", "1.eval"])
+def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(phase: str, judged, tiny: Path,  # noqa: F811
+                                                                tmp_path: Path) -> None:
     config = loop_config(tmp_path, tiny)
     whole = tmp_path / "whole"
     assert factory("loop", config, "--rounds", "2", "--out", whole).returncode == 0
@@ -123,18 +125,22 @@ def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Pa
     proc = subprocess.Popen([sys.executable, "-m", "factory", "loop", config, "--rounds", "2", "--out", out],
                             cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:  # kill it inside round 2's generation
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it inside that step
         steps = json.loads((out / "loop.json").read_text())["steps"] if (out / "loop.json").is_file() else {}
-        if steps.get("2.generate", {}).get("status") == "running":
+        if steps.get(phase, {}).get("status") == "running":
+            time.sleep(1.0 if phase == "1.train" else 0)  # into the training itself
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads((out / "loop.json").read_text())["steps"]["2.generate"]["status"] == "running"
+    assert json.loads((out / "loop.json").read_text())["steps"][phase]["status"] == "running"
     r = factory("loop", "--resume", out)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "loop.json").read_text())["resumed"] == 1
     assert datasets(out, 2) == datasets(whole, 2)
+    for k, name in ((1, "eval"), (2, "eval"), (2, "eval_prev")):
+        a, b = (json.loads((d / f"round-{k}" / name / "eval.json").read_text()) for d in (out, whole))
+        assert (a["win_rate"], a["ci95"], a["n"]) == (b["win_rate"], b["ci95"], b["n"])
     with sqlite3.connect(out / "cache" / "calls.sqlite") as db:
         distinct = db.execute("SELECT COUNT(*) FROM calls WHERE model = 'openai:m'").fetchone()[0]
     asked = [r for r in judged.requests if r["path"].endswith("/chat/completions")]
