@@ -78,8 +78,8 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
             raise FactoryError(f"{out}: already exists and is not empty; choose another --out (or --resume {out})")
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(config, out / "config.yaml")  # for the record
-        manifest = {"config": str(Path(config).resolve()), "config_sha256": file_digest(config), "rounds": rounds, "base": cfg.base, "loop": cfg.loop.model_dump(),
-                    "started": now(), "status": "running", "steps": {}}
+        manifest = {"config": str(Path(config).resolve()), "config_sha256": file_digest(config), "rounds": rounds,
+                    "base": cfg.base, "loop": cfg.loop.model_dump(), "started": now(), "status": "running", "steps": {}}
         write_json(out / MANIFEST, manifest)
     manifest["status"], manifest["resumed"] = "running", manifest.get("resumed", -1) + 1
     before = manifest.get("wall_seconds", 0)
