@@ -84,6 +84,8 @@ def datasets(out: Path, rounds: int) -> list[bytes]:
             for k in range(1, rounds + 1)]
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "loop"
     r = factory("loop", loop_config(tmp_path, tiny, mix=0.5), "--rounds", "2", "--out", out)
@@ -114,6 +116,8 @@ def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, t
     assert html.count("<tr><td>") >= 2 and "<svg" in html and "win rate vs previous" in html
 
 
+@pytest.mark.slow
+@pytest.mark.train
 @pytest.mark.parametrize("phase", ["2.generate", "1.train", "1.eval"])
 def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(phase: str, judged, tiny: Path,  # noqa: F811
                                                                 tmp_path: Path) -> None:
@@ -149,8 +153,8 @@ def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(phase: str, judg
     assert distinct > 0 and distinct <= len(asked) <= distinct + 8
 
 
-def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
-    config = loop_config(tmp_path, tiny)
+def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
+    config = loop_config(tmp_path, tmp_path / "no-model-here")  # nothing loads it
     r = factory("loop", config, "--rounds", "0", "--out", tmp_path / "a")
     assert r.returncode == 2 and "--rounds" in r.stderr and "at least 1" in r.stderr and "Traceback" not in r.stderr
 
@@ -176,6 +180,8 @@ def test_bad_input_exits_2_naming_file_line_and_field(tiny: Path, tmp_path: Path
     assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "self"
     r = factory("loop", loop_config(tmp_path, tiny, judge="self", start_from="base"), "--rounds", "2", "--out", out)
@@ -191,6 +197,8 @@ def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tm
     assert meta["base_model"]["spec"] == f"local:{tiny}"
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_an_online_objective_trains_on_the_rounds_prompts(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     from test_rl import FAST
 

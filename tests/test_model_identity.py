@@ -46,6 +46,7 @@ def _run(prompts: Path, out: Path, cache: Path, *extra: str) -> dict:
     return json.loads((out / "stats.json").read_text())["stages"]["answer"]
 
 
+@pytest.mark.slow
 def test_another_server_with_the_same_model_name_misses_every_cache(api, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
@@ -77,6 +78,7 @@ def test_another_server_with_the_same_model_name_misses_every_cache(api, tmp_pat
 ROOT_CACHE = cache_root()  # read at import, before the per-test FACTORY_CACHE_DIR: the converted embedded model
 
 
+@pytest.mark.slow
 def test_a_retrained_folder_at_the_same_path_misses_the_cache(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path / "policy", 0, ROOT_CACHE)
     spec = f"local:{folder}"
