@@ -81,13 +81,17 @@ def _scores(report: dict | None) -> str:
 
 
 def print_loop(out: Path, console: Console) -> None:
-    manifest = _json(out / "loop.json") or {}
-    table = Table(title=f"{out}: {manifest.get('status')}, {manifest.get('rounds')} round(s) from {manifest.get('base')}, "
-                        f"wall {manifest.get('wall_seconds', '-')} s")
-    for col in COLUMNS:
-        table.add_column(col)
-    for r in round_rows(out):
-        table.add_row(*_cells(r))
+    """The same table as the report's, turned: one row per measure, one column per round."""
+    manifest, rows = _json(out / "loop.json") or {}, round_rows(out)
+    console.print(f"{out}: {manifest.get('status')}, {manifest.get('rounds')} round(s) from {manifest.get('base')}, "
+                  f"wall {manifest.get('wall_seconds', '-')} s", highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("measure")
+    for r in rows:
+        table.add_column(f"round {r['round']}")
+    cells = [_cells(r) for r in rows]
+    for i, name in enumerate(COLUMNS[1:], 1):
+        table.add_row(name, *(c[i] for c in cells))
     console.print(table)
 
 
