@@ -38,6 +38,7 @@ from factory.engine.prices import Budget, BudgetExceeded, estimate_tokens
 from factory.engine.rundir import now, write_json
 from factory.engine.stats import Stats
 from factory.errors import FactoryError, InputError, ModelCallError
+from factory.models.spec import ModelSpec
 from factory.prompts import Template, load_template
 from factory.stages.critique_revise import CRITIQUE_VARIABLES
 from factory.stages.judge import load_judge_template
@@ -163,9 +164,9 @@ def estimate(p: Plan) -> list[Line]:
                   judge_calls * p.judge_cfg.max_tokens),
              Line("write", model, 2 * proposed + candidates + 1, 2 * proposed * request_in + (candidates + 1) * example_in,
                   2 * proposed * REQUEST_MAX_TOKENS + (candidates + 1) * EXAMPLE_MAX_TOKENS)]
-    provider, _, name = model.partition(":")
+    spec = ModelSpec.parse(model)
     for line in lines:
-        line.usd = p.pipe.prices.cost(provider, name, line.input_tokens, line.output_tokens)
+        line.usd = p.pipe.prices.cost(spec.provider, spec.name, line.input_tokens, line.output_tokens)
     return lines
 
 

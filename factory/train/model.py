@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory.errors import FactoryError
+from factory.models.spec import ModelSpec
 from factory.train.config import TrainConfig
 
 
 def model_folder(spec: str) -> Path:
     """The folder a `local:` spec names (the embedded model is converted once, then cached)."""
-    kind, _, name = spec.partition(":")
-    if kind != "local" or not name:
+    parsed = ModelSpec.parse(spec, known=False) if ":" in spec else None
+    kind, name = (parsed.provider, parsed.name) if parsed else ("", "")
+    if kind != "local":
         raise FactoryError(f"--model {spec!r}: training needs local weights: local:smollm2 (the embedded model) "
                            "or local:PATH (a Hugging Face model folder)")
     if name == "smollm2":

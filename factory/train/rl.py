@@ -27,6 +27,7 @@ from factory.engine.rundir import command_line, now, package_versions, write_jso
 from factory.engine.stats import Stats
 from factory.errors import FactoryError, InputError
 from factory.inputs import PromptFile
+from factory.models.spec import ModelSpec
 from factory.records import Record
 from factory.stages.idk import references_of
 from factory.train.data import card_configs
@@ -235,7 +236,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     by_key = {r.id: r for r in records}
     rw = reward_terms.build(cfg, pipe, by_key, model_spec)  # loads the judge, reference and scorer models
     if pipe.cfg.max_cost is not None:
-        require_prices(pipe.prices, [(s, s.partition(":")[0], s.partition(":")[2]) for s in pipe.models], "--max-cost")
+        require_prices(pipe.prices, [ModelSpec.parse(s) for s in pipe.models], "--max-cost")
     sink = RolloutSink(out, rw.names, rw.weights, json.loads((out / RUN_FILE).read_text())["run_id"])
     if resume:
         rewind(out, int(checkpoint.name.split("-")[1]) if checkpoint else 0, sink)
