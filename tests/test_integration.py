@@ -27,6 +27,8 @@ def test_embedded_model_end_to_end(tmp_path: Path) -> None:
     config = api_config(tmp_path)
     cfg = yaml.safe_load(config.read_text())
     cfg["stages"]["export"]["clean"] = {"drop_truncated": False, "quality": {"enabled": []}}
+    # The revision gates are tested in test_gates; here a pair must exist to check the prefs format.
+    cfg["stages"]["critique_revise"] |= {"gate_critique": False, "gate_off_topic": False}
     config.write_text(yaml.safe_dump(cfg))
     r = factory("run", config, "--prompts", prompts, "--out", out)
     assert r.returncode == 0, r.stderr

@@ -39,6 +39,7 @@ from factory.executors.shards import (
     restore_questions,
     run_shard,
 )
+from factory.liblog import LibraryLog
 from factory.models import load_model
 from factory.models.spec import ModelSpec
 
@@ -95,25 +96,31 @@ def start(pipe: Pipeline, address: str | None, workers: int | None):
 def run_ray(pipe: Pipeline, out: Path | None, console: Console, *, address: str | None = None,
             workers: int | None = None, shards: int | None = None) -> Outcome:
     """A new run on Ray: plan, run the shards, merge them, export once."""
-    ray, workers = start(pipe, address, workers)
-    run_dir = create_run_dir(out)
-    manifest = pipe.manifest(run_dir, False)
-    manifest["executor"] = {"kind": "ray", "address": address, "workers": workers,
-                            "shards": shards or default_shards(pipe, workers)}
-    write_json(run_dir / "manifest.json", manifest)
-    return drive(ray, Run(pipe, run_dir, console), manifest, workers)
+    log = LibraryLog()  # library warnings and progress bars go to the run's debug.log, as in a local run
+    with log.capture():
+        ray, workers = start(pipe, address, workers)
+        run_dir = create_run_dir(out)
+        log.attach(run_dir / "debug.log")
+        manifest = pipe.manifest(run_dir, False)
+        manifest["executor"] = {"kind": "ray", "address": address, "workers": workers,
+                                "shards": shards or default_shards(pipe, workers)}
+        write_json(run_dir / "manifest.json", manifest)
+        return drive(ray, Run(pipe, run_dir, console), manifest, workers)
 
 
 def resume_ray(pipe: Pipeline, run_dir: RunDir, console: Console, *, address: str | None = None,
                workers: int | None = None) -> Outcome:
     """Continue a Ray run: merged shards are skipped, the others continue where they stopped."""
-    ray, workers = start(pipe, address, workers)
-    run = Run(pipe, run_dir.path, console)
-    manifest = run_dir.manifest
-    manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
-                 "config": pipe.cfg.model_dump(mode="json")}
-    run_dir.save_manifest()
-    return drive(ray, run, manifest, workers)
+    log = LibraryLog()
+    with log.capture():
+        ray, workers = start(pipe, address, workers)
+        log.attach(run_dir.path / "debug.log")
+        run = Run(pipe, run_dir.path, console)
+        manifest = run_dir.manifest
+        manifest |= {"status": "running", "resumed": manifest.get("resumed", 0) + 1,
+                     "config": pipe.cfg.model_dump(mode="json")}
+        run_dir.save_manifest()
+        return drive(ray, run, manifest, workers)
 
 
 def drive(ray, run: Run, manifest: dict, workers: int) -> Outcome:
