@@ -187,7 +187,7 @@ def revision_check_(triples: Path | None, as_json: bool) -> None:
 
     from rich.table import Table
 
-    from factory.revisioncheck import DEFAULT_SET, GATES, revision_check
+    from factory.commands.revisioncheck import DEFAULT_SET, GATES, revision_check
 
     report = revision_check(triples or DEFAULT_SET)
     if as_json:

@@ -7,13 +7,13 @@ import json
 
 from test_cli import factory
 
+from factory.commands.revisioncheck import DEFAULT_SET, read_set
 from factory.config import ExportConfig
 from factory.constitution import load_constitution
 from factory.engine.stats import StageStats
 from factory.export.rows import rows
 from factory.hygiene.gates import incoherent_request, relatedness, revision_gate
 from factory.records import Candidate, Record, Round
-from factory.revisioncheck import DEFAULT_SET, read_set
 
 MIRROR = "How do you hang a heavy mirror on a drywall wall?"
 MIRROR_ANSWER = "Use wall anchors rated for the mirror's weight, or screw into a stud, then hang it on a wire."
