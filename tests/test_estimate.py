@@ -22,7 +22,8 @@ from factory.engine.estimate import estimate
 from factory.engine.pipeline import Overrides, Pipeline
 
 MODEL = "openai:gpt-4o-mini"
-PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml") if "constitution" in yaml.safe_load(p.read_text()))
+PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")
+                   if "constitution" in (cfg := yaml.safe_load(p.read_text())) and "loop" not in cfg)  # loops: factory loop
 LIMITS = {"api.yaml": 3, "default.yaml": 10, "idk.yaml": 6}  # default: 8 seeds + 2 generated under --limit
 
 

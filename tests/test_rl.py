@@ -125,7 +125,9 @@ def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_pat
         train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, config, max_cost=0.002)
     with sqlite3.connect(out / "calls.sqlite") as db:
         spent = db.execute("SELECT coalesce(sum(cost), 0) FROM calls").fetchone()[0]
-    assert 0 < spent <= 0.002
+    # Never past the cap. (Whether any call finished before the stop depends on timing: the stop can
+    # come while the first calls are still in flight.)
+    assert spent <= 0.002
 
 
 @pytest.mark.train
