@@ -22,7 +22,7 @@ class PromptFile:
 
     def __init__(self, path: str | Path, source: str = "file", limit: int | None = None):
         self.path, self.source, self.limit = Path(path), source, limit
-        ids = np.fromiter((int(prompt_id(prompt), 16) for _, prompt, _ in self._lines()), dtype=np.uint64)
+        ids = np.fromiter((int(prompt_id(prompt), 16) for _, prompt, _ in self.lines()), dtype=np.uint64)
         if not len(ids):
             raise InputError(self.path, "no prompts in file")
         self.count = len(ids)
@@ -34,10 +34,10 @@ class PromptFile:
         return int(self._duplicate.sum())
 
     def __iter__(self) -> Iterator[tuple[Record, bool]]:
-        for i, (_, prompt, extra) in enumerate(self._lines()):
+        for i, (_, prompt, extra) in enumerate(self.lines()):
             yield Record.new(prompt, self.source, **extra), bool(self._duplicate[i])
 
-    def _lines(self) -> Iterator[tuple[int, str, dict]]:
+    def lines(self) -> Iterator[tuple[int, str, dict]]:
         try:
             handle = self.path.open("rb")
         except OSError as e:

@@ -74,7 +74,7 @@ def load_template(prompts_dir: Path, name: str, provided: set[str]) -> Template:
             raise InputError(
                 path,
                 f"uses undefined variable '{unknown[0]}' (this stage provides: {', '.join(sorted(provided))})",
-                line=_line_of(text, unknown[0]),
+                line=line_of(text, unknown[0]),
                 field=part,
             )
         compiled[part] = _env.from_string(source)
@@ -89,7 +89,7 @@ def load_template(prompts_dir: Path, name: str, provided: set[str]) -> Template:
     )
 
 
-def _line_of(text: str, variable: str) -> int | None:
+def line_of(text: str, variable: str) -> int | None:
     pattern = re.compile(r"[{][{%].*?\b" + re.escape(variable) + r"\b")
     for i, line in enumerate(text.splitlines(), 1):
         if pattern.search(line):

@@ -159,7 +159,7 @@ def _children(node: yaml.Node) -> list[tuple[yaml.Node, str]]:
     return []
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     """The line of the deepest node on the error's path (the key itself for unknown keys)."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
@@ -191,7 +191,7 @@ def first_error(path: Path, err: ValidationError, node: yaml.Node | None) -> Inp
         missing = [str(m["loc"][-1]) for m in errors if m["type"] == "missing" and tuple(m["loc"][:-1]) == loc[:-1]]
         close = difflib.get_close_matches(str(loc[-1]), missing, n=1)
         msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else " (not allowed here)")
-    line = _line_of(node, loc)
+    line = line_of(node, loc)
     more = f" ({len(errors) - 1} more error(s) after fixing this one)" if len(errors) > 1 else ""
     return InputError(path, msg + more, line=line, field=field_name(loc))
 

@@ -13,7 +13,7 @@ from factory.config import PipelineConfig, Strict
 from factory.errors import InputError
 from factory.inputs import PromptFile
 from factory.records import prompt_id
-from factory.yamlfile import _line_of, load_yaml, read_text
+from factory.yamlfile import line_of, load_yaml, read_text
 
 OBJECTIVES = ("dpo", "kto", "sft", "grpo", "rloo")
 
@@ -43,7 +43,7 @@ class LoopConfig:
         self.path, self.pipeline, self.loop, self._node = path, pipeline, loop, node
 
     def error(self, field: str, message: str) -> InputError:
-        return InputError(self.path, message, line=_line_of(self._node, tuple(field.split("."))), field=field)
+        return InputError(self.path, message, line=line_of(self._node, tuple(field.split("."))), field=field)
 
     @property
     def base(self) -> str:
@@ -97,9 +97,9 @@ def _check(cfg: LoopConfig) -> None:
     training: dict[str, tuple[Path, int]] = {}
     for seeds in st.questions.seeds:
         file = PromptFile(cfg.pipeline.path(seeds))
-        for lineno, prompt, _ in file._lines():
+        for lineno, prompt, _ in file.lines():
             training.setdefault(prompt_id(prompt), (file.path, lineno))
-    for lineno, prompt, _ in PromptFile(held)._lines():
+    for lineno, prompt, _ in PromptFile(held).lines():
         if (where := training.get(prompt_id(prompt))) is not None:
             raise InputError(held, f"held-out prompt is also a training prompt ({where[0]}:{where[1]}); "
                                    "remove it from one of the files", line=lineno, field="prompt")

@@ -52,7 +52,7 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
         return [x for s in cfg.stages.questions.seeds for x in _located(cfg.path(s))]
     if data.is_file():
         pf = PromptFile(data, "file")
-        return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf._lines()]
+        return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf.lines()]
     if (data / "records.jsonl").is_file() and (data / "manifest.json").is_file():
         from factory.commands.evaluate import held_out
 
