@@ -35,7 +35,7 @@ from local_generation import prompts, through_batcher  # noqa: E402
 
 from factory.config import load_config  # noqa: E402
 from factory.engine.pipeline import Overrides, Pipeline  # noqa: E402
-from factory.engine.runner import run  # noqa: E402
+from factory.executors.local import run_local  # noqa: E402
 from factory.models import load_model  # noqa: E402
 from factory.models.local import LocalModel  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
 
         keep = ThreadPoolExecutor(max_workers=1)
     start = time.perf_counter()
-    run(pipe, out, Console(stderr=True, quiet=True))
+    run_local(pipe, out, Console(stderr=True, quiet=True))
     wall = time.perf_counter() - start
     stats = json.loads((out / "stats.json").read_text())
     for stage, (calls, tokens, busy) in stage_rates(out).items():

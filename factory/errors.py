@@ -2,6 +2,7 @@
 
     FactoryError            the user can fix it (bad input, a missing key or file): exit code 2, no traceback
       InputError            bad content in a file, located by file, line and field
+      StoppedAtBudget       a command stopped cleanly before passing --max-cost: exit code 3, resumable
     ModelCallError          a model or search call failed (retried when `retryable`; then the record fails)
       CallTimeout           cut by the timeout
       ParseFailure          every sample of a call failed to parse
@@ -32,6 +33,13 @@ class InputError(FactoryError):
         where = self.path + (f":{line}" if line else "")
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
+
+
+class StoppedAtBudget(FactoryError):
+    """A command (training, a loop, principle discovery) stopped before a call could pass --max-cost.
+    Exit code 3, as for `factory run`; the message says how to continue."""
+
+    exit_code = 3
 
 
 class ModelCallError(Exception):

@@ -196,3 +196,22 @@ def test_a_shared_prefix_is_computed_once(model: LocalModel) -> None:
     assert result.cached_tokens >= 64 and result.cached_tokens % 32 == 0
     plain = run(_twin(model, prefix_cache_bytes=0), (second, greedy))[0]
     assert plain.cached_tokens == 0 and result.text == plain.text
+
+
+def test_sampling_follows_the_distribution_and_the_seed() -> None:
+    """Inverse-CDF sampling (one uniform draw per token) draws each token at its probability, never
+    one of probability zero, and the same seed gives the same tokens."""
+    from types import SimpleNamespace
+
+    local = LocalModel.__new__(LocalModel)
+    local.device = torch.device("cpu")
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7, 0.0]]))
+
+    def draws(seed: int, n: int) -> list[int]:
+        row = SimpleNamespace(params=GenParams(temperature=1.0), generator=torch.Generator().manual_seed(seed))
+        return [int(local._sample([row], logits)[0]) for _ in range(n)]
+
+    tokens = draws(0, 4000)
+    shares = [tokens.count(t) / len(tokens) for t in range(4)]
+    assert shares[3] == 0 and all(abs(s - p) < 0.03 for s, p in zip(shares, [0.1, 0.2, 0.7], strict=False))
+    assert draws(7, 50) == draws(7, 50) != draws(8, 50)

@@ -182,6 +182,33 @@ def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.train
+def test_a_budget_stop_exits_3_and_continues_with_a_larger_budget(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    config = loop_config(tmp_path, tiny)
+    data = yaml.safe_load(config.read_text())
+    data["stages"]["judge"]["model"] = data["loop"]["eval_judge"] = "openai:gpt-4o-mini"  # priced in prices.yaml
+    data["max_cost"] = 1e-6  # less than one judge call
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "loop"
+    r = factory("loop", config, "--rounds", "1", "--out", out)
+    assert r.returncode == 3, r.stderr
+    assert f"factory loop --resume {out} --max-cost USD" in r.stderr and "Traceback" not in r.stderr
+    manifest = json.loads((out / "loop.json").read_text())
+    assert manifest["status"] == "stopped_at_budget" and manifest["steps"]["1.generate"]["status"] == "running"
+
+    from factory.engine.state import lock_run_dir
+
+    held = lock_run_dir(out)  # another process working on the loop: a second one is refused
+    r = factory("loop", "--resume", out, "--max-cost", "1")
+    held.close()
+    assert r.returncode == 2 and "in use by another factory process" in r.stderr
+
+    r = factory("loop", "--resume", out, "--max-cost", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "loop.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+@pytest.mark.train
 def test_self_rewarding_the_policy_judges_its_own_answers(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "self"
     r = factory("loop", loop_config(tmp_path, tiny, judge="self", start_from="base"), "--rounds", "2", "--out", out)

@@ -16,7 +16,11 @@ from factory.errors import FactoryError
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The loop directory (new or empty).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Continue the loop in this directory at the step where it stopped.")
-def loop(config: Path | None, rounds: int | None, out: Path | None, resume_dir: Path | None) -> None:
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
+              help="USD per round's run, in place of the pipeline's max_cost (a loop stopped at its budget "
+                   "continues with --resume DIR --max-cost USD).")
+def loop(config: Path | None, rounds: int | None, out: Path | None, resume_dir: Path | None,
+         max_cost: float | None) -> None:
     """Iterated rounds: generate with the last round's policy, label, train, evaluate, K times.
 
     CONFIG is a pipeline YAML with a `loop:` section (held_out, objective, start_from, judge: fixed|self,
@@ -31,6 +35,6 @@ def loop(config: Path | None, rounds: int | None, out: Path | None, resume_dir: 
         out = resume_dir
     elif out is None:
         raise FactoryError("factory loop needs --out DIR (or --resume DIR)")
-    run_loop(config, rounds, out, stderr, resume=resume_dir is not None)
+    run_loop(config, rounds, out, stderr, resume=resume_dir is not None, max_cost=max_cost)
     print_loop(out, stderr)
     stdout.print(str(out), markup=False, highlight=False, soft_wrap=True)

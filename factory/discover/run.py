@@ -37,7 +37,7 @@ from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget, BudgetExceeded, estimate_tokens
 from factory.engine.rundir import now, write_json
 from factory.engine.stats import Stats
-from factory.errors import FactoryError, InputError, ModelCallError
+from factory.errors import FactoryError, InputError, ModelCallError, StoppedAtBudget
 from factory.models.spec import ModelSpec
 from factory.prompts import Template, load_template
 from factory.stages.critique_revise import CRITIQUE_VARIABLES
@@ -62,12 +62,6 @@ class Settings(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2, description="for proposals and written requests")
     seed: int = 0
     max_cost: float | None = Field(default=None, gt=0)
-
-
-class OverBudget(FactoryError):
-    """Stopped before a call could pass --max-cost (exit 3, as for `factory run`)."""
-
-    exit_code = 3
 
 
 @dataclass
@@ -223,7 +217,7 @@ def run(p: Plan, console: Console) -> dict:
     try:
         results, (principles, examples, written), proposed = asyncio.run(_work(p, log, stats))
     except BudgetExceeded as e:
-        raise OverBudget(f"{e}; nothing written. Every call made is cached in {p.work}: rerun with a larger "
+        raise StoppedAtBudget(f"{e}; nothing written. Every call made is cached in {p.work}: rerun with a larger "
                          "--max-cost (and the same --work) to continue") from None
     except ModelCallError as e:  # fatal: a rejected key, an unknown model
         raise FactoryError(str(e)) from None

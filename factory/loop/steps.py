@@ -22,7 +22,8 @@ from rich.console import Console
 from factory.config import PipelineConfig
 from factory.engine.pipeline import file_digest
 from factory.engine.rundir import now, write_json
-from factory.errors import FactoryError
+from factory.engine.state import lock_run_dir
+from factory.errors import FactoryError, StoppedAtBudget
 from factory.loop.config import LoopConfig, load_loop
 
 MANIFEST = "loop.json"
@@ -58,8 +59,11 @@ def steps(cfg: LoopConfig, rounds: int) -> list[tuple[int, str]]:
     return out
 
 
-def run_loop(config: Path | None, rounds: int | None, out: Path, console: Console, *, resume: bool = False) -> dict:
-    """Run (or, with `resume`, continue) the loop in OUT; returns the manifest."""
+def run_loop(config: Path | None, rounds: int | None, out: Path, console: Console, *, resume: bool = False,
+             max_cost: float | None = None) -> dict:
+    """Run (or, with `resume`, continue) the loop in OUT; returns the manifest. `max_cost` (USD), when
+    given, replaces the pipeline's for each round's run (so a loop stopped at its budget continues with
+    a larger one). One process at a time works on OUT."""
     out, wall = Path(out), time.monotonic()
     if resume:
         if config is not None or rounds is not None:
@@ -70,17 +74,20 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
             raise FactoryError(f"{config} changed (or is gone) since the loop started, so resuming would mix two "
                                f"configs. Restore it (a copy is in {out / 'config.yaml'}), or start a new loop")
         cfg = load_loop(config, manifest["rounds"])
-    else:
+        lock = lock_run_dir(out)
         if config is None or rounds is None:
             raise FactoryError("factory loop needs CONFIG and --rounds K (or --resume DIR)")
         cfg = load_loop(config, rounds)  # every input check, before any model loads or any folder is made
         if out.exists() and any(out.iterdir()):
             raise FactoryError(f"{out}: already exists and is not empty; choose another --out (or --resume {out})")
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(out)
         shutil.copyfile(config, out / "config.yaml")  # for the record
         manifest = {"config": str(Path(config).resolve()), "config_sha256": file_digest(config), "rounds": rounds,
                     "base": cfg.base, "loop": cfg.loop.model_dump(), "started": now(), "status": "running", "steps": {}}
         write_json(out / MANIFEST, manifest)
+    if max_cost is not None:
+        cfg.pipeline.max_cost = max_cost
     manifest["status"], manifest["resumed"] = "running", manifest.get("resumed", -1) + 1
     before = manifest.get("wall_seconds", 0)
 
@@ -98,7 +105,12 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
         write_json(out / MANIFEST, manifest)
         console.print(f"[bold]round {k}[/bold]: {step}{' (resumed)' if was_started else ''}")
         t0 = time.monotonic()
-        STEPS[step](cfg, out, k, console, was_started)
+        try:
+            STEPS[step](cfg, out, k, console, was_started)
+        except StoppedAtBudget:
+            manifest["status"] = "stopped_at_budget"
+            write_json(out / MANIFEST, manifest)
+            raise
         manifest["steps"][key] = {"status": "done", "seconds": round(time.monotonic() - t0, 3), "finished": now()}
         manifest["wall_seconds"] = elapsed()
         write_json(out / MANIFEST, manifest)
@@ -107,6 +119,7 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
     manifest |= {"status": "complete", "finished": now(), "wall_seconds": elapsed()}
     write_json(out / MANIFEST, manifest)
     write_loop_report(out)
+    lock.close()
     return manifest
 
 
@@ -129,11 +142,12 @@ def _generate(cfg: LoopConfig, out: Path, k: int, console: Console, was_started:
 
     run_dir = round_dir(out, k) / "run"
     if was_started and (run_dir / "manifest.json").is_file():
-        outcome = resume(run_dir, console, Overrides(cache_dir=out / "cache"))
+        outcome = resume(run_dir, console, Overrides(cache_dir=out / "cache", max_cost=cfg.pipeline.max_cost))
     else:
         outcome = run(Pipeline.prepare(round_pipeline(cfg, out, k), Overrides()), _fresh(run_dir), console)
     if outcome.status == "stopped_at_budget":
-        raise FactoryError(f"round {k} stopped at its budget; raise max_cost and continue with --resume {out}")
+        raise StoppedAtBudget(f"round {k} stopped before passing its budget; continue with a larger budget: "
+                              f"factory loop --resume {out} --max-cost USD")
 
 
 def _data_dir(cfg: LoopConfig, out: Path, k: int) -> Path:

@@ -331,7 +331,12 @@ class LocalModel(Model):
                 drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
                 drop[0] = False
                 probs = probs.scatter(0, order[drop], 0.0)
-            next_ids[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+            # Inverse-CDF sampling: one uniform draw from the row's generator and a binary search.
+            # torch.multinomial draws an exponential per vocabulary entry (49k for SmolLM2): 11% of a
+            # decode step at batch 32, measured with torch.profiler.
+            cdf = probs.cumsum(-1)
+            u = torch.rand(1, generator=row.generator, device=self.device) * cdf[-1]
+            next_ids[i] = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)[0]
         return next_ids
 
     def _advance(self, row: _Row, token: int) -> None:

@@ -25,7 +25,7 @@ from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget, BudgetExceeded, require_prices
 from factory.engine.rundir import command_line, now, package_versions, write_json
 from factory.engine.stats import Stats
-from factory.errors import FactoryError, InputError
+from factory.errors import FactoryError, InputError, StoppedAtBudget
 from factory.inputs import PromptFile
 from factory.models.spec import ModelSpec
 from factory.records import Record
@@ -277,7 +277,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except BudgetExceeded as e:
         sink.flush()
-        raise FactoryError(f"stopped before passing the budget: {e}. The last checkpoint is in {out}; continue with: "
+        raise StoppedAtBudget(f"stopped before passing the budget: {e}. The last checkpoint is in {out}; continue with: "
                            f"factory train {objective} --resume {out} --max-cost USD") from None
     finally:
         _close(trainer, pipe, log)
