@@ -10,7 +10,8 @@ import click
 
 from factory import __version__
 from factory.commands.show import print_outcome, stderr, stdout
-from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
+from factory.commands.sources import prompt_options
+from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, InputSource, load_config
 from factory.errors import FactoryError
 
 # Our own progress display replaces the libraries' bars (set before they are imported; users may override).
@@ -35,9 +36,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file, one object per line with a 'prompt' field (other fields kept as metadata). "
-                   "Replaces question generation. Streamed: any size.")
+@prompt_options
 @click.option("--limit", type=int, help="Process at most N prompts.")
 @click.option("--model", help="Model spec for every stage, e.g. local:smollm2, openai:gpt-4o-mini, "
                               "anthropic:claude-haiku-4-5.")
@@ -69,9 +68,9 @@ def cli() -> None:
               "cluster's CPUs); --concurrency and rate limits are split between them.")
 @click.option("--shards", type=click.IntRange(min=1), help="With --executor ray: shards to split the input into "
               "(default: one per worker, or one per 1000 prompts if more).")
-def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
-        rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
-        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
+def run(config: Path | None, prompts: list[InputSource] | None, limit: int | None, model: str | None,
+        concurrency: int | None, rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None,
+        dry_run: bool, batch: bool, cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
         executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> int:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 

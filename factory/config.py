@@ -36,6 +36,27 @@ class Sampling(Strict):
     max_tokens: int = Field(default=256, ge=1)
 
 
+class InputSource(Strict):
+    """One source of prompts: a JSONL file, a Parquet file, or a Hugging Face dataset (a folder saved
+    with `save_to_disk`, or one `load_dataset` reads: Parquet/JSONL files, a hub-style folder). A row
+    holds a `prompt` string, a `messages` list (OpenAI chat format, optional system turn first, the
+    user's turn last) or a text in the Human/Assistant layout; the columns are named here."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet", "dataset"] = Field(
+        default="auto", description="auto: .jsonl/.json -> jsonl, .parquet -> parquet, a folder -> dataset")
+    split: str | None = Field(default=None, description="dataset split (default: train, or the only one)")
+    subset: str | None = Field(default=None, description="dataset config name, where it has several")
+    prompt_column: str = Field(default="prompt", description="a plain user prompt")
+    messages_column: str = Field(default="messages", description="a list of {role, content} turns")
+    text_column: str | None = Field(default=None, description="a text in the \\n\\nHuman: ... \\n\\nAssistant: "
+                                    "layout (used instead of prompt and messages)")
+    system_column: str = Field(default="system", description="a system prompt, where the row has one")
+    kind: str | None = Field(default=None, description="`kind` of the rows that carry none (e.g. red_team, helpful)")
+    weight: float | None = Field(default=None, gt=0, description="mixing ratio against the other sources "
+                                 "(all sources or none)")
+
+
 class QuestionsConfig(Sampling):
     seeds: list[str] = Field(default_factory=list, description="JSONL seed prompt files")
     include_seeds: bool = Field(default=True, description="the seed prompts themselves are records too")
@@ -250,6 +271,8 @@ class PipelineConfig(Strict):
     prompts_dir: str = Field(default=str(ROOT / "prompts"), description="folder of prompt templates")
     model: str = Field(default="local:smollm2", description="default model spec for every stage")
     seed: int = 0
+    inputs: list[InputSource] = Field(default_factory=list, description="prompt sources (instead of question "
+                                      "generation); --prompts on the command line replaces them")
     concurrency: int = Field(default=64, ge=1, description="requests in flight per model endpoint")
     limits: dict[str, LimitsConfig] = Field(default_factory=dict, description="rate limits per model spec")
     retries: RetriesConfig = Field(default_factory=RetriesConfig)

@@ -13,7 +13,7 @@ from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.stats import StageStats
 from factory.errors import ModelCallError, ParseError
 from factory.hygiene.gates import incoherent_request
-from factory.inputs import PromptFile
+from factory.inputs import Prompts
 from factory.prompts import Template
 from factory.records import Record
 from factory.stages import params
@@ -50,6 +50,11 @@ def dedup(records: list[Record], st: StageStats) -> list[Record]:
     return kept
 
 
+def count_kind(st: StageStats, rec: Record) -> None:
+    """Prompts per kind (the mode that generated them, or the input's `kind`), for the report."""
+    st.counters[f"kind:{rec.metadata.get('kind') or rec.source}"] += 1
+
+
 def questions_or_retry(text: str) -> tuple[list[str], int]:
     """The parser for generation calls: an output with no usable line is sampled again."""
     prompts, rejected = parse_questions(text)
@@ -65,7 +70,7 @@ class QuestionsStage:
     name = NAME
 
     def __init__(self, cfg: QuestionsConfig, template: Template, model: str, seed: int,
-                 seeds: list[Record], from_file: PromptFile | None = None, limit: int | None = None):
+                 seeds: list[Record], from_file: Prompts | None = None, limit: int | None = None):
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
         self.seeds, self.from_file, self.limit = seeds, from_file, limit
         self.failures: list[tuple[str, str]] = []  # (generation call, reason): failed calls with no record
@@ -76,10 +81,11 @@ class QuestionsStage:
         st.touch()
         if self.from_file is not None:
             st.records_in = self.from_file.count
-            for rec, duplicate in self.from_file:
-                if duplicate:
-                    st.drop("duplicate_prompt")
+            for rec, dropped in self.from_file:
+                if dropped:
+                    st.drop(dropped)
                     continue
+                count_kind(st, rec)
                 st.records_out += 1
                 yield rec
             return
