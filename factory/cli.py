@@ -139,9 +139,12 @@ def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the principle draw and sampling.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Pipeline config whose answer and critique settings to use (default: the default pipeline).")
+@click.option("--system", help="A system prompt for the dialogue.")
+@click.option("--turn", "turns", multiple=True, metavar="ROLE:TEXT", help="An earlier turn (user:... or assistant:...), "
+              "in order; PROMPT is the user's last turn.")
 def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int | None, seed: int,
-         config: Path | None) -> None:
-    """Run one PROMPT through answer, critique and revision, and print every step.
+         config: Path | None, system: str | None, turns: tuple[str, ...]) -> None:
+    """Run one PROMPT (or a dialogue ending with it) through answer, critique and revision, and print every step.
 
     Ends with a word diff between the first answer and the final revision. Calls are cached
     (in $FACTORY_CACHE_DIR or ~/.cache/constitution-factory), so after editing one principle
@@ -149,7 +152,7 @@ def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int 
     """
     from factory.commands.tryout import try_prompt
 
-    try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
+    try_prompt(prompt, config, constitution, model, rounds, seed, stdout, system=system, turns=turns)
 
 
 @cli.command("judge-check")
