@@ -57,6 +57,44 @@ class InputSource(Strict):
                                  "(all sources or none)")
 
 
+class ModeConfig(Strict):
+    """One question-generation mode: how many prompts it writes, with which template. Its records get the
+    mode's name as their `kind`."""
+
+    generate: int = Field(ge=1, description="how many new prompts this mode writes")
+    template: str | None = Field(default=None, description="template name (default: questions_<mode>)")
+
+
+class RedTeamMode(ModeConfig):
+    harm_areas: list[str] = Field(default_factory=lambda: ["privacy", "violence", "fraud and scams", "harassment",
+                                                           "weapons", "illegal drugs", "hacking", "self-harm"],
+                                  min_length=1, description="one per call, in turn; examples are red_team seeds only")
+
+
+class TopicsMode(ModeConfig):
+    topics: list[str] = Field(default_factory=list, description="topics or personas, one per call in turn")
+    topics_file: str | None = Field(default=None, description="or a text file, one per line (# starts a comment)")
+
+
+class EvolMode(ModeConfig):
+    how: list[Literal["harder", "specific", "constraints", "context"]] = Field(
+        default_factory=lambda: ["harder", "specific", "constraints", "context"], min_length=1,
+        description="rewrites, one per call in turn (the template words each one)")
+    from_kinds: list[str] | None = Field(default=None, description="rewrite seed prompts of these kinds (default: all)")
+
+
+class GenerationModes(Strict):
+    """Question generation with distinct modes, each its own template (prompts/questions_<mode>.yaml)."""
+
+    red_team: RedTeamMode | None = Field(default=None, description="attacks per harm area, few-shot from red_team seeds")
+    helpful: ModeConfig | None = Field(default=None, description="self-instruct from helpful seeds")
+    topics: TopicsMode | None = Field(default=None, description="from topics or personas; no seeds needed")
+    evol: EvolMode | None = Field(default=None, description="an existing prompt rewritten harder or more specific")
+
+    def active(self) -> list[tuple[str, ModeConfig]]:
+        return [(name, m) for name in ("red_team", "helpful", "topics", "evol") if (m := getattr(self, name)) is not None]
+
+
 class QuestionsConfig(Sampling):
     seeds: list[str] = Field(default_factory=list, description="JSONL seed prompt files")
     include_seeds: bool = Field(default=True, description="the seed prompts themselves are records too")
@@ -69,6 +107,14 @@ class QuestionsConfig(Sampling):
     temperature: float = Field(default=1.0, ge=0, le=2)
     gate_incoherent: bool = Field(default=True, description="drop generated prompts that are not a request a user "
                                   "could send (cut off, no question or request form, non-words)")
+    modes: GenerationModes = Field(default_factory=GenerationModes, description="generation modes, after `generate`")
+    near_dedup: float | None = Field(default=0.8, gt=0, le=1, description="drop a generated prompt this similar "
+                                     "(MinHash Jaccard of word 3-grams) to a seed or an earlier prompt; null: off")
+
+    @property
+    def total_generate(self) -> int:
+        """Prompts to generate: the few-shot `generate` plus every mode's."""
+        return self.generate + sum(m.generate for _, m in self.modes.active())
 
 
 class AnswerConfig(Sampling):

@@ -80,7 +80,7 @@ def records_of(pipe: Pipeline) -> tuple[int, list[Record], int]:
         return pipe.from_file.records, sample, 0
     source = pipe.source()
     seeds = source.seed_records(StageStats())
-    room = source.room(len(seeds)) if pipe.seeds else 0
+    room = source.room(len(seeds))
     generated = [Record.new("x" * GENERATED_CHARS, "generated")] if room else []
     return len(seeds) + room, seeds[:SAMPLE] + generated, room
 
@@ -90,10 +90,14 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
     lines: list[Line] = []
     if room:
         source, q = pipe.source(), pipe.cfg.stages.questions
-        calls = source.max_calls(room)
-        shown = [r.prompt for r in pipe.seeds[: q.examples_per_call]]
-        tokens = _tokens(pipe.templates["questions"], examples=shown, n=q.questions_per_call)
-        lines.append(Line("questions", pipe.specs["questions"], calls, calls * tokens, calls * q.max_tokens))
+        line = Line("questions", pipe.specs["questions"])
+        for mode in source.modes:  # each mode's share of the room, in the order they run
+            want, room = min(mode.generate, room), room - min(mode.generate, room)
+            calls = source.max_calls(want, mode)
+            if calls:
+                variables = mode.plan(pipe.cfg.seed, 0, q.questions_per_call)[0]
+                line.add(calls, calls * _tokens(mode.template, **variables), calls * q.max_tokens)
+        lines.append(line)
     per_record = {name: STAGES[name](pipe) for name in pipe.record_stages}  # KeyError: a stage with no estimate
     for name, count in per_record.items():
         line = Line(name, pipe.specs[name])

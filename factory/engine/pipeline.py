@@ -27,6 +27,7 @@ from factory.prompts import Template, load_template
 from factory.records import Record
 from factory.search import SearchBackend, load_search
 from factory.stages import Stage, questions
+from factory.stages.modes import build_modes, load_modes
 from factory.stages.questions import QuestionsStage
 from factory.stages.registry import active, check_rows
 
@@ -112,7 +113,9 @@ class Pipeline:
         pdir = cfg.path(cfg.prompts_dir)
         check_rows(st)
         templates = {"questions": load_template(pdir, st.questions.template, questions.VARIABLES)}
-        extras = {}
+        modes = load_modes(pdir, st.questions, cfg.path)  # a missing template or topics file fails here
+        templates |= {f"questions_{name}": template for name, (template, _) in modes.items()}
+        extras: dict[str, object] = {"modes": modes}
         for entry, section in active(st):
             loaded = entry.load(pdir, section)
             templates |= loaded.templates
@@ -121,12 +124,15 @@ class Pipeline:
         sources = prompt_sources(ov.prompts, cfg)
         from_file = Prompts(sources, cfg.path, ov.limit) if sources else None
         seeds = []
-        if from_file is None and needs_seeds:
+        topics_only = not st.questions.seeds and not st.questions.generate and set(modes) == {"topics"}
+        if from_file is None and needs_seeds and not topics_only:
             if not st.questions.seeds:
                 raise FactoryError("the pipeline config lists no seed files (stages.questions.seeds); "
                                    "add some or pass --prompts FILE.jsonl")
             for path in st.questions.seeds:
                 seeds += read_prompts(cfg.path(path), "seed")
+        if from_file is None and needs_seeds:
+            build_modes(st.questions, templates["questions"], modes, seeds)  # a mode without its seeds fails here
         prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
         cleaner = Cleaner(st.export.clean, cfg.path)  # loads the evaluation sets: bad ones fail here
         pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, cleaner=cleaner,
@@ -157,7 +163,7 @@ class Pipeline:
 
     @property
     def generating(self) -> bool:
-        return self.from_file is None and self.cfg.stages.questions.generate > 0
+        return self.from_file is None and self.cfg.stages.questions.total_generate > 0
 
     def used_specs(self) -> list[str]:
         stages = (["questions"] if self.generating else []) + self.record_stages
@@ -195,8 +201,10 @@ class Pipeline:
 
     def source(self) -> QuestionsStage:
         cfg = self.cfg
-        return QuestionsStage(cfg.stages.questions, self.templates["questions"], self.specs["questions"],
-                              cfg.seed, self.seeds, self.from_file, self.limit)
+        q = cfg.stages.questions
+        modes = build_modes(q, self.templates["questions"], self.extras.get("modes", {}), self.seeds)
+        return QuestionsStage(q, self.templates["questions"], self.specs["questions"], cfg.seed, self.seeds,
+                              self.from_file, self.limit, modes)
 
     async def aclose(self) -> None:
         for m in self.models.values():
