@@ -30,14 +30,14 @@ def every_row(out: Path, name: str) -> list[dict]:
     return [row for split in load_dataset(str(out), name).values() for row in split]
 
 
-def check_exports(out: Path, expected: list[list[dict]], extra: bool = False) -> None:
+def check_exports(out: Path, expected: list[list[dict]], extra: bool = False, pairs: bool = True) -> None:
     """Every config keeps each conversation whole, passes TRL's helpers, and ends with the new turn."""
     sft = every_row(out, "sft")
     assert sorted(json.dumps(r["messages"][:-1]) for r in sft) == sorted(json.dumps(c) for c in expected)
     for row in sft:
         assert is_conversational(row) and row["messages"][-1]["role"] == "assistant"
     prefs = every_row(out, "prefs")
-    assert prefs and all(r["prompt"] in expected for r in prefs)
+    assert (prefs or not pairs) and all(r["prompt"] in expected for r in prefs)
     for row in prefs:
         assert is_conversational(row) and maybe_extract_prompt(row)["prompt"] == row["prompt"]
         assert [m["role"] for m in row["chosen"]] == ["assistant"]
@@ -140,3 +140,35 @@ def test_the_report_and_the_review_data_show_the_dialogue(api, tmp_path: Path) -
     rec = next(e.record for e in view.entries.values() if e.record.history)
     detail = view.detail(rec.id)
     assert detail["record"]["history"][0]["content"] == rec.history[0].content and detail["summary"]["turns"] >= 2
+
+
+@pytest.mark.model
+def test_dialogues_on_the_embedded_model(tmp_path: Path) -> None:
+    """Both example files mixed 1:1 (one dialogue each) through the embedded model; the exports keep every
+    turn, pass TRL's helpers and render with the model's chat template."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import maybe_apply_chat_template
+
+    from factory.models.smollm2 import ensure_smollm2
+
+    config = api_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["inputs"] = [{"path": str(EXAMPLES / "red_team_dialogues.jsonl"), "weight": 1},
+                     {"path": str(EXAMPLES / "hh_dialogues.jsonl"), "text_column": "chosen", "kind": "helpful",
+                      "weight": 1}]
+    cfg["stages"]["export"]["clean"] = {"drop_truncated": False, "quality": {"enabled": []}, "drop_over_refusal": False}
+    cfg["stages"]["critique_revise"] |= {"gate_critique": False, "gate_off_topic": False}
+    for stage in ("answer", "critique_revise"):
+        cfg["stages"][stage]["max_tokens"] = 64
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    r = factory("run", config, "--limit", "2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    expected = [dialogues(EXAMPLES / "red_team_dialogues.jsonl")[0], dialogues(EXAMPLES / "hh_dialogues.jsonl", "chosen")[0]]
+    check_exports(out, expected, pairs=False)  # the 135M model's revision may leave an answer unchanged: no pair
+    tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2())
+    for row in every_row(out, "sft"):
+        text = maybe_apply_chat_template(row, tokenizer)["text"]
+        assert all(m["content"] in text for m in row["messages"])
+    stats = json.loads((out / "stats.json").read_text())["stages"]["questions"]
+    assert stats["dropped"]["not_in_mix"] == 6 and stats["counters"] == {"kind:helpful": 1, "kind:red_team": 1}
