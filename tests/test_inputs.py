@@ -158,3 +158,38 @@ def test_sources_mix_by_weight_and_count_every_row(tmp_path: Path) -> None:
     assert plain.count == 12 and plain.records == 12 and plain.quotas is None
     with pytest.raises(Exception, match="give every prompt source a weight"):
         Prompts([sources[0], InputSource(path=str(b))], Path)
+
+
+def test_config_inputs_resolve_against_the_config_and_cli_flags_pair_with_each_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+    from test_cli import api_config
+
+    from factory.commands.sources import sources
+    from factory.config import load_config
+    from factory.engine.pipeline import Overrides, Pipeline
+
+    jsonl(tmp_path / "a.jsonl", [{"prompt": f"first source question {i}"} for i in range(6)])
+    jsonl(tmp_path / "b.jsonl", [{"q": f"second source question {i}"} for i in range(6)])
+    config = api_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["inputs"] = [{"path": "a.jsonl", "kind": "red_team", "weight": 2},
+                     {"path": "b.jsonl", "prompt_column": "q", "kind": "helpful", "weight": 1}]
+    config.write_text(yaml.safe_dump(cfg))
+    pipe = Pipeline.prepare(load_config(config), Overrides())
+    assert pipe.from_file is not None and pipe.from_file.quotas == [6, 3] and pipe.from_file.records == 9
+    manifest = pipe.manifest(tmp_path / "run", batch=False)
+    assert manifest["mix"][str(tmp_path / "b.jsonl")] == {"kind": "helpful", "weight": 1.0, "rows": 6, "taken": 3}
+
+    cli = sources((tmp_path / "a.jsonl", tmp_path / "b.jsonl"), {"prompt_column": None, "split": None},
+                  {"kind": ("red_team", "helpful"), "weight": (1.0, 1.0)})
+    assert [(s.kind, s.weight) for s in cli] == [("red_team", 1.0), ("helpful", 1.0)]
+    with pytest.raises(Exception, match="--kind is given 2 times for 3 --prompts"):
+        sources((tmp_path / "a.jsonl",) * 3, {}, {"kind": ("a", "b"), "weight": ()})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    r = factory("run", config, "--model", "openai:m", "--prompts", tmp_path / "a.jsonl", "--prompts",
+                tmp_path / "b.jsonl", "--dry-run")
+    assert r.returncode == 2 and "field 'prompt': missing" in r.stderr  # --prompts replaces the config's sources
+    r = factory("run", "--prompts", tmp_path / "a.jsonl", "--weight", "1", "--prompts", tmp_path / "b.jsonl",
+                "--prompt-column", "q", "--dry-run")
+    assert r.returncode == 2 and "a.jsonl:1: field 'q': missing" in r.stderr

@@ -77,11 +77,12 @@ def file_digest(path: Path) -> str:
 
 
 def prompt_sources(given: Path | list[InputSource] | None, cfg: PipelineConfig) -> list[InputSource]:
-    """--prompts (a path, or sources) wins over the config's `inputs`; paths absolute."""
+    """--prompts (a path, or sources) wins over the config's `inputs`; paths absolute (the config's resolve
+    against its folder)."""
     if given is None:
         sources = cfg.inputs
     elif isinstance(given, Path):
-        sources = [InputSource(path=str(given))]
+        sources = [InputSource(path=str(given.resolve()))]  # a path given here is the caller's, not the config's
     else:
         sources = given
     return [s.model_copy(update={"path": str(cfg.path(s.path))}) for s in sources]
@@ -115,7 +116,7 @@ class Pipeline:
         templates = {"questions": load_template(pdir, st.questions.template, questions.VARIABLES)}
         modes = load_modes(pdir, st.questions, cfg.path)  # a missing template or topics file fails here
         templates |= {f"questions_{name}": template for name, (template, _) in modes.items()}
-        extras: dict[str, object] = {"modes": modes}
+        extras: dict[str, object] = {"questions": modes}
         for entry, section in active(st):
             loaded = entry.load(pdir, section)
             templates |= loaded.templates
@@ -202,7 +203,7 @@ class Pipeline:
     def source(self) -> QuestionsStage:
         cfg = self.cfg
         q = cfg.stages.questions
-        modes = build_modes(q, self.templates["questions"], self.extras.get("modes", {}), self.seeds)
+        modes = build_modes(q, self.templates["questions"], self.extras.get("questions", {}), self.seeds)
         return QuestionsStage(q, self.templates["questions"], self.specs["questions"], cfg.seed, self.seeds,
                               self.from_file, self.limit, modes)
 
