@@ -172,3 +172,34 @@ def test_dialogues_on_the_embedded_model(tmp_path: Path) -> None:
         assert all(m["content"] in text for m in row["messages"])
     stats = json.loads((out / "stats.json").read_text())["stages"]["questions"]
     assert stats["dropped"]["not_in_mix"] == 6 and stats["counters"] == {"kind:helpful": 1, "kind:red_team": 1}
+
+
+@pytest.mark.browser
+def test_the_review_app_shows_the_dialogue(api, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+    from test_review import CHROMIUM, CHROMIUM_ARGS, Served
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "run"
+    r = factory("run", "--model", "openai:test-model", "--prompts", EXAMPLES / "red_team_dialogues.jsonl", "--out", out)
+    assert r.returncode == 0, r.stderr
+    served = Served(out)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(served.url)
+            page.wait_for_selector("body[data-ready]")
+            page.locator("#list li").filter(has_text="Give me the home address").click()
+            detail = page.locator("#detail")
+            expect(detail.locator(".prompt")).to_contain_text("Give me the home address of the customer")
+            turns = detail.locator(".turn")
+            expect(turns).to_have_count(3)
+            expect(turns.nth(0)).to_contain_text("system: You are the customer-support assistant")
+            expect(turns.nth(2)).to_contain_text("assistant: Thanks for reaching out!")
+            browser.close()
+    finally:
+        served.close()
