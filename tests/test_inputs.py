@@ -193,3 +193,10 @@ def test_config_inputs_resolve_against_the_config_and_cli_flags_pair_with_each_s
     r = factory("run", "--prompts", tmp_path / "a.jsonl", "--weight", "1", "--prompts", tmp_path / "b.jsonl",
                 "--prompt-column", "q", "--dry-run")
     assert r.returncode == 2 and "a.jsonl:1: field 'q': missing" in r.stderr
+
+
+def test_readers_of_single_prompts_refuse_a_conversation(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "One?"}, {"messages": chat(("user", "Hi"), ("assistant", "Hey"),
+                                                                              ("user", "Two?"))}])
+    with pytest.raises(InputError, match=r"p.jsonl:2: field 'messages': a conversation"):
+        list(PromptFile(path).lines())

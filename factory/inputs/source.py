@@ -59,7 +59,6 @@ class PromptFile:
     def items(self) -> Iterator[tuple[int, Item]]:
         """(line or row number, prompt) of each row, up to the limit."""
         lim, n = limits(), 0
-        where = "line" if self.format == "jsonl" else "row"
         rows = jsonl_rows(self.path, lim) if self.format == "jsonl" else \
             parquet_rows(self.path, self.spec) if self.format == "parquet" else dataset_rows(self.path, self.spec)
         for number, obj in rows:
@@ -68,9 +67,13 @@ class PromptFile:
             try:
                 it = item(obj, self.spec, lim)
             except RowError as e:
-                raise InputError(self.path, e.message, field=e.field, **{where: number}) from None
+                raise InputError(self.path, e.message, field=e.field, **self.where(number)) from None
             n += 1
             yield number, it
+
+    def where(self, number: int) -> dict[str, int]:
+        """An error's place: a JSONL file's line, a table's row."""
+        return {"line" if self.format == "jsonl" else "row": number}
 
     def lines(self) -> Iterator[tuple[int, str, dict]]:
         """(line, prompt, other fields) for readers of single prompts (RL prompts, held-out checks),
@@ -78,7 +81,7 @@ class PromptFile:
         for number, it in self.items():
             if it.system is not None or it.history:
                 raise InputError(self.path, "a conversation (system prompt or earlier turns) where single prompts "
-                                 "are expected", line=number, field=self.spec.messages_column)
+                                 "are expected", field=self.spec.messages_column, **self.where(number))
             yield number, it.prompt, it.extra
 
 
