@@ -203,3 +203,19 @@ def test_the_review_app_shows_the_dialogue(api, tmp_path: Path) -> None:
             browser.close()
     finally:
         served.close()
+
+
+def test_online_rl_refuses_conversations_instead_of_cutting_them(api, tmp_path: Path) -> None:
+    from test_rl import rl_config
+
+    from factory.errors import FactoryError
+    from factory.train import resolve
+    from factory.train.rl import load_prompts
+
+    out = tmp_path / "run"
+    r = factory("run", "--model", "openai:test-model", "--prompts", EXAMPLES / "red_team_dialogues.jsonl", "--out", out)
+    assert r.returncode == 0, r.stderr
+    cfg = resolve("grpo", rl_config(tmp_path, [{"kind": "teacher", "scorer": "vader:negative", "everywhere": True}]))
+    for data in (out, EXAMPLES / "red_team_dialogues.jsonl"):
+        with pytest.raises(FactoryError, match="conversation"):
+            load_prompts(data, cfg)
