@@ -84,11 +84,16 @@ def items(name: str, m: ModeConfig, resolve) -> list[str]:
     return []
 
 
+def few_shot_mode(cfg: QuestionsConfig, template: Template, seeds: list[Record]) -> list[Mode]:
+    """The few-shot `generate` (every seed file's prompts as examples), if it asks for any prompt."""
+    return [Mode("few_shot", template, cfg.generate, seeds, examples=cfg.examples_per_call)] if cfg.generate else []
+
+
 def build_modes(cfg: QuestionsConfig, few_shot: Template, loaded: dict[str, tuple[Template, list[str]]],
                 seeds: list[Record]) -> list[Mode]:
     """The modes in the order they run: few-shot `generate` first, then red_team, helpful, topics, evol.
     A mode that needs seeds of its kind and has none fails here, before any call."""
-    modes = [Mode("few_shot", few_shot, cfg.generate, seeds, examples=cfg.examples_per_call)] if cfg.generate else []
+    modes = few_shot_mode(cfg, few_shot, seeds)
     for name, m in cfg.modes.active():
         template, its = loaded[name]
         pool = seeds

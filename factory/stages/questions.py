@@ -19,7 +19,7 @@ from factory.inputs import Prompts
 from factory.prompts import Template
 from factory.records import Record
 from factory.stages import params
-from factory.stages.modes import Mode
+from factory.stages.modes import Mode, few_shot_mode
 
 VARIABLES = {"examples", "n"}
 NAME = "questions"
@@ -79,10 +79,7 @@ class QuestionsStage:
                  modes: list[Mode] | None = None):
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
         self.seeds, self.from_file, self.limit = seeds, from_file, limit
-        if modes is None:  # the few-shot `generate` alone
-            modes = [Mode("few_shot", template, cfg.generate, seeds, examples=cfg.examples_per_call)] \
-                if cfg.generate else []
-        self.modes = modes
+        self.modes = few_shot_mode(cfg, template, seeds) if modes is None else modes
         self.near = NearDedup(ngram=3, threshold=cfg.near_dedup) if cfg.near_dedup is not None else None
         self.failures: list[tuple[str, str]] = []  # (generation call, reason): failed calls with no record
 
