@@ -10,7 +10,8 @@ import click
 
 from factory import __version__
 from factory.commands.show import print_outcome, stderr, stdout
-from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, load_config
+from factory.commands.sources import prompt_options
+from factory.config import DEFAULT_CONFIG, DEFAULT_CONSTITUTION, InputSource, load_config
 from factory.errors import FactoryError
 
 # Our own progress display replaces the libraries' bars (set before they are imported; users may override).
@@ -35,9 +36,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file, one object per line with a 'prompt' field (other fields kept as metadata). "
-                   "Replaces question generation. Streamed: any size.")
+@prompt_options
 @click.option("--limit", type=int, help="Process at most N prompts.")
 @click.option("--model", help="Model spec for every stage, e.g. local:smollm2, openai:gpt-4o-mini, "
                               "anthropic:claude-haiku-4-5.")
@@ -69,9 +68,9 @@ def cli() -> None:
               "cluster's CPUs); --concurrency and rate limits are split between them.")
 @click.option("--shards", type=click.IntRange(min=1), help="With --executor ray: shards to split the input into "
               "(default: one per worker, or one per 1000 prompts if more).")
-def run(config: Path | None, prompts: Path | None, limit: int | None, model: str | None, concurrency: int | None,
-        rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None, dry_run: bool, batch: bool,
-        cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
+def run(config: Path | None, prompts: list[InputSource] | None, limit: int | None, model: str | None,
+        concurrency: int | None, rpm: float | None, tpm: float | None, seed: int | None, max_cost: float | None,
+        dry_run: bool, batch: bool, cache_dir: Path | None, resume_dir: Path | None, debug: bool, out: Path | None, hub_repo: str | None,
         executor: str | None, ray_address: str | None, workers: int | None, shards: int | None) -> int:
     """Run a pipeline: questions, answers, critique and revision, then datasets.
 
@@ -140,9 +139,12 @@ def retry_failed(run_dir: Path, max_cost: float | None, concurrency: int | None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the principle draw and sampling.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Pipeline config whose answer and critique settings to use (default: the default pipeline).")
+@click.option("--system", help="A system prompt for the dialogue.")
+@click.option("--turn", "turns", multiple=True, metavar="ROLE:TEXT", help="An earlier turn (user:... or assistant:...), "
+              "in order; PROMPT is the user's last turn.")
 def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int | None, seed: int,
-         config: Path | None) -> None:
-    """Run one PROMPT through answer, critique and revision, and print every step.
+         config: Path | None, system: str | None, turns: tuple[str, ...]) -> None:
+    """Run one PROMPT (or a dialogue ending with it) through answer, critique and revision, and print every step.
 
     Ends with a word diff between the first answer and the final revision. Calls are cached
     (in $FACTORY_CACHE_DIR or ~/.cache/constitution-factory), so after editing one principle
@@ -150,7 +152,7 @@ def try_(prompt: str, constitution: Path | None, model: str | None, rounds: int 
     """
     from factory.commands.tryout import try_prompt
 
-    try_prompt(prompt, config, constitution, model, rounds, seed, stdout)
+    try_prompt(prompt, config, constitution, model, rounds, seed, stdout, system=system, turns=turns)
 
 
 @cli.command("judge-check")

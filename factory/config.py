@@ -36,6 +36,65 @@ class Sampling(Strict):
     max_tokens: int = Field(default=256, ge=1)
 
 
+class InputSource(Strict):
+    """One source of prompts: a JSONL file, a Parquet file, or a Hugging Face dataset (a folder saved
+    with `save_to_disk`, or one `load_dataset` reads: Parquet/JSONL files, a hub-style folder). A row
+    holds a `prompt` string, a `messages` list (OpenAI chat format, optional system turn first, the
+    user's turn last) or a text in the Human/Assistant layout; the columns are named here."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet", "dataset"] = Field(
+        default="auto", description="auto: .jsonl/.json -> jsonl, .parquet -> parquet, a folder -> dataset")
+    split: str | None = Field(default=None, description="dataset split (default: train, or the only one)")
+    subset: str | None = Field(default=None, description="dataset config name, where it has several")
+    prompt_column: str = Field(default="prompt", description="a plain user prompt")
+    messages_column: str = Field(default="messages", description="a list of {role, content} turns")
+    text_column: str | None = Field(default=None, description="a text in the \\n\\nHuman: ... \\n\\nAssistant: "
+                                    "layout (used instead of prompt and messages)")
+    system_column: str = Field(default="system", description="a system prompt, where the row has one")
+    kind: str | None = Field(default=None, description="`kind` of the rows that carry none (e.g. red_team, helpful)")
+    weight: float | None = Field(default=None, gt=0, description="mixing ratio against the other sources "
+                                 "(all sources or none)")
+
+
+class ModeConfig(Strict):
+    """One question-generation mode: how many prompts it writes, with which template. Its records get the
+    mode's name as their `kind`."""
+
+    generate: int = Field(ge=1, description="how many new prompts this mode writes")
+    template: str | None = Field(default=None, description="template name (default: questions_<mode>)")
+
+
+class RedTeamMode(ModeConfig):
+    harm_areas: list[str] = Field(default_factory=lambda: ["privacy", "violence", "fraud and scams", "harassment",
+                                                           "weapons", "illegal drugs", "hacking", "self-harm"],
+                                  min_length=1, description="one per call, in turn; examples are red_team seeds only")
+
+
+class TopicsMode(ModeConfig):
+    topics: list[str] = Field(default_factory=list, description="topics or personas, one per call in turn")
+    topics_file: str | None = Field(default=None, description="or a text file, one per line (# starts a comment)")
+
+
+class EvolMode(ModeConfig):
+    how: list[Literal["harder", "specific", "constraints", "context"]] = Field(
+        default_factory=lambda: ["harder", "specific", "constraints", "context"], min_length=1,
+        description="rewrites, one per call in turn (the template words each one)")
+    from_kinds: list[str] | None = Field(default=None, description="rewrite seed prompts of these kinds (default: all)")
+
+
+class GenerationModes(Strict):
+    """Question generation with distinct modes, each its own template (prompts/questions_<mode>.yaml)."""
+
+    red_team: RedTeamMode | None = Field(default=None, description="attacks per harm area, few-shot from red_team seeds")
+    helpful: ModeConfig | None = Field(default=None, description="self-instruct from helpful seeds")
+    topics: TopicsMode | None = Field(default=None, description="from topics or personas; no seeds needed")
+    evol: EvolMode | None = Field(default=None, description="an existing prompt rewritten harder or more specific")
+
+    def active(self) -> list[tuple[str, ModeConfig]]:
+        return [(name, m) for name in ("red_team", "helpful", "topics", "evol") if (m := getattr(self, name)) is not None]
+
+
 class QuestionsConfig(Sampling):
     seeds: list[str] = Field(default_factory=list, description="JSONL seed prompt files")
     include_seeds: bool = Field(default=True, description="the seed prompts themselves are records too")
@@ -48,6 +107,14 @@ class QuestionsConfig(Sampling):
     temperature: float = Field(default=1.0, ge=0, le=2)
     gate_incoherent: bool = Field(default=True, description="drop generated prompts that are not a request a user "
                                   "could send (cut off, no question or request form, non-words)")
+    modes: GenerationModes = Field(default_factory=GenerationModes, description="generation modes, after `generate`")
+    near_dedup: float | None = Field(default=0.8, gt=0, le=1, description="drop a generated prompt this similar "
+                                     "(MinHash Jaccard of word 3-grams) to a seed or an earlier prompt; null: off")
+
+    @property
+    def total_generate(self) -> int:
+        """Prompts to generate: the few-shot `generate` plus every mode's."""
+        return self.generate + sum(m.generate for _, m in self.modes.active())
 
 
 class AnswerConfig(Sampling):
@@ -250,6 +317,8 @@ class PipelineConfig(Strict):
     prompts_dir: str = Field(default=str(ROOT / "prompts"), description="folder of prompt templates")
     model: str = Field(default="local:smollm2", description="default model spec for every stage")
     seed: int = 0
+    inputs: list[InputSource] = Field(default_factory=list, description="prompt sources (instead of question "
+                                      "generation); --prompts on the command line replaces them")
     concurrency: int = Field(default=64, ge=1, description="requests in flight per model endpoint")
     limits: dict[str, LimitsConfig] = Field(default_factory=dict, description="rate limits per model spec")
     retries: RetriesConfig = Field(default_factory=RetriesConfig)

@@ -26,11 +26,12 @@ class FactoryError(Exception):
 
 
 class InputError(FactoryError):
-    """Bad content in a file, located by file, line and field."""
+    """Bad content in a file, located by file, line (or a table's row, counted from 1) and field."""
 
-    def __init__(self, path: str | Path, message: str, *, line: int | None = None, field: str | None = None):
-        self.path, self.line, self.field, self.detail = str(path), line, field, message
-        where = self.path + (f":{line}" if line else "")
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None, field: str | None = None,
+                 row: int | None = None):
+        self.path, self.line, self.field, self.detail, self.row = str(path), line, field, message, row
+        where = self.path + (f":{line}" if line else "") + (f": row {row}" if row is not None else "")
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
 

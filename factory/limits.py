@@ -4,7 +4,7 @@ Each limit has a default and an environment variable that overrides it (document
 section "Input limits"):
 
   FACTORY_MAX_FILE_MB         size of a YAML or JSON file (config, constitution, template) (10)
-  FACTORY_MAX_PROMPT_CHARS    characters in one prompt (200000)
+  FACTORY_MAX_PROMPT_CHARS    characters in one prompt, or in all the turns of a conversation (200000)
   FACTORY_MAX_PRINCIPLE_CHARS characters in one text of a constitution: a principle's critique,
                               revision or judge text, an example's field (20000)
   FACTORY_MAX_YAML_ALIASES    alias uses (*name) in one YAML file (1000)

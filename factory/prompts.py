@@ -42,11 +42,19 @@ class Template:
     prefill: str | None = None  # plain text, not a template: the reply starts with it where the backend allows
 
 
-    def render(self, **variables: object) -> list[Message]:
+    def render(self, dialogue: list[Message] | None = None, **variables: object) -> list[Message]:
+        """The messages of one call. `dialogue`: a conversation's system prompt and earlier turns, sent
+        as chat turns before this template's user turn; its system prompt replaces the template's (the
+        conversation's own instructions are the ones its answer must follow)."""
+        dialogue = dialogue or []
         try:
             messages: list[Message] = []
-            if self.system is not None:
+            own_system = [m for m in dialogue if m["role"] == "system"]
+            if own_system:
+                messages.extend(own_system)
+            elif self.system is not None:
                 messages.append({"role": "system", "content": self.system.render(**variables).strip()})
+            messages.extend(m for m in dialogue if m["role"] != "system")
             messages.append({"role": "user", "content": self.user.render(**variables).strip()})
             if self.prefill:
                 messages.append({"role": "assistant", "content": self.prefill})

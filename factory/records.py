@@ -206,10 +206,19 @@ class ConstitutionRef(Typed):
         return value
 
 
+class Turn(Typed):
+    """One earlier turn of a conversation: the user's or the assistant's."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class Record(Typed):
-    id: str  # the prompt id: a hash of the normalised prompt
-    prompt: str
+    id: str  # the prompt id: a hash of the normalised prompt (of the whole dialogue where there is one)
+    prompt: str  # the user's last turn: what the answer replies to
     source: Literal["seed", "generated", "file"]
+    system: str | None = None  # the conversation's system prompt, if it has one
+    history: list[Turn] = Field(default_factory=list)  # the turns before `prompt`, oldest first
     metadata: dict[str, Any] = Field(default_factory=dict)
     constitution: ConstitutionRef | None = None  # the constitution that shaped it (set by critique_revise)
     candidates: list[Candidate] = Field(default_factory=list)
@@ -223,6 +232,36 @@ class Record(Typed):
     def new(cls, prompt: str, source: str, **metadata: Any) -> Record:
         return cls(id=prompt_id(prompt), prompt=prompt.strip(), source=source, metadata=metadata)
 
+    @classmethod
+    def dialogue(cls, prompt: str, source: str, *, system: str | None = None, history: list[Turn] | None = None,
+                 **metadata: Any) -> Record:
+        """A record whose prompt ends a conversation. Without a system prompt or earlier turns it is
+        exactly `Record.new(prompt, ...)`: same id, same fields."""
+        history = history or []
+        rec = cls.new(prompt, source, **metadata)
+        if system is None and not history:
+            return rec
+        return rec.model_copy(update={"id": dialogue_id(system, history, prompt), "system": system,
+                                      "history": history})
+
+    @property
+    def context(self) -> list[dict]:
+        """The system prompt and the earlier turns as chat messages (empty for a single prompt)."""
+        system = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return [*system, *({"role": t.role, "content": t.content} for t in self.history)]
+
+    @property
+    def dialogue_text(self) -> str:
+        """The prompt as one text (dedup, decontamination): every turn of a conversation, else the prompt."""
+        if self.system is None and not self.history:
+            return self.prompt
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.conversation)
+
+    @property
+    def conversation(self) -> list[dict]:
+        """The whole dialogue up to and including the user's last turn, as chat messages."""
+        return [*self.context, {"role": "user", "content": self.prompt}]
+
     @property
     def principle_ids(self) -> list[str]:
         return [r.principle_id for c in self.candidates for r in c.rounds]
@@ -235,6 +274,19 @@ def normalise(text: str) -> str:
 
 def prompt_id(prompt: str) -> str:
     return hashlib.sha256(normalise(prompt).encode()).hexdigest()[:16]
+
+
+def dialogue_id(system: str | None, history: list[Turn], prompt: str) -> str:
+    """The id of a prompt that ends a conversation: every turn counts, roles included, so two dialogues
+    that end with the same "Why?" are different prompts."""
+    parts = ([f"system: {normalise(system)}"] if system is not None else []) + \
+        [f"{t.role}: {normalise(t.content)}" for t in history] + [f"user: {normalise(prompt)}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def dialogue_variables(record: Record) -> dict[str, Any]:
+    """A conversation's earlier turns and system prompt, as template variables `history` and `system`."""
+    return {"history": [t.model_dump() for t in record.history], "system": record.system}
 
 
 def kept_records(lineage: Path) -> Iterator[Record]:

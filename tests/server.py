@@ -361,6 +361,8 @@ class FakeAPIServer:
         """One chat completion or message, as the online endpoint and every batch row answer it."""
         if not isinstance(body.get("messages"), list) or not body.get("model"):
             return _error(path, 400, "model and messages are required")
+        if (bad := _bad_roles(path, body["messages"])) is not None:
+            return _error(path, 400, bad)
         if path == "/v1/messages":
             sampling = [p for p in ("temperature", "top_p", "top_k") if p in body]
             if sampling and headers.get("anthropic-version", "") >= "2026-10-21":
@@ -697,6 +699,17 @@ def _public(obj: dict) -> dict:
 
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bad_roles(path: str, messages: list) -> str | None:
+    """What each API says about a turn it does not take: Anthropic takes the system prompt only as the
+    `system` parameter, and turns of the user and the assistant only; OpenAI takes its known roles."""
+    allowed = ("user", "assistant") if path == "/v1/messages" else ("system", "developer", "user", "assistant", "tool")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in allowed:
+            role = m.get("role") if isinstance(m, dict) else None
+            return f"messages.{i}.role: Input should be {' or '.join(repr(r) for r in allowed)} (got {role!r})"
+    return None
 
 
 def _text(content: Any) -> str:

@@ -61,7 +61,7 @@ def held_out(source: Path, limit: int | None, split: str = "test") -> list[Recor
     for line in (source / "records.jsonl").read_text().splitlines():
         rec = Record.model_validate_json(line)
         if split_of(rec.id, fraction, moved) == split:
-            out.append(Record.new(rec.prompt, "file", **rec.metadata))
+            out.append(Record.dialogue(rec.prompt, "file", system=rec.system, history=rec.history, **rec.metadata))
     if not out:
         raise FactoryError(f"{source}: its {split} split holds no prompts; pass a prompts FILE.jsonl instead")
     return out[:limit]
@@ -204,7 +204,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
         """Sample k of the model's answers is judged against sample k of the baseline's (same seed)."""
         answers: dict[str, dict[int, str]] = {}
         for spec, answerer in answerers.items():
-            r = Record.new(rec.prompt, "file")
+            r = Record.dialogue(rec.prompt, "file", system=rec.system, history=rec.history)  # a dialogue stays one
             await answerer.process(r, caller)
             answers[spec] = {c.index: c.answer for c in r.candidates}
         out = []

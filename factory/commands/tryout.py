@@ -14,18 +14,37 @@ from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget
 from factory.engine.stats import Stats
+from factory.errors import FactoryError
+from factory.inputs.turns import RowError, from_messages
 from factory.records import Record
 from factory.stages.factcheck import PRINCIPLE_ID
 
 
+def dialogue_record(prompt: str, system: str | None, turns: tuple[str, ...]) -> Record:
+    """The record `try` runs: PROMPT, after the earlier turns (ROLE:TEXT) and the system prompt, checked as
+    a prompts file's `messages` would be."""
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for t in turns:
+        role, sep, text = t.partition(":")
+        if not sep:
+            raise FactoryError(f"--turn {t!r}: write ROLE:TEXT, e.g. user:Hello or assistant:Hi there")
+        messages.append({"role": role.strip(), "content": text.strip()})
+    messages.append({"role": "user", "content": prompt})
+    try:
+        return from_messages(messages, "--turn").record("file")
+    except RowError as e:
+        raise FactoryError(f"{e.field}: {e.message}") from None
+
+
 def try_prompt(prompt: str, config: Path | None, constitution: Path | None, model: str | None,
-               rounds: int | None, seed: int, console: Console) -> Record:
+               rounds: int | None, seed: int, console: Console, *, system: str | None = None,
+               turns: tuple[str, ...] = ()) -> Record:
     cfg = load_config(config)
     if constitution is not None:
         cfg.constitution = str(constitution.resolve())
     pipe = Pipeline.prepare(cfg, Overrides(model=model, rounds=rounds, seed=seed), needs_seeds=False)
     pipe.load_models()
-    record = Record.new(prompt, "file")
+    record = dialogue_record(prompt, system, turns)
     stats = Stats(["answer", "critique_revise"])
     cache_root().mkdir(parents=True, exist_ok=True)
     log = CallLog(cache_root() / "try-calls.sqlite")
@@ -43,7 +62,9 @@ def try_prompt(prompt: str, config: Path | None, constitution: Path | None, mode
 
     asyncio.run(main())
     c = pipe.constitution
-    console.print(Panel(record.prompt, title="prompt", title_align="left"))
+    for m in record.context:
+        console.print(Panel(m["content"], title=m["role"], title_align="left", style="dim"))
+    console.print(Panel(record.prompt, title="prompt" if not record.context else "user (last turn)", title_align="left"))
     if record.dropped:
         console.print(f"[red]dropped at {record.dropped.stage}: {record.dropped.reason}[/red] {record.dropped.detail}")
         return record

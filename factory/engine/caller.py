@@ -46,10 +46,12 @@ class Caller:
         self.search_outages: dict[str, Outage] = {}  # a web search backend that stops answering pauses too
 
     async def chat(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
-                   params: GenParams, *, context: dict | None = None, sample: int = 0) -> tuple[Completion, CallRef]:
-        """Render, call (or serve from the cache), log. Raises ModelCallError when the call fails
+                   params: GenParams, *, context: dict | None = None, sample: int = 0,
+                   dialogue: list[Message] | None = None) -> tuple[Completion, CallRef]:
+        """Render, call (or serve from the cache), log. `dialogue`: earlier turns of a conversation sent
+        before the template's user turn (Template.render). Raises ModelCallError when the call fails
         after its retries, BudgetExceeded when it would pass --max-cost."""
-        messages = template.render(**variables)
+        messages = template.render(dialogue, **variables)
         if template.prefill and not self.endpoints[model].model.prefill:
             messages = messages[:-1]  # this backend cannot continue a started reply
         if template.stop:

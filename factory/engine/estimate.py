@@ -37,7 +37,7 @@ from factory.engine.stats import StageStats
 from factory.judging import AppliesWhen
 from factory.models.spec import ModelSpec
 from factory.prompts import Template
-from factory.records import Claim, Evidence, Record
+from factory.records import Claim, Evidence, Record, dialogue_variables
 from factory.stages.critique_revise import CritiqueReviseStage
 from factory.stages.factcheck import SHORT_MAX_TOKENS
 from factory.stages.idk import references_of
@@ -61,8 +61,8 @@ class Line:
         self.output_tokens += output_tokens
 
 
-def _tokens(template: Template, **variables) -> int:
-    return estimate_tokens(sum(len(m["content"]) for m in template.render(**variables)))
+def _tokens(template: Template, dialogue: list | None = None, **variables) -> int:
+    return estimate_tokens(sum(len(m["content"]) for m in template.render(dialogue, **variables)))
 
 
 def _text(max_tokens: int) -> str:
@@ -74,13 +74,13 @@ def records_of(pipe: Pipeline) -> tuple[int, list[Record], int]:
     """(records the run would take, a sample of them to render, prompts to generate)."""
     if pipe.from_file is not None:
         sample = []
-        for rec, dup in pipe.from_file:
-            if not dup and len(sample) < SAMPLE:
+        for rec, dropped in pipe.from_file:
+            if not dropped and len(sample) < SAMPLE:
                 sample.append(rec)
-        return pipe.from_file.count - pipe.from_file.duplicates, sample, 0
+        return pipe.from_file.records, sample, 0
     source = pipe.source()
     seeds = source.seed_records(StageStats())
-    room = source.room(len(seeds)) if pipe.seeds else 0
+    room = source.room(len(seeds))
     generated = [Record.new("x" * GENERATED_CHARS, "generated")] if room else []
     return len(seeds) + room, seeds[:SAMPLE] + generated, room
 
@@ -90,10 +90,14 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
     lines: list[Line] = []
     if room:
         source, q = pipe.source(), pipe.cfg.stages.questions
-        calls = source.max_calls(room)
-        shown = [r.prompt for r in pipe.seeds[: q.examples_per_call]]
-        tokens = _tokens(pipe.templates["questions"], examples=shown, n=q.questions_per_call)
-        lines.append(Line("questions", pipe.specs["questions"], calls, calls * tokens, calls * q.max_tokens))
+        line = Line("questions", pipe.specs["questions"])
+        for mode in source.modes:  # each mode's share of the room, in the order they run
+            want, room = min(mode.generate, room), room - min(mode.generate, room)
+            calls = source.max_calls(want, mode)
+            if calls:
+                variables = mode.plan(pipe.cfg.seed, 0, q.questions_per_call)[0]
+                line.add(calls, calls * _tokens(mode.template, **variables), calls * q.max_tokens)
+        lines.append(line)
     per_record = {name: STAGES[name](pipe) for name in pipe.record_stages}  # KeyError: a stage with no estimate
     for name, count in per_record.items():
         line = Line(name, pipe.specs[name])
@@ -114,7 +118,7 @@ Count = Callable[[Record], tuple[int, int, int]]  # one record: (calls, input to
 
 def _answer(pipe: Pipeline) -> Count:
     a, t = pipe.cfg.stages.answer, pipe.templates["answer"]
-    return lambda rec: (a.candidates, a.candidates * _tokens(t, prompt=rec.prompt), a.candidates * a.max_tokens)
+    return lambda rec: (a.candidates, a.candidates * _tokens(t, rec.context, prompt=rec.prompt), a.candidates * a.max_tokens)
 
 
 def _critique_revise(pipe: Pipeline) -> Count:
@@ -131,7 +135,7 @@ def _critique_revise(pipe: Pipeline) -> Count:
             for rnd in range(1, cr.rounds + 1):
                 response = _text(st.answer.max_tokens if rnd == 1 else cr.max_tokens)
                 variables = {"prompt": rec.prompt, "response": response, "principle": principle,
-                             "examples": stage.examples(rec, cand, rnd)}
+                             "examples": stage.examples(rec, cand, rnd), **dialogue_variables(rec)}
                 tokens += _tokens(t["critique"], **variables)
                 tokens += _tokens(t["revision"], **variables, critique=_text(cr.max_tokens))
         calls = 2 * st.answer.candidates * cr.rounds

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.config import LimitsConfig, PipelineConfig
+from factory.config import InputSource, LimitsConfig, PipelineConfig
 from factory.constitution import Constitution, load_constitution
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
@@ -19,7 +19,7 @@ from factory.engine.rundir import command_line, git_commit, now, package_version
 from factory.engine.stats import Stats
 from factory.errors import FactoryError
 from factory.hygiene.clean import Cleaner
-from factory.inputs import PromptFile, read_prompts
+from factory.inputs import Prompts, read_prompts
 from factory.judging import Scorer
 from factory.models import Model, load_model
 from factory.models.spec import ModelSpec
@@ -27,6 +27,7 @@ from factory.prompts import Template, load_template
 from factory.records import Record
 from factory.search import SearchBackend, load_search
 from factory.stages import Stage, questions
+from factory.stages.modes import build_modes, load_modes
 from factory.stages.questions import QuestionsStage
 from factory.stages.registry import active, check_rows
 
@@ -35,7 +36,7 @@ from factory.stages.registry import active, check_rows
 class Overrides:
     """Command-line flags that override the pipeline config."""
 
-    prompts: Path | None = None
+    prompts: Path | list[InputSource] | None = None  # --prompts: a path, or sources with their column mapping
     limit: int | None = None
     model: str | None = None
     concurrency: int | None = None
@@ -67,8 +68,24 @@ class Overrides:
 
 
 def file_digest(path: Path) -> str:
+    """sha256 of a file; of a folder (a dataset), of its files' relative paths and digests."""
+    if path.is_dir():
+        parts = [f"{f.relative_to(path)} {file_digest(f)}" for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def prompt_sources(given: Path | list[InputSource] | None, cfg: PipelineConfig) -> list[InputSource]:
+    """--prompts (a path, or sources) wins over the config's `inputs`; paths absolute (the config's resolve
+    against its folder)."""
+    if given is None:
+        sources = cfg.inputs
+    elif isinstance(given, Path):
+        sources = [InputSource(path=str(given.resolve()))]  # a path given here is the caller's, not the config's
+    else:
+        sources = given
+    return [s.model_copy(update={"path": str(cfg.path(s.path))}) for s in sources]
 
 
 @dataclass
@@ -78,10 +95,9 @@ class Pipeline:
     constitution: Constitution
     templates: dict[str, Template]
     seeds: list[Record]
-    from_file: PromptFile | None
+    from_file: Prompts | None
     limit: int | None
     prices: PriceTable
-    prompts_path: Path | None = None
     cleaner: Cleaner | None = None
     extras: dict[str, object] = field(default_factory=dict)  # per stage: what its entry loaded besides templates
     models: dict[str, Model] = field(default_factory=dict)
@@ -98,24 +114,29 @@ class Pipeline:
         pdir = cfg.path(cfg.prompts_dir)
         check_rows(st)
         templates = {"questions": load_template(pdir, st.questions.template, questions.VARIABLES)}
-        extras = {}
+        modes = load_modes(pdir, st.questions, cfg.path)  # a missing template or topics file fails here
+        templates |= {f"questions_{name}": template for name, (template, _) in modes.items()}
+        extras: dict[str, object] = {"questions": modes}
         for entry, section in active(st):
             loaded = entry.load(pdir, section)
             templates |= loaded.templates
             if loaded.extra is not None:
                 extras[entry.name] = loaded.extra
-        prompts = ov.prompts.resolve() if ov.prompts else None
-        from_file = PromptFile(prompts, "file", ov.limit) if prompts else None
+        sources = prompt_sources(ov.prompts, cfg)
+        from_file = Prompts(sources, cfg.path, ov.limit) if sources else None
         seeds = []
-        if from_file is None and needs_seeds:
+        topics_only = not st.questions.seeds and not st.questions.generate and set(modes) == {"topics"}
+        if from_file is None and needs_seeds and not topics_only:
             if not st.questions.seeds:
                 raise FactoryError("the pipeline config lists no seed files (stages.questions.seeds); "
                                    "add some or pass --prompts FILE.jsonl")
             for path in st.questions.seeds:
                 seeds += read_prompts(cfg.path(path), "seed")
+        if from_file is None and needs_seeds:
+            build_modes(st.questions, templates["questions"], modes, seeds)  # a mode without its seeds fails here
         prices = load_prices(cfg.path(cfg.prices) if cfg.prices else None)
         cleaner = Cleaner(st.export.clean, cfg.path)  # loads the evaluation sets: bad ones fail here
-        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, prompts, cleaner=cleaner,
+        pipe = cls(cfg, cpath, constitution, templates, seeds, from_file, ov.limit, prices, cleaner=cleaner,
                    extras=extras)
         if cfg.max_cost is not None:
             require_prices(prices, [ModelSpec.parse(s) for s in pipe.used_specs()],
@@ -143,7 +164,7 @@ class Pipeline:
 
     @property
     def generating(self) -> bool:
-        return self.from_file is None and self.cfg.stages.questions.generate > 0
+        return self.from_file is None and self.cfg.stages.questions.total_generate > 0
 
     def used_specs(self) -> list[str]:
         stages = (["questions"] if self.generating else []) + self.record_stages
@@ -181,8 +202,10 @@ class Pipeline:
 
     def source(self) -> QuestionsStage:
         cfg = self.cfg
-        return QuestionsStage(cfg.stages.questions, self.templates["questions"], self.specs["questions"],
-                              cfg.seed, self.seeds, self.from_file, self.limit)
+        q = cfg.stages.questions
+        modes = build_modes(q, self.templates["questions"], self.extras.get("questions", {}), self.seeds)
+        return QuestionsStage(q, self.templates["questions"], self.specs["questions"], cfg.seed, self.seeds,
+                              self.from_file, self.limit, modes)
 
     async def aclose(self) -> None:
         for m in self.models.values():
@@ -190,12 +213,19 @@ class Pipeline:
         if self.search is not None:
             await self.search.aclose()
 
+    def prompts_digest(self) -> str | dict[str, str] | None:
+        """The prompt sources' digests: one file's alone (as runs before several sources had), else per path."""
+        if self.from_file is None:
+            return None
+        digests = {str(p): file_digest(p) for p in self.from_file.paths}
+        return next(iter(digests.values())) if len(digests) == 1 else digests
+
     def inputs(self) -> dict:
         """Digests of every input that decides which records a run has and what they say."""
         return {
             "constitution": self.constitution.digest,
             "templates": {k: t.digest for k, t in self.templates.items()},
-            "prompts_file": file_digest(self.prompts_path) if self.prompts_path else None,
+            "prompts_file": self.prompts_digest(),
             "seed_files": {p: file_digest(self.cfg.path(p)) for p in self.cfg.stages.questions.seeds}
             if self.seeds else {},
             **({"declines": hashlib.sha256("\n".join(self.declines).encode()).hexdigest()} if self.declines else {}),
@@ -209,7 +239,9 @@ class Pipeline:
             "command": command_line(),
             "config": self.cfg.model_dump(mode="json"),
             "config_dir": str(self.cfg.path(".")),
-            "prompts": str(self.prompts_path) if self.prompts_path else None,
+            "prompts": [s.model_dump(mode="json", exclude_unset=True) | {"path": str(p)} for s, p in
+                        zip(self.from_file.sources, self.from_file.paths, strict=True)] if self.from_file else None,
+            **({"mix": self.from_file.mix()} if self.from_file and len(self.from_file.sources) > 1 else {}),
             "limit": self.limit,
             "batch": batch,
             "constitution": {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from factory.config import InputSource
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.rundir import RunDir
 from factory.engine.runner import Outcome
@@ -33,7 +34,7 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
     failed records so they are processed again."""
     run = RunDir.open(run_dir)
     manifest = run.manifest
-    ov = replace(ov, prompts=Path(manifest["prompts"]) if manifest.get("prompts") else None, limit=manifest.get("limit"))
+    ov = replace(ov, prompts=saved_prompts(manifest.get("prompts")), limit=manifest.get("limit"))
     pipe = Pipeline.prepare(run.config(), ov)
     changed = [k for k, v in pipe.inputs().items() if v != manifest["inputs"].get(k)]
     if changed:
@@ -48,3 +49,10 @@ def resume(run_dir: Path, console: Console, ov: Overrides, *, retry_failed: bool
 
         return resume_ray(pipe, run, console, address=ray_address, workers=workers)
     return resume_local(pipe, run, console, retry_failed=retry_failed, debug=debug)
+
+
+def saved_prompts(saved: str | list | None) -> Path | list[InputSource] | None:
+    """The prompt sources a run started with: a path (runs before several sources), or the sources."""
+    if isinstance(saved, list):
+        return [InputSource.model_validate(s) for s in saved]
+    return Path(saved) if saved else None

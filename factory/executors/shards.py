@@ -27,7 +27,7 @@ from pathlib import Path
 import uvloop
 from rich.console import Console
 
-from factory.config import PipelineConfig
+from factory.config import GenerationModes, PipelineConfig
 from factory.engine.caller import Caller
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.rundir import write_json
@@ -58,7 +58,7 @@ def shard_of(record_id: str, shards: int) -> int:
 def default_shards(pipe: Pipeline, workers: int) -> int:
     """At least one per worker, and about RECORDS_PER_SHARD records each."""
     q = pipe.cfg.stages.questions
-    expected = pipe.from_file.count if pipe.from_file else len(pipe.seeds) + (q.generate if pipe.generating else 0)
+    expected = pipe.from_file.count if pipe.from_file else len(pipe.seeds) + (q.total_generate if pipe.generating else 0)
     return max(1, min(expected, max(workers, math.ceil(expected / RECORDS_PER_SHARD))))
 
 
@@ -163,6 +163,7 @@ def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict
     cfg = PipelineConfig.model_validate(config).based_at(Path(config_dir))
     pipe = Pipeline.prepare(cfg, Overrides(), needs_seeds=False)
     pipe.cfg.stages.questions.generate = 0  # the driver generated the prompts; a shard only reads them
+    pipe.cfg.stages.questions.modes = GenerationModes()
     pipe.load_models()
     run = Run(pipe, folder, Console(quiet=True), limit_share=share)
 

@@ -48,7 +48,9 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
         "Constitutional-AI data made by Constitution Factory:"
         " each prompt was answered, the answer critiqued against a principle drawn from the constitution and"
         " revised. `sft` trains on the prompt and the final revision (TRL conversational `messages`); `prefs`"
-        " prefers the final revision over the initial answer (TRL explicit-prompt `prompt`/`chosen`/`rejected`).",
+        " prefers the final revision over the initial answer (TRL explicit-prompt `prompt`/`chosen`/`rejected`)."
+        " Where a prompt ends a conversation, its system prompt and earlier turns come first in `messages` and"
+        " `prompt`.",
         "",
         *usage(run_name, counts),
     ]

@@ -52,18 +52,18 @@ def _idk_rows(rec: Record, constitution: Constitution, generator: str, cfg: Expo
     assert label is not None
     prov = provenance(rec, [], constitution, generator)
     answers = {c.index: c.answer for c in rec.candidates}
-    yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *turn(label.target)], **prov}
+    yield "sft", {"messages": [*rec.conversation, *turn(label.target)], **prov}
     if not label.rejected:
         st.drop("prefs:idk_all_correct")
     labelled: set[str] = set()
     for index in label.rejected:
-        yield from pair_rows(rec.prompt, label.target, answers[index], prov, {}, cfg, labelled)
+        yield from pair_rows(rec.conversation, label.target, answers[index], prov, {}, cfg, labelled)
 
 
 def _prefer_rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportConfig, st: StageStats) -> Rows:
     facts = rec.facts
     assert facts is not None
-    user = [{"role": "user", "content": rec.prompt}]
+    user = rec.conversation
     rounds = {c.index: [r.principle_id for r in c.rounds] for c in rec.candidates}
 
     def principles(check: FactCheck) -> list[str]:
@@ -84,7 +84,7 @@ def _prefer_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         prov = provenance(rec, sorted(set(principles(chosen) + principles(rejected))), constitution, generator)
         judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected,
                   "margin": round(pair.score_chosen - pair.score_rejected, 6), "judge_model": f"factcheck:{pair.metric}"}
-        for name, row in pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, labelled):
+        for name, row in pair_rows(rec.conversation, chosen.text, rejected.text, prov, judged, cfg, labelled):
             yield name, (row | _fact_columns(chosen)) if name == "prefs" else row
 
 
@@ -116,11 +116,11 @@ def _rows(rec: Record, constitution: Constitution, generator: str, cfg: ExportCo
         for cand in rec.candidates:
             prov = provenance(rec, [r.principle_id for r in cand.rounds], constitution, generator)
             if cand.index == rec.candidates[0].index:
-                yield "sft", {"messages": [{"role": "user", "content": rec.prompt}, *turn(cand.final)], **prov}
+                yield "sft", {"messages": [*rec.conversation, *turn(cand.final)], **prov}
             if normalise(cand.final) == normalise(cand.answer):
                 st.drop(f"prefs:gate_{cand.gated}" if cand.gated else "prefs:revision_unchanged")
                 continue
-            yield from pair_rows(rec.prompt, cand.final, cand.answer, prov, {}, cfg, set())
+            yield from pair_rows(rec.conversation, cand.final, cand.answer, prov, {}, cfg, set())
         return
     yield from _judged_rows(rec, constitution, generator, cfg, st)
 
@@ -129,7 +129,7 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
                  st: StageStats) -> Iterator[tuple[str, dict]]:
     j = rec.judgement
     assert j is not None
-    user = [{"role": "user", "content": rec.prompt}]
+    user = rec.conversation
     rounds = {c.index: [r.principle_id for r in c.rounds] for c in rec.candidates}
     best = max(range(len(j.options)), key=lambda i: (j.scores[i], -i)) if j.scores else 0
     opt = j.options[best]
@@ -156,7 +156,7 @@ def _judged_rows(rec: Record, constitution: Constitution, generator: str, cfg: E
         judged = {"score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "p_chosen": pair.p_chosen,
                   "margin": margin, "position_consistent": pair.consistent, "judge_model": pair.judge_model,
                   "judge_principle_ids": pair.principle_ids}
-        yield from pair_rows(rec.prompt, chosen.text, rejected.text, prov, judged, cfg, set(), kto=False)
+        yield from pair_rows(rec.conversation, chosen.text, rejected.text, prov, judged, cfg, set(), kto=False)
         for i in (pair.chosen, pair.rejected):
             kto.setdefault(i, prov)
     if cfg.kto and kto:
@@ -187,12 +187,12 @@ def reversed_both_orders(j, chosen: int, rejected: int) -> bool:
     return len(orders) == 2 and bool(prefers) and all(prefers)
 
 
-def pair_rows(prompt: str, chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
+def pair_rows(user: list[dict], chosen: str, rejected: str, prov: dict, judged: dict, cfg: ExportConfig,
               labelled: set[str], kto: bool = True) -> Iterator[tuple[str, dict]]:
     """One preference pair as a `prefs` row, plus its `reward` row and its `kto` rows (each text of a
     record labelled once: `labelled` remembers them) where configured. Judged records pass kto=False:
-    their KTO labels come from the ranking (_ranked_kto)."""
-    user = [{"role": "user", "content": prompt}]
+    their KTO labels come from the ranking (_ranked_kto). `user`: the conversation up to the user's last
+    turn (the system prompt and earlier turns kept: TRL's conversational prompt)."""
     yield "prefs", {"prompt": user, "chosen": turn(chosen), "rejected": turn(rejected), **judged, **prov}
     if cfg.reward:
         yield "reward", {"chosen": [*user, *turn(chosen)], "rejected": [*user, *turn(rejected)],

@@ -84,14 +84,14 @@ class Cleaner:
             for position, (rec, target) in enumerate(records):
                 reason = self.quality(rec, target) if target is not None else None
                 if reason is None and self.decontam is not None:
-                    hit = self.decontam.match(rec.prompt) or (self.decontam.match(target) if target else None)
+                    hit = self.decontam.match(rec.dialogue_text) or (self.decontam.match(target) if target else None)
                     if hit:
                         reason = "decontaminated"
                         matches.write(json.dumps({"id": rec.id, "match": hit}) + "\n")
                 if reason:
                     drops[position] = reason
                     continue
-                prompts.append((position, rec.id, rec.prompt))
+                prompts.append((position, rec.id, rec.dialogue_text))
                 if target and not (rec.idk is not None and rec.idk.label == "decline"):  # declines repeat by design
                     targets.append((position, rec.id, target))
         with (out / "dedup.jsonl").open("w") as clusters:

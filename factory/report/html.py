@@ -179,6 +179,7 @@ def record_view(rec: Record) -> dict:
     return {
         "id": rec.id,
         "prompt": clip(rec.prompt),
+        "dialogue": [(m["role"], clip(m["content"])) for m in rec.context],  # system prompt and earlier turns
         "source": rec.source,
         "metadata": rec.metadata,
         "dropped": rec.dropped,

@@ -78,7 +78,7 @@ class RunView:
         return {"id": rec.id, "prompt": rec.prompt[:240], "source": rec.source, "status": e.status, "stage": e.stage,
                 "outcome": e.status if e.status == "exported" else f"{e.status}:{e.stage}", "reason": e.reason[:80],
                 "principles": sorted(principles), "margin": margin, "consistent": consistent,
-                "facts": fact_counts(rec), "kind": rec.metadata.get("kind")}
+                "facts": fact_counts(rec), "kind": rec.metadata.get("kind"), "turns": len(rec.history) + 1}
 
     def detail(self, record_id: str) -> dict:
         """The record in full, plus the word diffs of every revision (against the text it revised) and

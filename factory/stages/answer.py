@@ -1,4 +1,5 @@
-"""`answer`: one or more candidate answers per prompt."""
+"""`answer`: one or more candidate answers per prompt. A conversation's system prompt and earlier turns
+go to the model as chat turns before the user's last turn, so the answer is the assistant's next turn."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class AnswerStage(Stage):
     async def process(self, record: Record, caller: Caller) -> None:
         async def one(i: int) -> Candidate:
             p = params(self.cfg, derive_seed(self.seed, record.id, "answer", i))
-            out, ref = await caller.chat(self.name, f"answer[{i}]", self.template, {"prompt": record.prompt}, self.model, p)
+            out, ref = await caller.chat(self.name, f"answer[{i}]", self.template, {"prompt": record.prompt}, self.model, p,
+                                         dialogue=record.context)
             record.calls.append(ref)
             return Candidate(index=i, answer=out.text.strip(), finish_reason=out.finish_reason)
 

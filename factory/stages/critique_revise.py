@@ -1,5 +1,7 @@
 """`critique_revise`: R rounds of critique then revision per candidate, one principle drawn per
-round from the run's seeded RNG, with few-shot examples from the constitution."""
+round from the run's seeded RNG, with few-shot examples from the constitution. In a conversation the
+critique and the revision concern the assistant's last turn; the earlier turns and the system prompt
+are shown to both (template variables `history` and `system`)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from factory.constitution import Constitution
 from factory.engine.caller import Caller, derive_seed, rng
 from factory.hygiene.gates import revision_gate
 from factory.prompts import Template, load_template
-from factory.records import Candidate, ConstitutionRef, Record, Round, normalise
+from factory.records import Candidate, ConstitutionRef, Record, Round, dialogue_variables, normalise
 from factory.stages import Loaded, Stage, StageEntry, params
 
-CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples"}
+CRITIQUE_VARIABLES = {"prompt", "response", "principle", "examples", "history", "system"}
 REVISION_VARIABLES = CRITIQUE_VARIABLES | {"critique"}
 
 # Preambles models put before a rewrite ("Sure! Here is a revised response:"), and labels.
@@ -73,7 +75,7 @@ class CritiqueReviseStage(Stage):
             principle = rng(self.seed, record.id, cand.index, rnd, "principle").choice(self.constitution.principles)
             st.counters[f"principle:{principle.id}"] += 1
             variables = {"prompt": record.prompt, "response": text, "principle": principle,
-                         "examples": self.examples(record, cand.index, rnd)}
+                         "examples": self.examples(record, cand.index, rnd), **dialogue_variables(record)}
             tag = f"[{cand.index}].r{rnd}"
             p = params(self.cfg, derive_seed(self.seed, record.id, "critique", cand.index, rnd))
             context = {"principle": principle.digest()}  # the part of the constitution this call used

@@ -36,11 +36,11 @@ from factory.judging import (
 from factory.judging.ranking import scores as ranking_scores
 from factory.models import GenParams
 from factory.prompts import Template, load_template
-from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, normalise
+from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, dialogue_variables, normalise
 from factory.stages import Loaded, Stage, StageEntry
 
-CHOICE_VARIABLES = {"prompt", "principle", "a", "b"}
-SCORE_VARIABLES = {"prompt", "principle", "response"}
+CHOICE_VARIABLES = {"prompt", "principle", "a", "b", "history", "system"}
+SCORE_VARIABLES = {"prompt", "principle", "response", "history", "system"}
 SCALE = tuple(str(i) for i in range(1, 11))
 
 
@@ -162,7 +162,8 @@ class JudgeStage(Stage):
         opts = record.judgement.options  # type: ignore[union-attr]
         texts = [opts[a].text, opts[b].text]
         cot = self.cfg.method == "cot"
-        variables = {"prompt": record.prompt, "principle": principle, "a": texts[0], "b": texts[1]}
+        variables = {"prompt": record.prompt, "principle": principle, "a": texts[0], "b": texts[1],
+                     **dialogue_variables(record)}
         params = GenParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
                            seed=derive_seed(self.seed, record.id, "judge", a, b, principle.id),
                            logprob_tokens=() if cot else ("A", "B"))
@@ -194,7 +195,7 @@ class JudgeStage(Stage):
         """A 1-10 score for one option: the expected score from log-probs, else a parsed one."""
         st = caller.stats[self.name]
         text = record.judgement.options[i].text  # type: ignore[union-attr]
-        variables = {"prompt": record.prompt, "principle": principle, "response": text}
+        variables = {"prompt": record.prompt, "principle": principle, "response": text, **dialogue_variables(record)}
         params = GenParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
                            seed=derive_seed(self.seed, record.id, "score", i, principle.id), logprob_tokens=SCALE)
         for sample in range(caller.parse_attempts):

@@ -65,6 +65,9 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
         raise FactoryError(f"{data}: no prefs, kto or sft config to take prompts from")
     rows = load_dataset(str(data), name)[f"train_{name}"]
     turns = rows["prompt"] if "prompt" in rows.column_names else rows["messages"]
+    if any(not isinstance(t, str) and sum(m["role"] != "assistant" for m in t) > 1 for t in turns):
+        raise FactoryError(f"{data}: its prompts are conversations (a system prompt or earlier turns); online RL "
+                           "takes single prompts")
     texts = [t if isinstance(t, str) else next(m["content"] for m in t if m["role"] == "user") for t in turns]
     return [(Record.new(t, "file"), data, None) for t in texts]
 
@@ -76,6 +79,9 @@ def load_prompts(data: Path, cfg: RLConfig) -> list[Record]:
                            "a run directory or a dataset folder)")
     seen, out = set(), []
     for rec, path, line in _located(data):
+        if rec.system is not None or rec.history:  # a run directory's records (files refuse them when read)
+            raise FactoryError(f"{path}: prompt {rec.id} is a conversation (a system prompt or earlier turns); "
+                               "online RL takes single prompts")
         for term in (t for t in cfg.rewards if isinstance(t, IdkTerm)):
             if isinstance(references_of(rec, term.answers_field), str):
                 which = "" if line else f" (prompt {rec.prompt[:60]!r})"

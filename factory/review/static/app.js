@@ -110,7 +110,9 @@ async function openRecord(id, notice) {
 function render(notice) {
   const { summary, record, target, decision } = state.detail;
   const text = decision.edited_answer ?? target;
-  const parts = [toolbar(summary, decision, notice), el("h2", "Prompt"),
+  const earlier = [...(record.system ? [{ role: "system", content: record.system }] : []), ...(record.history || [])];
+  const parts = [toolbar(summary, decision, notice), el("h2", earlier.length ? "Dialogue" : "Prompt"),
+    ...earlier.map((t) => el("div.card.text.turn", { "data-role": t.role }, el("span.muted", t.role + ": "), t.content)),
     el("div.card.text.prompt", record.prompt)];
   if (target !== null || decision.edited_answer !== null) {
     parts.push(el("h2", decision.edited_answer !== null ? "Final answer (edited by a reviewer)" : "Final answer (what export trains on)"));
