@@ -31,6 +31,7 @@ class LabelledRevision(BaseModel):
     revision: str
     label: Literal["better", "worse", "off_topic", "critique"]
     note: str = ""
+    source: str = ""  # where the triple came from (the embedded model's run, or written by hand)
 
 
 def read_set(path: Path) -> list[LabelledRevision]:

@@ -43,10 +43,10 @@ please help tell give best good new much many lot even still yet ever every some
 _CRITIQUE = re.compile(
     r"\b(?:the|this|that|your|my|original|previous|above|assistant'?s?)\s+"
     r"(?:original\s+|revised\s+|first\s+|previous\s+)?(?:answer|response|reply|assistant|ai)\b"
-    r"(?!\s+(?:is|was)\s+(?:simple|yes|no)\b)"
+    r"(?!\s+(?:is|was)\s+(?:simple|yes|no)\b)(?<!answer(?=\s+to\b))"  # "the answer to your question is": an answer
     r"|\b(?:the|this)\s+principle\b|\bcritique\b|\brevis(?:ed|ion)\b|\brewrit(?:e|ten|ing)\b"
     r"|\bno (?:change|changes|revision) (?:is |are )?(?:needed|necessary|required)\b"
-    r"|\b(?:fails?|failed) to (?:address|mention|consider|follow|answer)\b",
+    r"|\b(?:fails?|failed|failing) to (?:address|mention|consider|follow|answer|provide)\b",
     re.IGNORECASE,
 )
 _REQUEST = re.compile(
@@ -98,8 +98,8 @@ def revision_gate(prompt: str, answer: str, revision: str, *, max_critique_marke
     if critique_markers(revision) > max(max_critique_markers, critique_markers(answer)):
         return "critique"
     before, after = relatedness(prompt, answer), relatedness(prompt, revision)
-    if after < off_topic_floor and after < before - off_topic_margin:
-        return "off_topic"
+    if after < off_topic_floor and (after < before - off_topic_margin or after == 0 < before):
+        return "off_topic"  # far less related than the answer, or none of the prompt's words where it had some
     if len(content_words(revision)) < 3 <= len(content_words(answer)):  # "Example 3", a row of emoji: nothing said
         return "off_topic"
     return None
