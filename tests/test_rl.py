@@ -125,9 +125,10 @@ def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_pat
         train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, config, max_cost=0.002)
     with sqlite3.connect(out / "calls.sqlite") as db:
         spent = db.execute("SELECT coalesce(sum(cost), 0) FROM calls").fetchone()[0]
-    # Never past the cap. (Whether any call finished before the stop depends on timing: the stop can
-    # come while the first calls are still in flight.)
-    assert spent <= 0.002
+        logged = db.execute("SELECT count(*) FROM calls WHERE model = 'openai:test-model'").fetchone()[0]
+    assert spent <= 0.002  # never past the cap
+    # Every judge call the server answered is logged and costed: the stop waits for the calls in flight.
+    assert logged == len([q for q in api.requests if q["path"].endswith("/chat/completions")])
 
 
 @pytest.mark.train

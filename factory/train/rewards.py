@@ -82,6 +82,17 @@ def _model(r: Rewards, spec: str) -> str:
     return spec
 
 
+async def settled(calls) -> list:
+    """Await every sample's reward, then raise the first error if any. A plain gather raises at the first
+    error (a call that would pass --max-cost) while the other calls are still in flight: they are billed
+    but never reach calls.sqlite. Here each finishes (and is logged and costed) before training stops."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def _caller(r: Rewards) -> Caller:
     if r.caller is None:
         raise FactoryError("reward functions were called before the Caller was set")
@@ -144,7 +155,7 @@ def _judge(term: JudgeTerm, r: Rewards, policy_spec: str):
         return sum(ps) / len(ps) if ps else None  # None: no readable verdict, left out of the reward
 
     async def reward(prompts, completions, key, **_kw) -> list[float | None]:
-        return list(await asyncio.gather(*(one(k, text_of(c)) for k, c in zip(key, completions, strict=True))))
+        return await settled(one(k, text_of(c)) for k, c in zip(key, completions, strict=True))
 
     return reward
 
@@ -168,8 +179,7 @@ def _idk(term: IdkTerm, r: Rewards, _: str):
         return term.correct if sample.correct else term.wrong
 
     async def reward(prompts, completions, key, **_kw) -> list[float]:
-        return list(await asyncio.gather(*(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions,
-                                                                                                 strict=True)))))
+        return await settled(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions, strict=True)))
 
     return reward
 
@@ -195,7 +205,6 @@ def _facts(term: FactsTerm, r: Rewards, _: str):
         return metric_of(check, term.metric)
 
     async def reward(prompts, completions, key, **_kw) -> list[float]:
-        return list(await asyncio.gather(*(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions,
-                                                                                                 strict=True)))))
+        return await settled(one(k, i, text_of(c)) for i, (k, c) in enumerate(zip(key, completions, strict=True)))
 
     return reward
