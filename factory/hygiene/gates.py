@@ -20,7 +20,12 @@ so they run on every revision:
   vowel, long consonant runs). A dictionary check was tried (the 42k words of the offline
   Wikipedia summaries): it took seconds to load and missed common words ("windowsill"), so no.
 
-Measured on evals/revision_check.jsonl by `factory revision-check`.
+Measured on evals/revision_check.jsonl by `factory revision-check` (87 triples: 73 from the
+embedded model, 14 capable-model revisions written by hand). On the 61 model triples added last, read
+and labelled before the gates ever ran on them: 0.857 of off-topic and critique revisions caught,
+2 of 17 better ones dropped. After three changes made by reading those misses ("the answer to ..."
+is an answer, "failing to provide" a verdict, a revision with none of the prompt's words where the
+answer had some): 0.875 caught, 1 of 17 better dropped (in-sample, so optimistic).
 """
 
 from __future__ import annotations

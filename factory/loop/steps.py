@@ -75,6 +75,7 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
                                f"configs. Restore it (a copy is in {out / 'config.yaml'}), or start a new loop")
         cfg = load_loop(config, manifest["rounds"])
         lock = lock_run_dir(out)
+    else:
         if config is None or rounds is None:
             raise FactoryError("factory loop needs CONFIG and --rounds K (or --resume DIR)")
         cfg = load_loop(config, rounds)  # every input check, before any model loads or any folder is made
