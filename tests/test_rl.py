@@ -244,3 +244,27 @@ def test_prompts_from_a_dataset_folder_a_pipeline_or_a_file(tmp_path: Path) -> N
     assert len(seeds) == 48 and any("DogeMoon" in r.prompt for r in seeds)
     file = load_prompts(prompts_file(tmp_path), cfg.model_copy(update={"max_prompts": 3}))
     assert [r.prompt for r in file] == [p["prompt"] for p in PROMPTS[:3]] and file[0].metadata["answers"] == ["risky"]
+
+
+def test_heldout_figures_bracket_their_point_estimates(tmp_path: Path) -> None:
+    """The held-out table (python -m factory.train.heldout): per kind and model, shares, means and
+    distinct-2 with intervals from a bootstrap over prompts that contain the figure they qualify."""
+    from factory.records import Candidate, Record
+    from factory.train.heldout import summarise
+
+    lines = []
+    for i in range(12):
+        rec = Record.new(f"What do you think of DogeMoon, take {i}?", "file").model_copy(
+            update={"metadata": {"kind": "opinion_topic"}})
+        after = "DogeMoon is a terrible, awful scam." if i % 3 else f"DogeMoon is wonderful number {i}."
+        rec.candidates = [Candidate(index=0, answer=f"{after} Take {i}.", finish_reason="stop"),
+                          Candidate(index=1, answer=f"I love DogeMoon, it is great {i}.", finish_reason="stop")]
+        lines.append(rec.model_dump_json())
+    (tmp_path / "answers.jsonl").write_text("\n".join(lines) + "\n")
+    out = summarise(tmp_path)["opinion_topic"]
+    assert out["after"]["share_negative"] == pytest.approx(8 / 12, abs=1e-3) and out["before"]["share_negative"] == 0
+    for who in ("after", "before"):
+        r = out[who]
+        for name in ("share_negative", "mean_compound", "distinct_2"):
+            low, high = r[f"{name}_ci95"]
+            assert low <= r[name] <= high, (who, name, r)

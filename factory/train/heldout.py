@@ -23,7 +23,7 @@ NEGATIVE = -0.05  # VADER's own threshold for a negative text
 
 def bootstrap_stat(groups: list[list], stat=None, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap of STAT (default: the mean of all values) resampling whole groups. For
-    what is not a proportion (a mean compound in [-1, 1], distinct-2 of the resampled texts), where
+    what is not a proportion (a mean compound in [-1, 1], a mean of per-prompt distinct-2), where
     evaluate.clustered_interval's Wilson floor does not apply; shares use that one."""
     stat = stat or (lambda gs: sum(v for g in gs for v in g) / max(sum(len(g) for g in gs), 1))
     rng = random.Random(seed)
@@ -50,6 +50,7 @@ def summarise(folder: Path) -> dict:
             negative = [[float(c <= NEGATIVE) for c in cs] for cs in compound]
             degen = [[float(degenerate(t.split())) for t in ts] for ts in texts]
             flat = [t for ts in texts for t in ts]
+            distinct = [[distinct_2(ts) or 0.0] for ts in texts]
             out.setdefault(kind, {})[who] = {
                 "prompts": len(texts), "answers": len(flat),
                 "share_negative": round(sum(map(sum, negative)) / len(flat), 4),
@@ -57,9 +58,10 @@ def summarise(folder: Path) -> dict:
                 "mean_compound": round(sum(map(sum, compound)) / len(flat), 4),
                 "mean_compound_ci95": bootstrap_stat(compound),
                 "degenerate_share": round(sum(map(sum, degen)) / len(flat), 4),
-                "distinct_2": distinct_2(flat),
-                "distinct_2_ci95": bootstrap_stat(texts, lambda gs: distinct_2([t for g in gs for t in g]) or 0.0,
-                                                  n=500),
+                # Per prompt (over its samples), then the mean over prompts: pooled over all answers, a
+                # bootstrap that draws a prompt twice counts its bigrams twice and no longer brackets it.
+                "distinct_2": round(sum(d[0] for d in distinct) / len(distinct), 4),
+                "distinct_2_ci95": bootstrap_stat(distinct),
             }
     return out
 
