@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_generation import prompts, through_batcher  # noqa: E402
 
 from factory.config import load_config  # noqa: E402
+from factory.engine.calllog import CallLog  # noqa: E402
 from factory.engine.pipeline import Overrides, Pipeline  # noqa: E402
 from factory.executors.local import run_local  # noqa: E402
 from factory.models import load_model  # noqa: E402
@@ -122,9 +123,9 @@ def main() -> None:
         table.append((f"pipeline {stage}: {calls} calls, {cached}/{prompt} prompt tokens from the prefix cache",
                       tokens, busy))
     if args.library:
-        db = sqlite3.connect(out / "calls.sqlite")
-        for (request,) in db.execute("SELECT request FROM calls WHERE stage='critique_revise'"):
-            requests.append(json.loads(request))
+        log = CallLog(out / "calls.sqlite")
+        requests.extend(log.requests("critique_revise"))
+        log.close()
         tok = model.tokenizer
         ids = [tok(tok.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False),
                    add_special_tokens=False).input_ids for r in requests]

@@ -213,7 +213,8 @@ def revision_check_(triples: Path | None, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True, help="Records to show in full.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which records are drawn.")
-def inspect(run_dir: Path, samples: int, seed: int) -> None:
+@click.option("--jsonl", is_flag=True, help="Instead, print the whole lineage: every done and dropped record as JSON lines.")
+def inspect(run_dir: Path, samples: int, seed: int, jsonl: bool) -> None:
     """What RUN_DIR made and dropped (counts and reasons per stage, the judge's quality report), and a
     few records in full: prompt, answers, critiques, revisions, the judge's verdicts and fact verdicts."""
     if (run_dir / "loop.json").is_file():  # a `factory loop` directory: its per-round table
@@ -223,7 +224,7 @@ def inspect(run_dir: Path, samples: int, seed: int) -> None:
         return
     from factory.commands.inspect_run import inspect_run
 
-    inspect_run(run_dir, stdout, samples, seed)
+    inspect_run(run_dir, stdout, samples, seed, jsonl)
 
 
 @cli.command("report")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -287,12 +285,3 @@ def dialogue_id(system: str | None, history: list[Turn], prompt: str) -> str:
 def dialogue_variables(record: Record) -> dict[str, Any]:
     """A conversation's earlier turns and system prompt, as template variables `history` and `system`."""
     return {"history": [t.model_dump() for t in record.history], "system": record.system}
-
-
-def kept_records(lineage: Path) -> Iterator[Record]:
-    """The records of a run's records.jsonl that no stage dropped, one at a time (what export reads)."""
-    with lineage.open() as f:
-        for line in f:
-            rec = Record.model_validate_json(line)
-            if rec.dropped is None:
-                yield rec

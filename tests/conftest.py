@@ -25,6 +25,15 @@ from factory.models import Completion, GenParams, Message, Model
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def run_lineage(run_dir: Path) -> list[dict]:
+    """A finished run's done and dropped records (its lineage, in state.sqlite), as dicts, in id order."""
+    import json
+
+    from factory.engine.rundir import RunDir
+
+    return [json.loads(line) for line in RunDir.open(run_dir).lineage_json()]
+
+
 def kind_of(messages: list[Message]) -> str:
     """Which template a request came from, judged by how its user message ends."""
     last = messages[-1]["content"].rstrip()

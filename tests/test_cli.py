@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_lineage
 from datasets import load_dataset
 from trl.data_utils import is_conversational
 
@@ -94,7 +95,7 @@ def test_run_end_to_end_over_http(api, tmp_path: Path, spec: str) -> None:
     stats = json.loads((out / "stats.json").read_text())
     assert stats["stages"]["answer"]["calls"] == 5 and stats["stages"]["critique_revise"]["calls"] == 10
     assert stats["stages"]["answer"]["prompt_tokens"] > 0
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     assert len(lineage) == 5 and {r["metadata"]["topic"] for r in lineage} == set(range(5))
     assert all(len(r["calls"]) == 3 and r["candidates"][0]["rounds"][0]["critique"] for r in lineage)
     c = manifest["constitution"]
@@ -113,7 +114,7 @@ def test_run_generates_questions_from_seeds(api, tmp_path: Path) -> None:
     out = tmp_path / "run"
     r = factory("run", "--model", "openai:test-model", "--out", out, "--seed", "3")
     assert r.returncode == 0, r.stderr
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     sources = [r["source"] for r in lineage]
     assert sources.count("seed") == 8 and sources.count("generated") == 8
     stats = json.loads((out / "stats.json").read_text())["stages"]["questions"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_lineage
 from datasets import load_dataset
 from test_cli import api_config, factory
 from trl.data_utils import is_conversational, maybe_extract_prompt
@@ -76,7 +77,7 @@ def test_a_multi_turn_red_team_file_end_to_end(api, tmp_path: Path, spec: str) -
     critiques = [q["body"] for q in api.requests if "Critique:" in json.dumps(q["body"]["messages"])]
     assert any("Earlier request: My coworker keeps taking credit" in json.dumps(b) for b in critiques)
 
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     assert {r["metadata"]["harm_area"] for r in lineage} == {"privacy", "weapons", "harassment"}
     assert sum(bool(r["system"]) for r in lineage) == 2 and sum(len(r["history"]) for r in lineage) == 6
     stats = json.loads((out / "stats.json").read_text())
@@ -92,7 +93,7 @@ def test_a_human_assistant_text_file_end_to_end(api, tmp_path: Path) -> None:
     check_exports(out, dialogues(path, "chosen"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["prompts"] == [{"path": str(path), "text_column": "chosen", "kind": "helpful"}]
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     assert sum("original_answer" in r["metadata"] for r in lineage) == 2
 
     r = factory("run", "--resume", out)  # a finished run resumes to the same place, with its column mapping

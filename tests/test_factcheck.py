@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ScriptedModel, make_caller
+from conftest import ScriptedModel, make_caller, run_lineage
 from datasets import load_dataset
 from pydantic import ValidationError
 from test_cli import factory, write_prompts
@@ -347,7 +347,7 @@ def test_factcheck_pipeline_over_http(api, tmp_path: Path) -> None:
     assert all(row["fact_f1"] is not None and 0 <= row["fact_precision"] <= 1 for row in sft_rows)
     assert all(row["chosen"][0]["content"].startswith("A careful") for row in pref_rows)  # the better supported
     assert all(row["fact_f1"] > 0 and row["judge_model"] == "factcheck:f1" for row in pref_rows)
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     claims = [c for rec in lineage for chk in rec["facts"]["checks"] for c in chk["claims"]]
     assert {c["verdict"] for c in claims} == {"supported", "not_supported"}
     assert all(e["source"].startswith("https://en.wikipedia.org/wiki/") for c in claims for e in c["evidence"])
@@ -375,7 +375,7 @@ def test_factcheck_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(cfg))
     r = factory("run", config, "--limit", "2", "--out", out)
     assert r.returncode == 0, r.stderr
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lineage = run_lineage(out)
     assert len(lineage) == 2 and all(rec["facts"]["checks"] for rec in lineage)
     claims = [c for rec in lineage for chk in rec["facts"]["checks"] for c in chk["claims"]]
     assert any(c["verdict"] for c in claims) and any(e["source"].startswith("https://en.wikipedia.org/")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ScriptedModel, make_caller
+from conftest import ScriptedModel, make_caller, run_lineage
 from datasets import load_dataset
 from test_cli import factory
 
@@ -188,6 +188,6 @@ def test_idk_pipeline_over_http(api, tmp_path: Path) -> None:
     stats = json.loads((out / "stats.json").read_text())["stages"]
     assert stats["idk"]["dropped"] == {"missing_answers": 1} and "critique_revise" not in stats
     assert stats["idk"]["counters"]["label:decline"] == 1 and stats["answer"]["calls"] == 20
-    lineage = {rec["prompt"]: rec for rec in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    lineage = {rec["prompt"]: rec for rec in run_lineage(out)}
     assert lineage["What is the capital of Japan?"]["idk"]["p_ik"] == 1.0
     assert all(s["by"] == "judge" for s in lineage["What is the capital of Japan?"]["idk"]["samples"])

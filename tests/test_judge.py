@@ -313,8 +313,9 @@ def test_run_with_a_judge_over_http(api, tmp_path: Path) -> None:
     prefs = load_dataset(str(out), "prefs")["train_prefs"]
     assert prefs.num_rows >= 1 and all(p > 0.5 for p in prefs["p_chosen"])
     assert all("careful" in c[0]["content"] for c in prefs["chosen"])  # the scripted revisions win
-    lineage = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert all(rec["judgement"]["comparisons"] for rec in lineage)
+    from conftest import run_lineage
+
+    assert all(rec["judgement"]["comparisons"] for rec in run_lineage(out))
     for name in ("kto", "reward"):
         assert load_dataset(str(out), name)[f"train_{name}"].num_rows >= 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import last_user, server_script
+from conftest import last_user, run_lineage, server_script
 from test_cli import api_config, factory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def config_with(tmp_path: Path, questions: dict) -> Path:
 
 
 def generated(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    return run_lineage(out)
 
 
 def generation_calls(srv, mode: str) -> list[str]:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_lineage
 from test_cli import PROMPTS, ROOT, api_config, factory, write_prompts
 
 MANY = [f"Question number {i}: how should I treat {w}?" for i, w in enumerate(
@@ -71,9 +72,7 @@ def test_sigkill_and_resume_reissue_no_completed_call_and_give_identical_dataset
     assert r.returncode == 0, r.stderr
     assert len(api.requests) == total - done_at_kill  # every completed call came from the cache
     assert dataset_files(out) == dataset_files(reference)
-    lineage = (out / "records.jsonl").read_text().splitlines()
-    assert sorted(json.loads(x)["id"] for x in lineage) == sorted(
-        json.loads(x)["id"] for x in (reference / "records.jsonl").read_text().splitlines())
+    assert [r["id"] for r in run_lineage(out)] == [r["id"] for r in run_lineage(reference)]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["stages"]["answer"]["in"] == len(MANY) and stats["resumed_records"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -133,14 +132,14 @@ def test_retry_failed_reprocesses_only_the_failed_records(api, tmp_path: Path) -
     assert r.returncode == 1
     failed = [json.loads(x) for x in (out / "failed.jsonl").read_text().splitlines()]
     assert len(failed) == 2 and {f["stage"] for f in failed} == {"answer"}
-    assert sum(1 for _ in (out / "records.jsonl").open()) == 3
+    assert len(run_lineage(out)) == 3
 
     api.requests.clear()
     r = factory("retry-failed", out)
     assert r.returncode == 0, r.stderr
     assert len(api.requests) == 2 * 3  # answer, critique, revision for each failed record; nothing else
     assert (out / "failed.jsonl").read_text() == ""
-    assert sum(1 for _ in (out / "records.jsonl").open()) == 5
+    assert len(run_lineage(out)) == 5
     assert json.loads((out / "stats.json").read_text())["stages"]["answer"]["dropped"] == {}
 
 
@@ -242,4 +241,4 @@ def test_batch_run_killed_while_waiting_resumes_without_submitting_again(api, tm
     r = factory("run", "--resume", out)
     assert r.returncode == 0, r.stderr
     assert api.rows_per_batch("openai") == [5, 5, 5]  # the answer batch was picked up, not sent twice
-    assert sum(1 for _ in (out / "records.jsonl").open()) == 5
+    assert len(run_lineage(out)) == 5

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import run_lineage
 from rich.console import Console
 from test_cli import ROOT, write_prompts
 from test_production import MANY, dataset_files, wait_for
@@ -54,10 +55,9 @@ def bodies(srv) -> list[str]:
 
 
 def records(run_dir: Path) -> set[str]:
-    """records.jsonl without what differs between two runs of the same calls (timings)."""
+    """The run's records without what differs between two runs of the same calls (timings)."""
     out = set()
-    for line in (run_dir / "records.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in run_lineage(run_dir):
         for call in rec["calls"]:
             call.pop("seconds")
         out.add(json.dumps(rec, sort_keys=True))
@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_run_is_retried_and_no_call_is_paid_twice(api, tmp_p
     assert len(sent) - len(set(sent)) <= 2
     stats = json.loads((out / "stats.json").read_text())
     assert stats["resumed_records"] >= 4 and stats["stages"]["answer"]["out"] == len(MANY)
-    assert sum(1 for _ in (out / "records.jsonl").open()) == len(MANY)
+    assert len(run_lineage(out)) == len(MANY)
 
 
 def test_resume_after_an_interrupted_ray_run_reissues_no_completed_call(api, tmp_path: Path) -> None:

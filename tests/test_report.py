@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import server_script
+from conftest import run_lineage, server_script
 from server import FakeAPIServer
 
 from factory.report import svg, write_report
@@ -98,7 +98,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
 
 
 def lineage(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    return run_lineage(run_dir)
 
 
 def section(html: str, name: str) -> str:
@@ -207,10 +207,10 @@ def test_many_records_stay_small(runs, tmp_path: Path) -> None:
     src, _ = runs["full"]
     big = tmp_path / "big"
     shutil.copytree(src, big, ignore=shutil.ignore_patterns("*.html"))
-    lines = (src / "records.jsonl").read_text().splitlines()
-    with (big / "records.jsonl").open("w") as f:
+    lines = run_lineage(src)
+    with (big / "records.jsonl").open("w") as f:  # a records.jsonl (older runs') is read in place of the state
         for i in range(20_000):
-            rec = json.loads(lines[i % len(lines)])
+            rec = dict(lines[i % len(lines)])
             rec["id"] = f"{i:016x}"
             f.write(json.dumps(rec) + "\n")
     html = write_report(big).read_text()
@@ -220,15 +220,15 @@ def test_many_records_stay_small(runs, tmp_path: Path) -> None:
 
 
 def test_an_unfinished_run_gets_a_report_too(runs, tmp_path: Path) -> None:
-    """Killed before its end: no stats.json, no records.jsonl yet. The page says so and how to go on."""
+    """Killed before its end: no stats.json, its records not final yet. The page says so and how to go on."""
     src, _ = runs["bare"]
     cut = tmp_path / "cut"
-    shutil.copytree(src, cut, ignore=shutil.ignore_patterns("*.html", "stats.json", "records.jsonl"))
+    shutil.copytree(src, cut, ignore=shutil.ignore_patterns("*.html", "stats.json"))
     manifest = json.loads((cut / "manifest.json").read_text())
     (cut / "manifest.json").write_text(json.dumps(manifest | {"status": "running", "finished": None}))
     html = write_report(cut).read_text()
     assert f"factory run --resume {cut}" in section(html, "funnel")
-    assert "No records.jsonl yet" in section(html, "judge") and "Not in this run" not in html
+    assert "No records yet" in section(html, "judge") and "Not in this run" not in html
     assert "<polyline" in section(html, "cost")  # the call log is there
 
 

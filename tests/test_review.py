@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import server_script
+from conftest import run_lineage, server_script
 from datasets import load_dataset
 
 from factory.review.server import build_app, start
@@ -108,7 +108,7 @@ class Served:
 
 
 def lineage(run_dir: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, (run_dir / "records.jsonl").read_text().splitlines())}
+    return {r["id"]: r for r in run_lineage(run_dir)}
 
 
 def margin(rec: dict) -> float | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import JUDGE_OPTIONS, server_script
+from conftest import JUDGE_OPTIONS, run_lineage, server_script
 from datasets import load_dataset
 from server import FakeAPIServer, Reply
 from test_cli import PROMPTS, ROOT, factory, write_prompts
@@ -85,8 +85,7 @@ def test_a_vllm_server_serves_every_stage_and_the_judge_reads_its_logprobs(vllm,
     judged = [q["body"] for q in chats if q["body"].get("logprobs")]
     assert len(judged) == 2 * len(PROMPTS) and {b["top_logprobs"] for b in judged} == {MAX_LOGPROBS}
 
-    verdicts = [v for line in (out / "records.jsonl").read_text().splitlines()
-                for c in json.loads(line)["judgement"]["comparisons"] for v in c["verdicts"]]
+    verdicts = [v for rec in run_lineage(out) for c in rec["judgement"]["comparisons"] for v in c["verdicts"]]
     assert len(verdicts) == 2 * len(PROMPTS) and {v["source"] for v in verdicts} == {"logprobs"}
     prefs = load_dataset(str(out), "prefs")
     rows = [row for split in prefs.values() for row in split]

@@ -29,7 +29,7 @@ from factory.config import JudgeConfig, PipelineConfig, TeacherConfig, load_conf
 from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget
-from factory.engine.rundir import create_run_dir, now, write_json
+from factory.engine.rundir import RunDir, create_run_dir, now, write_json
 from factory.engine.stats import Stats
 from factory.errors import FactoryError
 from factory.export.writer import SPLITS_FILE, split_of
@@ -51,15 +51,15 @@ def held_out(source: Path, limit: int | None, split: str = "test") -> list[Recor
     `split="train"`: the run's training prompts instead (`factory train grpo|rloo`)."""
     if not source.is_dir():
         return read_prompts(source, "file", limit)
-    manifest = source / "manifest.json"
-    if not manifest.is_file() or not (source / "records.jsonl").is_file():
-        raise FactoryError(f"{source}: not a finished run directory (no manifest.json or records.jsonl)")
-    fraction = json.loads(manifest.read_text())["config"]["stages"]["export"]["test_fraction"]
+    run = RunDir.open(source)
+    if not run.has_lineage:
+        raise FactoryError(f"{source}: not a finished run directory (status {run.status!r}); finish it first "
+                           f"(factory run --resume {source})")
+    fraction = run.manifest["config"]["stages"]["export"]["test_fraction"]
     splits = source / SPLITS_FILE  # the prompts the export moved so that neither split is empty
     moved = json.loads(splits.read_text())["moved"] if splits.is_file() else {}
     out = []
-    for line in (source / "records.jsonl").read_text().splitlines():
-        rec = Record.model_validate_json(line)
+    for rec in run.lineage():
         if split_of(rec.id, fraction, moved) == split:
             out.append(Record.dialogue(rec.prompt, "file", system=rec.system, history=rec.history, **rec.metadata))
     if not out:

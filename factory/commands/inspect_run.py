@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -22,8 +23,13 @@ def _load(path: Path) -> dict:
         raise FactoryError(f"{path.parent}: no {path.name} (is this a finished run directory?)") from None
 
 
-def inspect_run(run_dir: Path, console: Console, samples: int = 3, seed: int = 0) -> None:
+def inspect_run(run_dir: Path, console: Console, samples: int = 3, seed: int = 0, jsonl: bool = False) -> None:
+    """`jsonl`: print the run's lineage (its records, kept in state.sqlite) as JSON lines, streamed."""
     manifest, stats = _load(run_dir / "manifest.json"), _load(run_dir / "stats.json")
+    if jsonl:
+        for line in RunDir(run_dir, manifest).lineage_json():
+            sys.stdout.write(line.rstrip("\n") + "\n")
+        return
     c = manifest.get("constitution", {})
     console.print(f"[bold]{run_dir}[/bold]: {manifest['status']}, models {', '.join(manifest.get('models', []))}, "
                   f"constitution {c.get('label')} ({str(c.get('sha256', ''))[:12]}), "
@@ -47,9 +53,15 @@ def inspect_run(run_dir: Path, console: Console, samples: int = 3, seed: int = 0
         console.print(judge_table(stats["judge_quality"]))
     if stats.get("failed_records"):
         console.print(f"[red]{stats['failed_records']} failed record(s)[/red]: see {run_dir / 'failed.jsonl'}")
-    records = list(RunDir(run_dir, manifest).lines("records.jsonl"))
-    done = [r for r in records if not r.get("dropped")]
-    for rec in random.Random(seed).sample(done, min(samples, len(done))):
+    # a reservoir sample: the run's records are streamed, never all held
+    pool: list[dict] = []
+    rng = random.Random(seed)
+    for n, line in enumerate(RunDir(run_dir, manifest).lineage_json(kept=True)):
+        if len(pool) < samples:
+            pool.append(json.loads(line))
+        elif (k := rng.randrange(n + 1)) < samples:
+            pool[k] = json.loads(line)
+    for rec in pool:
         console.print(record_panel(rec))
 
 

@@ -2,7 +2,9 @@
 cost, every failed attempt with its error, and every search with its passages. It is also the
 cache: a call or search whose key is already there is served from it and costs nothing. A shared
 cache folder (`cache_dir`) holds one more log that every run reads and writes, so new runs reuse
-old calls."""
+old calls. Requests and responses are stored compressed (factory/engine/blobs.py: zstd, with one
+dictionary per template version, so a template's few-shot prefix is stored once); rows of older
+runs, uncompressed, still read."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
+from factory.engine.blobs import Packer, copy_dicts
 from factory.models import Completion, GenParams, Message
 
 SCHEMA = """
@@ -76,6 +80,15 @@ def call_key(model: str, request: str, template: str, template_hash: str, contex
     return hashlib.sha256(f"{extra}\n{request}".encode()).hexdigest()
 
 
+def request_group(template: str, template_hash: str) -> str:
+    """Requests share a compression dictionary per template version (its few-shot prefix, stored once)."""
+    return f"request:{template}:{template_hash}"
+
+
+def response_group(template: str) -> str:
+    return f"response:{template}"
+
+
 def search_key(backend: str, query: str, k: int) -> str:
     """A search is the backend (with what it searches: a collection digest or a URL), the query and k."""
     return hashlib.sha256(json.dumps([backend, query, k], ensure_ascii=False).encode()).hexdigest()
@@ -88,6 +101,7 @@ class CallLog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # a killed process loses nothing committed
         self.db.executescript(SCHEMA)
+        self.packer = Packer(self.db)
 
     def get(self, key: str) -> Completion | None:
         row = self.db.execute(
@@ -95,7 +109,7 @@ class CallLog:
         ).fetchone()
         if row is None:
             return None
-        resp = json.loads(row[0])
+        resp = json.loads(self.packer.unpack(row[0]))
         return Completion(resp["text"], row[1], row[2], row[3], resp.get("logprobs"), resp.get("cached_tokens", 0))
 
     def copy_from(self, other: CallLog, key: str) -> None:
@@ -103,7 +117,11 @@ class CallLog:
         run paid nothing for it: it is logged at cost 0, and what it cost once goes to `reused`."""
         row = other.db.execute(f"SELECT {COLUMNS} FROM calls WHERE key=?", (key,)).fetchone()
         if row is not None:
-            cost = COLUMNS.split(", ").index("cost")
+            columns = COLUMNS.split(", ")
+            request, response, cost = (columns.index(c) for c in ("request", "response", "cost"))
+            row = list(row)  # its text, packed with this log's dictionaries
+            for i, group in ((request, request_group(row[3], row[4])), (response, response_group(row[3]))):
+                row[i] = self.packer.pack(group, other.packer.unpack(row[i]))
             self.db.execute(f"INSERT OR IGNORE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",
                             (*row[:cost], 0.0, *row[cost + 1:]))
             self.db.execute("INSERT OR IGNORE INTO reused VALUES (?,?,?)", (key, row[cost], time.time()))
@@ -113,12 +131,18 @@ class CallLog:
         response = {"text": result.text, "logprobs": result.logprobs}
         if result.cached_tokens:
             response["cached_tokens"] = result.cached_tokens
-        response = json.dumps(response, ensure_ascii=False)
+        response = self.packer.pack(response_group(template), json.dumps(response, ensure_ascii=False))
+        request = self.packer.pack(request_group(template, template_hash), request)
         self.db.execute(
             f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)})",
             (key, stage, model, template, template_hash, request, response, result.prompt_tokens,
              result.completion_tokens, result.finish_reason, latency, cost, time.time()),
         )
+
+    def requests(self, stage: str) -> Iterator[dict]:
+        """The logged requests of one stage ({"messages", "params"}), in the order they finished."""
+        for (request,) in self.db.execute("SELECT request FROM calls WHERE stage=? ORDER BY created", (stage,)):
+            yield json.loads(self.packer.unpack(request))
 
     def get_search(self, key: str) -> list[dict] | None:
         """The passages (as dicts) of a logged search, or None."""
@@ -136,6 +160,7 @@ class CallLog:
     def saved(self) -> float:
         """USD the calls served from the shared cache cost when they were made (not by this run)."""
         return self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM reused").fetchone()[0]
+
     def merge_from(self, path: Path) -> None:
         """Add another call log's calls, searches and failed attempts (a Ray shard's), in one transaction.
         Merging the same log twice changes nothing."""
@@ -173,11 +198,12 @@ class CallLog:
 
 def attach_copy(db: sqlite3.Connection, path: Path, statements: list) -> None:
     """Run `statements` (SQL, or (SQL, parameters)) with the database at `path` attached as `other`, in
-    one transaction."""
+    one transaction, after copying its compression dictionaries (so its packed rows copy as they are)."""
     db.execute("ATTACH DATABASE ? AS other", (str(path),))
     try:
         db.execute("BEGIN")
         try:
+            copy_dicts(db)
             for statement in statements:
                 db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
         except BaseException:

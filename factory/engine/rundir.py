@@ -16,8 +16,9 @@ from pathlib import Path
 
 from factory.config import ROOT, PipelineConfig
 from factory.constitution import Constitution, load_constitution
+from factory.engine.state import RunState
 from factory.errors import FactoryError, InputError
-from factory.records import Record, kept_records
+from factory.records import Record
 
 FINISHED = ("complete", "complete_with_failures")  # manifest statuses of a run whose datasets are written
 PACKAGES = ("constitution-factory", "torch", "transformers", "datasets", "trl", "openai", "anthropic", "pydantic")
@@ -138,9 +139,38 @@ class RunDir:
             with path.open() as f:
                 yield from (json.loads(line) for line in f if line.strip())
 
+    def lineage(self, *, kept: bool = False) -> Iterator[Record]:
+        """The run's done and dropped records (`kept`: done ones only), every call and round, in id order,
+        streamed: from state.sqlite, their one copy, or from the records.jsonl of a run made by an older
+        version (or written by hand)."""
+        return (Record.model_validate_json(line) for line in self.lineage_json(kept=kept))
+
+    def lineage_json(self, *, kept: bool = False) -> Iterator[str]:
+        """The same records as JSON strings (for readers that want dicts or want to skip validation)."""
+        jsonl = self.path / "records.jsonl"
+        if jsonl.is_file():
+            with jsonl.open() as f:
+                for line in f:
+                    if line.strip() and not (kept and json.loads(line).get("dropped") is not None):
+                        yield line
+            return
+        if not (self.path / "state.sqlite").is_file():
+            return
+        state = RunState(self.path, readonly=True)
+        try:
+            where = "WHERE status='done'" if kept else "WHERE status IN ('done', 'dropped')"
+            yield from (data for _, _, _, data in state.rows(where))
+        finally:
+            state.close()
+
+    @property
+    def has_lineage(self) -> bool:
+        """Whether the run's records can be read back: it has finished (or left a records.jsonl)."""
+        return (self.path / "records.jsonl").is_file() or (self.finished and (self.path / "state.sqlite").is_file())
+
     def records(self) -> Iterator[Record]:
         """The records export reads: done ones, not dropped."""
-        return kept_records(self.path / "records.jsonl")
+        return self.lineage(kept=True)
 
     def save_manifest(self) -> None:
         write_json(self.path / "manifest.json", self.manifest)

@@ -190,22 +190,21 @@ class Run:
         self.state.set_meta("counters", {name: dict(st.counters) for name, st in self.stats.stages.items()})
 
     def write_lineage(self) -> int:
-        """records.jsonl (done and dropped records, every call and round) and failed.jsonl (what to
-        retry: failed records with their stage and reason, and failed generation calls)."""
+        """failed.jsonl: what to retry (failed records with their stage and reason, and failed generation
+        calls). The done and dropped records, every call and round, stay in state.sqlite, their one full
+        copy (RunDir.lineage reads them); a records.jsonl that an older version wrote is removed, since
+        the state holds every record it held."""
         failed = 0
-        lineage_tmp, failed_tmp = self.dir / "records.jsonl.tmp", self.dir / "failed.jsonl.tmp"
-        with lineage_tmp.open("w") as lineage, failed_tmp.open("w") as fails:
-            for status, stage, reason, rec in self.state.records():
-                if status == "failed":
-                    failed += 1
-                    fails.write(json.dumps({"stage": stage, "reason": reason, "record": rec.model_dump()}) + "\n")
-                else:
-                    lineage.write(rec.model_dump_json() + "\n")
+        failed_tmp = self.dir / "failed.jsonl.tmp"
+        with failed_tmp.open("w") as fails:
+            for _, stage, reason, rec in self.state.records("failed"):
+                failed += 1
+                fails.write(json.dumps({"stage": stage, "reason": reason, "record": rec.model_dump()}) + "\n")
             for key, stage, reason in self.state.call_failures():
                 failed += 1
                 fails.write(json.dumps({"stage": stage, "call": key, "reason": reason}) + "\n")
-        os.replace(lineage_tmp, self.dir / "records.jsonl")
         os.replace(failed_tmp, self.dir / "failed.jsonl")
+        (self.dir / "records.jsonl").unlink(missing_ok=True)
         return failed
 
     def close(self) -> None:

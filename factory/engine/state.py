@@ -2,7 +2,10 @@
 committed in its own transaction the moment the record finishes. A SIGKILL at any moment leaves
 every finished record there exactly once and no half record, so `--resume` skips them and redoes
 only the rest (their completed calls come from the call log). A lock file keeps a second process
-off the same run directory."""
+off the same run directory.
+
+It is also where a run's records are kept, the only full copy: each compressed (factory/engine/
+blobs.py; records of older runs, uncompressed, still read). `RunDir.lineage` reads them back."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from factory.engine.blobs import Packer
 from factory.engine.calllog import attach_copy
 from factory.errors import FactoryError
 from factory.records import Record
@@ -56,18 +60,24 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 
 
 class RunState:
-    def __init__(self, run_dir: Path):
-        self.db = sqlite3.connect(str(run_dir / "state.sqlite"), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    def __init__(self, run_dir: Path, *, readonly: bool = False):
+        """`readonly`: for readers of a run (report, review, export), which take no lock and write nothing."""
+        path = run_dir / "state.sqlite"
+        if readonly:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        self.packer = Packer(self.db, writable=not readonly)
 
     def has(self, record_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM records WHERE id=?", (record_id,)).fetchone() is not None
 
     def finish(self, record: Record, status: str, stage: str, reason: str = "") -> None:
         self.db.execute("INSERT INTO records VALUES (?,?,?,?,?)",
-                        (record.id, status, stage, reason, record.model_dump_json()))
+                        (record.id, status, stage, reason, self.packer.pack("record", record.model_dump_json())))
 
     def fail_call(self, key: str, stage: str, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO failures VALUES (?,?,?)", (key, stage, reason))
@@ -82,13 +92,19 @@ class RunState:
 
     def records(self, status: str | None = None) -> Iterator[tuple[str, str, str, Record]]:
         """(status, stage, reason, record), ordered by record id, streamed."""
-        query = "SELECT status, stage, reason, data FROM records"
-        args: tuple = ()
-        if status:
-            query += " WHERE status=?"
-            args = (status,)
-        for st, stage, reason, data in self.db.execute(query + " ORDER BY id", args):
+        for st, stage, reason, data in self.rows("WHERE status=?" if status else "", (status,) if status else ()):
             yield st, stage, reason, Record.model_validate_json(data)
+
+    def rows(self, where: str = "", args: tuple = ()) -> Iterator[tuple[str, str, str, str]]:
+        """(status, stage, reason, record JSON) of the records `where` selects, ordered by id, streamed."""
+        for st, stage, reason, data in self.db.execute(f"SELECT status, stage, reason, data FROM records {where} "
+                                                       "ORDER BY id", args):
+            yield st, stage, reason, self.packer.unpack(data)
+
+    def record(self, record_id: str) -> str | None:
+        """One record's JSON, or None."""
+        row = self.db.execute("SELECT data FROM records WHERE id=?", (record_id,)).fetchone()
+        return None if row is None else self.packer.unpack(row[0])
 
     def call_failures(self) -> list[tuple[str, str, str]]:
         return self.db.execute("SELECT key, stage, reason FROM failures ORDER BY key").fetchall()

@@ -86,7 +86,8 @@ def card_body(run_name: str, manifest: dict, constitution: Constitution, counts:
     lines += [
         "",
         "Full per-record lineage (every call, template hash, principle, critique and revision) is in"
-        " `records.jsonl` of the run directory; every model call is in `calls.sqlite`.",
+        " `state.sqlite` of the run directory (`factory inspect RUN_DIR --jsonl` prints it as JSON lines); every"
+        " model call is in `calls.sqlite`.",
         "",
         "## License",
         "",

@@ -13,6 +13,7 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
 from factory.diff import word_ops
+from factory.engine.rundir import RunDir
 from factory.errors import FactoryError
 from factory.records import Record
 from factory.report import svg
@@ -192,7 +193,7 @@ def record_view(rec: Record) -> dict:
 
 def render(run_dir: Path) -> str:
     view = read_figures(run_dir)
-    lin = read_lineage(run_dir / "records.jsonl")
+    lin = read_lineage(RunDir(run_dir, view.manifest))
     env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(files("factory.report").joinpath("template.html").read_text())
     return template.render(

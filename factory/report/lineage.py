@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from factory.engine.rundir import RunDir
 from factory.judging.quality import TIE
 from factory.records import Record
 
@@ -148,22 +148,18 @@ def _keep(pool: list[Record], size: int, seen: int, rec: Record, rng: random.Ran
         pool[k] = rec
 
 
-def read_lineage(path: Path, seed: int = 0) -> Lineage | None:
-    """Every record of records.jsonl folded into a Lineage, or None when the file is missing."""
-    if not path.is_file():
+def read_lineage(run: RunDir, seed: int = 0) -> Lineage | None:
+    """Every record of the run folded into a Lineage, or None before the run has finished."""
+    if not run.has_lineage:
         return None
     out, rng = Lineage(), random.Random(seed)
     kept = dropped = 0
-    with path.open() as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = Record.model_validate_json(line)
-            out.add(rec)
-            if rec.dropped:
-                dropped += 1
-                _keep(out.dropped_samples, DROPPED_SAMPLES, dropped, rec, rng)
-            else:
-                kept += 1
-                _keep(out.samples, SAMPLES, kept, rec, rng)
+    for rec in run.lineage():
+        out.add(rec)
+        if rec.dropped:
+            dropped += 1
+            _keep(out.dropped_samples, DROPPED_SAMPLES, dropped, rec, rng)
+        else:
+            kept += 1
+            _keep(out.samples, SAMPLES, kept, rec, rng)
     return out

@@ -1,4 +1,4 @@
-"""`factory export RUN_DIR`: write a finished run's datasets and card again from its records.jsonl,
+"""`factory export RUN_DIR`: write a finished run's datasets and card again from its records,
 applying the review decisions saved in the run directory. Atomic like every export (the new files
 are moved in place whole); without decisions the datasets come out identical to the run's own."""
 

@@ -30,15 +30,14 @@ class Entry:
 class RunView:
     def __init__(self, run_dir: Path):
         run = RunDir.open(run_dir)
-        if not (run_dir / "records.jsonl").is_file():
-            raise FactoryError(f"{run_dir}: no records.jsonl yet; review a run once it has finished "
+        if not run.has_lineage:
+            raise FactoryError(f"{run_dir}: the run has not finished; review a run once it has finished "
                                f"(or continue it: factory run --resume {run_dir})")
         self.dir = run_dir
         self.manifest, self.cfg, self.constitution = run.manifest, run.config(), run.constitution()
         self.entries: dict[str, Entry] = {}
         done: list[Record] = []
-        for line in run.lines("records.jsonl"):
-            rec = Record.model_validate(line)
+        for rec in run.lineage():
             if rec.dropped:
                 self.entries[rec.id] = Entry(rec, "dropped", rec.dropped.stage, rec.dropped.reason, None)
             else:

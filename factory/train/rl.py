@@ -53,10 +53,10 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
     if data.is_file():
         pf = PromptFile(data, "file")
         return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf.lines()]
-    if (data / "records.jsonl").is_file() and (data / "manifest.json").is_file():
+    if (data / "manifest.json").is_file():
         from factory.commands.evaluate import held_out
 
-        return [(rec, data / "records.jsonl", None) for rec in held_out(data, None, split="train")]
+        return [(rec, data, None) for rec in held_out(data, None, split="train")]
     from datasets import load_dataset
 
     configs = card_configs(data)
