@@ -138,9 +138,11 @@ def test_the_report_and_the_review_data_show_the_dialogue(api, tmp_path: Path) -
     assert "That is frustrating. Have you been able to talk to them" in html and "Prompts per kind" in html
     assert "red_team: 4" in html
     view = RunView(out)
-    rec = next(e.record for e in view.entries.values() if e.record.history)
-    detail = view.detail(rec.id)
-    assert detail["record"]["history"][0]["content"] == rec.history[0].content and detail["summary"]["turns"] >= 2
+    total, summaries = view.page({}, 0, 100)
+    rec = next(s for s in summaries if s["turns"] >= 2)
+    detail = view.detail(rec["id"])
+    assert total == len(summaries) and detail["summary"]["turns"] == rec["turns"]
+    assert detail["record"]["history"][0]["content"] and len(detail["record"]["history"]) == rec["turns"] - 1
 
 
 @pytest.mark.model

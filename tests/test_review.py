@@ -376,3 +376,49 @@ def test_merge_applies_each_runs_decisions(run_dir: Path, tmp_path: Path) -> Non
     sft = rows_of(tmp_path / "merged", "sft")
     assert rejected not in {row["prompt_id"] for row in sft} and len(sft) == exported - 1
     assert "Human review" in (tmp_path / "merged" / "README.md").read_text()
+
+
+# --- the index on disk -----------------------------------------------------------------------------
+
+
+def test_the_index_pages_and_filters_from_disk_and_is_rebuilt_when_the_run_changes(run_dir: Path) -> None:
+    from factory.review.index import FILE
+    from factory.review.runview import RunView
+
+    recs = lineage(run_dir)
+    view = RunView(run_dir)
+    built = (run_dir / FILE).stat().st_mtime_ns
+    total, first = view.page({}, 0, 3)
+    _, rest = view.page({}, 3, 100)
+    assert total == len(recs) == 8 and [s["id"] for s in first + rest] == sorted(recs)
+    assert view.page({}, 100, 5) == (8, [])
+
+    def ids(**q: str) -> set[str]:
+        n, found = view.page(q, 0, 5000)
+        assert n == len(found)
+        return {s["id"] for s in found}
+
+    principle = recs[first[0]["id"]]["candidates"][0]["rounds"][0]["principle_id"]
+    assert ids(principle=principle) >= {i for i, r in recs.items()
+                                        if any(rnd["principle_id"] == principle for c in r["candidates"]
+                                               for rnd in c["rounds"])}
+    assert ids(q="HAIKU") == {i for i, r in recs.items() if "haiku" in r["prompt"].lower()}
+    assert ids(min_margin="0.1") == {i for i, r in recs.items() if (m := margin(r)) is not None and m >= 0.1}
+    assert ids(outcome="dropped:export") == {i for i, r in recs.items() if "snow" in r["prompt"] or "rain" in r["prompt"]
+                                             } - ids(outcome="exported")
+    assert ids(fact="no_such_verdict") == set() and ids(decision="rejected") == set()
+    view.close()
+
+    store = ReviewStore(run_dir)
+    rejected = sorted(recs)[2]
+    store.put(rejected, 0, "rejected", None, "")
+    store.close()
+    view = RunView(run_dir)  # decisions are read live; the run did not change, so the index stands
+    assert (run_dir / FILE).stat().st_mtime_ns == built
+    assert ids(decision="rejected") == {rejected} and view.decision_counts() == {"rejected": 1, "none": 7}
+    assert view.page({"decision": "none"}, 0, 2)[0] == 7
+    view.close()
+
+    os.utime(run_dir / "failed.jsonl")  # what a retry-failed or a resume leaves: the index is built again
+    RunView(run_dir).close()
+    assert (run_dir / FILE).stat().st_mtime_ns != built

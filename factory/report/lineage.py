@@ -1,4 +1,4 @@
-"""Figures from records.jsonl, read once as a stream: answer lengths, the judge's margins and
+"""Figures from a run's records (its lineage), read once as a stream: answer lengths, the judge's margins and
 consistency, fact scores, per-principle counts and a seeded sample of records. Memory grows with a
 few numbers per record, never with the records' text."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from factory.errors import FactoryError
-from factory.review.runview import FACT_VERDICTS, RunView
+from factory.review.runview import RunView
 from factory.review.store import Conflict, Decision, ReviewStore
 
 STATIC = Path(__file__).parent / "static"
@@ -47,61 +46,31 @@ def decision_json(d: Decision) -> dict:
     return d.model_dump() | {"label": d.label}
 
 
-def matches(summary: dict, decision: Decision, q: dict[str, str]) -> bool:
-    """One record against the query's filters (all must hold; absent ones always do)."""
-    if q.get("principle") and q["principle"] not in summary["principles"]:
-        return False
-    if q.get("outcome") and q["outcome"] != summary["outcome"]:
-        return False
-    if q.get("reason") and q["reason"] != summary["reason"]:
-        return False
-    if q.get("fact") and not summary["facts"].get(q["fact"]):
-        return False
-    if q.get("decision") and q["decision"] != (decision.label or "none"):
-        return False
-    for key, keep in (("min_margin", lambda m, x: m >= x), ("max_margin", lambda m, x: m <= x)):
-        if q.get(key) and (summary["margin"] is None or not keep(summary["margin"], float(q[key]))):
-            return False
-    return not q.get("q") or q["q"].lower() in summary["prompt"].lower()
-
-
 async def run_info(request: web.Request) -> web.Response:
-    view, store = request.app[VIEW], request.app[STORE]
-    summaries = list(view.summaries.values())
-    decisions = store.all()
+    view = request.app[VIEW]
     return web.json_response({
         "run": view.dir.name, "status": view.manifest.get("status"), "models": view.manifest.get("models", []),
-        "constitution": view.constitution.label, "records": len(summaries),
-        "facets": {
-            "principle": Counter(p for s in summaries for p in s["principles"]),
-            "outcome": Counter(s["outcome"] for s in summaries),
-            "reason": Counter(s["reason"] for s in summaries if s["reason"]),
-            "fact": {v: sum(1 for s in summaries if s["facts"][v]) for v in FACT_VERDICTS},
-            "decision": Counter((decisions[i].label if i in decisions else None) or "none" for i in view.order),
-        },
+        "constitution": view.constitution.label, "records": view.records,
+        "facets": view.facets | {"decision": view.decision_counts()},
     })
 
 
 async def list_records(request: web.Request) -> web.Response:
-    view, store = request.app[VIEW], request.app[STORE]
+    """One page of the records that match the filters (principle, outcome, reason, fact, decision,
+    min_margin, max_margin, q: all must hold), in id order, with how many match in all."""
     q = dict(request.query)
     try:
-        offset, limit = int(q.pop("offset", 0)), min(int(q.pop("limit", 500)), 5000)
+        offset, limit = max(0, int(q.pop("offset", 0))), max(0, min(int(q.pop("limit", 500)), 5000))
         float(q.get("min_margin") or 0), float(q.get("max_margin") or 0)
     except ValueError:
         raise web.HTTPBadRequest(text="offset, limit, min_margin and max_margin must be numbers") from None
-    decisions = store.all()
-    found = []
-    for record_id in view.order:
-        summary, d = view.summaries[record_id], decisions.get(record_id) or Decision(id=record_id)
-        if matches(summary, d, q):
-            found.append(summary | {"decision": d.label or "none", "version": d.version})
-    return web.json_response({"total": len(found), "offset": offset, "records": found[offset:offset + limit]})
+    total, found = request.app[VIEW].page(q, offset, limit)
+    return web.json_response({"total": total, "offset": offset, "records": found})
 
 
 def _entry_id(request: web.Request) -> str:
     record_id = request.match_info["id"]
-    if record_id not in request.app[VIEW].entries:
+    if not request.app[VIEW].has(record_id):
         raise web.HTTPNotFound(text=f"no record {record_id} in this run")
     return record_id
 
@@ -123,7 +92,7 @@ async def put_decision(request: web.Request) -> web.Response:
     edit = body.edited_answer
     if edit is not None and not edit.strip():
         raise web.HTTPBadRequest(text="the edited answer is empty; reject the record instead")
-    if edit is not None and edit == request.app[VIEW].entries[record_id].target:
+    if edit is not None and edit == request.app[VIEW].target(record_id):
         edit = None  # unchanged: no edit
     try:
         saved = request.app[STORE].put(record_id, body.version, body.decision, edit, body.note)
@@ -160,6 +129,7 @@ def build_app(run_dir: Path) -> web.Application:
 
     async def close(app: web.Application) -> None:
         app[STORE].close()
+        app[VIEW].close()
 
     app.on_cleanup.append(close)
     app.add_routes([web.get("/", page), web.get("/static/{name}", page), web.get("/api/run", run_info),
