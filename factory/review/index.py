@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from factory.engine.rundir import RunDir
@@ -28,7 +28,7 @@ FILE = "review-index.sqlite"
 FORMAT = 1  # change when what the index holds changes: older indexes are rebuilt
 FACT_VERDICTS = ("supported", "not_supported", "irrelevant", "unreadable")
 COLUMNS = ("id", "position", "status", "stage", "outcome", "reason", "prompt", "source", "kind", "turns", "margin",
-           "consistent", "principles", "target", *FACT_VERDICTS)
+           "consistent", "principles", *FACT_VERDICTS)
 SCHEMA = f"""
 CREATE TABLE entries ({", ".join(COLUMNS)}, PRIMARY KEY (id)) WITHOUT ROWID;
 CREATE TABLE principles (principle TEXT, id TEXT, PRIMARY KEY (principle, id)) WITHOUT ROWID;
@@ -78,26 +78,26 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
     try:
         db.execute("BEGIN")
         writer = _Writer(db)
-        cfg, constitution = run.config(), run.constitution()
-        export_cfg, generator, scratch = cfg.stages.export, run.generator, StageStats()
+        cfg = run.config()
+        exported_rows = row_maker(run)
         done: list[str] = []  # ids by export position (16 bytes each), to mark the cleaning filters' drops
 
         def exported() -> Iterator[tuple[Record, str | None]]:
             for status, stage, reason, data in state.rows("WHERE status IN ('done', 'dropped', 'failed')"):
                 rec = Record.model_validate_json(data)
                 if status == "done":
-                    target = sft_target(rows(rec, constitution, generator, export_cfg, scratch))
-                    writer.add(rec, len(done), "exported", "done", "", target)
+                    target = sft_target(exported_rows(rec))
+                    writer.add(rec, len(done), "exported", "done", "")
                     done.append(rec.id)
                     yield rec, target
                 elif status == "dropped":
                     writer.add(rec, None, "dropped", rec.dropped.stage if rec.dropped else stage,
-                               rec.dropped.reason if rec.dropped else reason, None)
+                               rec.dropped.reason if rec.dropped else reason)
                 else:
-                    writer.add(rec, None, "failed", stage, reason, None)
+                    writer.add(rec, None, "failed", stage, reason)
 
         with tempfile.TemporaryDirectory() as scratch_dir:
-            drops = Cleaner(export_cfg.clean, cfg.path).plan(exported(), Path(scratch_dir))
+            drops = Cleaner(cfg.stages.export.clean, cfg.path).plan(exported(), Path(scratch_dir))
         writer.flush()
         db.executemany("UPDATE entries SET status='dropped', stage='export', outcome='dropped:export', reason=? "
                        "WHERE id=?", ((reason[:80], done[position]) for position, reason in drops.items()))
@@ -110,13 +110,19 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
     os.replace(tmp, path)
 
 
+def row_maker(run: RunDir) -> Callable[[Record], list]:
+    """What a record contributes to each dataset, as the run's export made it (no human decision)."""
+    cfg, constitution, scratch = run.config().stages.export, run.constitution(), StageStats()
+    return lambda rec: rows(rec, constitution, run.generator, cfg, scratch)
+
+
 class _Writer:
     """Inserts index rows in batches."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db, self.entries, self.principles = db, [], []
 
-    def add(self, rec: Record, position: int | None, status: str, stage: str, reason: str, target: str | None) -> None:
+    def add(self, rec: Record, position: int | None, status: str, stage: str, reason: str) -> None:
         principles = set(rec.principle_ids)
         margin = consistent = None
         if rec.judgement:
@@ -128,7 +134,7 @@ class _Writer:
         outcome = status if status == "exported" else f"{status}:{stage}"
         self.entries.append((rec.id, position, status, stage, outcome, reason[:80], rec.prompt[:240], rec.source,
                              rec.metadata.get("kind"), len(rec.history) + 1, margin, consistent,
-                             json.dumps(sorted(principles)), target, *(facts[v] for v in FACT_VERDICTS)))
+                             json.dumps(sorted(principles)), *(facts[v] for v in FACT_VERDICTS)))
         self.principles.extend((p, rec.id) for p in principles)
         if len(self.entries) >= BATCH:
             self.flush()

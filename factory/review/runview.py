@@ -11,6 +11,7 @@ from factory.diff import word_ops
 from factory.engine.rundir import RunDir
 from factory.engine.state import RunState
 from factory.errors import FactoryError
+from factory.hygiene.clean import sft_target
 from factory.records import Record
 from factory.review import index
 from factory.review.store import FILE as DECISIONS
@@ -27,6 +28,7 @@ class RunView:
                                f"(or continue it: factory run --resume {run_dir})")
         self.dir = run_dir
         self.manifest, self.constitution = run.manifest, run.constitution()
+        self.rows = index.row_maker(run)
         self.db = index.open_index(run)
         if not (run_dir / DECISIONS).is_file():
             ReviewStore(run_dir).close()  # no decision yet: an empty store to read them from
@@ -51,17 +53,22 @@ class RunView:
         return self.db.execute("SELECT 1 FROM entries WHERE id=?", (record_id,)).fetchone() is not None
 
     def target(self, record_id: str) -> str | None:
-        """The model text the record's `sft` row trains on (before any human edit)."""
-        row = self.db.execute("SELECT target FROM entries WHERE id=?", (record_id,)).fetchone()
-        return row and row[0]
+        """The model text the record's `sft` row trains on (before any human edit), or None (dropped at a
+        stage, or failed)."""
+        return self._target(Record.model_validate_json(self.state.record(record_id)), record_id)
+
+    def _target(self, rec: Record, record_id: str) -> str | None:
+        row = self.db.execute("SELECT status, stage FROM entries WHERE id=?", (record_id,)).fetchone()
+        exported = row is not None and (row[0] == "exported" or row[1] == "export")
+        return sft_target(self.rows(rec)) if exported else None
 
     def detail(self, record_id: str) -> dict:
         """The record in full, plus the word diffs of every revision (against the text it revised) and
         of the final answer against the first, and the text export trains on."""
         row = self.db.execute(f"SELECT {', '.join(f'e.{c}' for c in (*index.SUMMARY, 'principles', *FACT_VERDICTS))}, "
-                              f"{index.LABEL}, COALESCE(d.version, 0), e.target FROM entries e LEFT JOIN rv.decisions "
+                              f"{index.LABEL}, COALESCE(d.version, 0) FROM entries e LEFT JOIN rv.decisions "
                               "d ON d.id = e.id WHERE e.id=?", (record_id,)).fetchone()
-        summary = index.summary(row[:-1])
+        summary = index.summary(row)
         for key in ("decision", "version"):
             summary.pop(key)
         rec = Record.model_validate_json(self.state.record(record_id))
@@ -73,7 +80,7 @@ class RunView:
                 previous = previous if rnd.gate else rnd.revision  # a gated revision is not built on
             out["final"] = cand.final
             out["final_diff"] = word_ops(cand.answer, cand.final)
-        return {"summary": summary, "record": data, "target": row[-1]}
+        return {"summary": summary, "record": data, "target": self._target(rec, record_id)}
 
     def close(self) -> None:
         self.db.close()
