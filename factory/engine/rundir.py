@@ -165,8 +165,10 @@ class RunDir:
 
     @property
     def has_lineage(self) -> bool:
-        """Whether the run's records can be read back: it has finished (or left a records.jsonl)."""
-        return (self.path / "records.jsonl").is_file() or (self.finished and (self.path / "state.sqlite").is_file())
+        """Whether the run's records are final: it has finished or stopped at its budget (or an older
+        version left a records.jsonl). A run killed mid-way has only some of them."""
+        final = self.finished or self.status == "stopped_at_budget"
+        return (self.path / "records.jsonl").is_file() or (final and (self.path / "state.sqlite").is_file())
 
     def records(self) -> Iterator[Record]:
         """The records export reads: done ones, not dropped."""

@@ -23,7 +23,7 @@ FACT_VERDICTS = index.FACT_VERDICTS
 class RunView:
     def __init__(self, run_dir: Path):
         run = RunDir.open(run_dir)
-        if not run.finished or not (run_dir / "state.sqlite").is_file():
+        if not run.has_lineage or not (run_dir / "state.sqlite").is_file():
             raise FactoryError(f"{run_dir}: the run has not finished; review a run once it has finished "
                                f"(or continue it: factory run --resume {run_dir})")
         self.dir = run_dir
