@@ -53,7 +53,7 @@ def _located(data: Path) -> list[tuple[Record, Path, int | None]]:
     if data.is_file():
         pf = PromptFile(data, "file")
         return [(Record.new(prompt, "file", **extra), data, line) for line, prompt, extra in pf.lines()]
-    if (data / "manifest.json").is_file():
+    if (data / "manifest.json").is_file() and any((data / f).is_file() for f in ("state.sqlite", "records.jsonl")):
         from factory.commands.evaluate import held_out
 
         return [(rec, data, None) for rec in held_out(data, None, split="train")]
