@@ -69,7 +69,7 @@ def open_index(run: RunDir) -> sqlite3.Connection:
 
 def build(run: RunDir, path: Path, fingerprint_: str) -> None:
     """Write the index whole to a temporary file and move it in place."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two apps starting at once each build their own
     tmp.unlink(missing_ok=True)
     db = sqlite3.connect(str(tmp))
     db.execute("PRAGMA journal_mode=OFF")
@@ -104,9 +104,13 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
         meta = {"fingerprint": fingerprint_, "facets": facets(db)}
         db.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
         db.execute("COMMIT")
+    except BaseException:
+        db.close()
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         state.close()
-        db.close()
+    db.close()
     os.replace(tmp, path)
 
 
