@@ -132,7 +132,7 @@ class RunDir:
         return load_constitution(path)
 
     def lines(self, name: str) -> Iterator[dict]:
-        """The objects of a JSON-lines file of the run (records.jsonl, failed.jsonl, dedup.jsonl, ...),
+        """The objects of a JSON-lines file of the run (failed.jsonl, dedup.jsonl, decontam.jsonl, ...),
         blank lines skipped; none if the file does not exist."""
         path = self.path / name
         if path.is_file():
