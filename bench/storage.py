@@ -29,6 +29,7 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 
@@ -74,14 +75,13 @@ def write_prompts(path: Path, n: int) -> None:
 
 
 def config(path: Path, args: argparse.Namespace) -> Path:
-    cfg = {
-        "constitution": str(ROOT / "constitutions" / "harmless.yaml"),
-        "prompts_dir": str(ROOT / "prompts"),
-        "model": f"openai:storage-bench-{args.n}",
-        "concurrency": args.concurrency,
-        "watchdog_s": 600,
-        "stages": {"answer": {"max_tokens": 4 * args.words}, "critique_revise": {"rounds": 1, "max_tokens": 4 * args.words}},
-    }
+    """bench/throughput.py's pipeline, with answers and revisions long enough for `--words`."""
+    from throughput import config as throughput_config
+
+    cfg = json.loads(throughput_config(path, args).read_text())
+    cfg["model"] = f"openai:storage-bench-{args.n}"
+    cfg["stages"] = {"answer": {"max_tokens": 4 * args.words},
+                     "critique_revise": {"rounds": 1, "max_tokens": 4 * args.words}}
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
 
