@@ -1,6 +1,6 @@
-"""The review app on a large run: RSS and time to the first page.
+"""The review app, the export and the report on a large run: RSS and time.
 
-    python bench/review_scale.py [--n 100000] [--keep DIR]
+    python bench/review_scale.py [--n 100000] [--keep DIR] [--export]
 
 1. A real seed run of 20 records (answer, critique, revision) against the test server (bench/storage.py's
    prose responder), for a genuine manifest, config and record shape.
@@ -10,6 +10,8 @@
 3. In a fresh process: the index build (`factory review`'s first start on the run): seconds and peak RSS.
 4. In another fresh process, on the built index: the app started, then what the page asks first
    (GET /api/run and GET /api/records, 500 summaries) and one record in full: seconds and peak RSS.
+5. With --export, each in a fresh process: `factory export` (dedup, splits, Parquet) and
+   `factory report` on the run: seconds and peak RSS.
 """
 
 from __future__ import annotations
@@ -166,6 +168,25 @@ def replicate(index: Path, times: int) -> None:
           f"({index.stat().st_size / 2**20:,.0f} MiB)", flush=True)
 
 
+def export_run(run_dir: str) -> None:
+    """Child process: the run's datasets written again (what `factory export` does)."""
+    from factory.review.reexport import reexport
+
+    start = time.perf_counter()
+    counts, _ = reexport(Path(run_dir))
+    print(json.dumps({"seconds": time.perf_counter() - start, "sft_rows": sum(counts["sft"].values()),
+                      "peak_rss_mb": peak_rss_mb()}))
+
+
+def report_run(run_dir: str) -> None:
+    """Child process: report.html written again."""
+    from factory.report import write_report
+
+    start = time.perf_counter()
+    write_report(Path(run_dir))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}))
+
+
 def child(function: str, run_dir: Path) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", function, str(run_dir)], capture_output=True,
                          text=True, check=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
@@ -179,10 +200,12 @@ def main() -> None:
     parser.add_argument("--replicate", type=int, default=1, help="then serve an index of N x this many rows: the "
                         "built index's rows repeated under new ids (for 10^6 rows without a 10^6 build)")
     parser.add_argument("--skip-build", action="store_true", help="reuse the kept run's index as it is")
+    parser.add_argument("--export", action="store_true", help="also time `factory export` and `factory report`")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        {"build": build_index, "page": first_page}[args.child[0]](args.child[1])
+        {"build": build_index, "page": first_page, "export": export_run, "report": report_run}[args.child[0]](
+            args.child[1])
         return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.keep or Path(tmp) / "big"
@@ -202,7 +225,13 @@ def main() -> None:
         print(f"app on the built index ({served['records']:,} records): started in {served['app_start_s']:.2f} s; "
               f"first page (run info + 500 summaries) {served['first_page_s']:.3f} s; one record in full "
               f"{served['record_s']:.3f} s; last page with a text filter {served['last_page_filtered_s']:.2f} s; "
-              f"peak RSS {served['peak_rss_mb']:.0f} MB")
+              f"peak RSS {served['peak_rss_mb']:.0f} MB", flush=True)
+        if args.export:
+            done = child("export", run_dir)
+            print(f"export: {done['seconds']:.1f} s ({done['sft_rows']:,} sft rows), peak RSS {done['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            done = child("report", run_dir)
+            print(f"report: {done['seconds']:.1f} s, peak RSS {done['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

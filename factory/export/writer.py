@@ -18,6 +18,7 @@ from factory.constitution import Constitution
 from factory.engine.stats import StageStats
 from factory.export.rows import rows
 from factory.hygiene.clean import Cleaner, sft_target
+from factory.hygiene.spill import Spill
 from factory.judging.quality import JudgeReport
 from factory.records import Record
 from factory.review.decisions import Review
@@ -71,11 +72,17 @@ def split_plan(prompt_ids: Iterable[str], test_fraction: float) -> dict[str, str
     between 0 and 1, neither split is left empty (a small run could hash every prompt to one side),
     so the prompt nearest the boundary moves over. All of a prompt's rows move with it, in every
     config. Written to SPLITS_FILE, which `factory eval` reads to find the test prompts."""
-    ids = sorted(set(prompt_ids), key=_position)
-    if len(ids) < 2 or not 0 < test_fraction < 1:
+    if not 0 < test_fraction < 1:
         return {}
-    sides = {split_of(i, test_fraction) for i in ids}
-    return {ids[-1]: "train"} if sides == {"test"} else {ids[0]: "test"} if sides == {"train"} else {}
+    lowest = highest = None  # (position, id): one pass, nothing held per prompt
+    sides: set[str] = set()
+    for i in prompt_ids:
+        key = (_position(i), i)
+        lowest, highest = min(lowest or key, key), max(highest or key, key)
+        sides.add(split_of(i, test_fraction))
+    if lowest is None or lowest == highest:
+        return {}
+    return {highest[1]: "train"} if sides == {"test"} else {lowest[1]: "test"} if sides == {"train"} else {}
 
 
 SPLITS_FILE = "splits.json"
@@ -157,7 +164,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     scratch = StageStats()  # the first pass's row counts are not the export's
-    ids: list[str] = []  # of the records planned, in order
+    ids = Spill()  # of the records planned, in order (on disk)
 
     def planned() -> Iterator[tuple[Record, str | None]]:
         for rec in records():
@@ -167,6 +174,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
 
     drops = (cleaner or Cleaner(cfg.clean, Path)).plan(planned(), tmp)
     moved = split_plan((i for position, i in enumerate(ids) if position not in drops), cfg.test_fraction)
+    ids.close()
     (tmp / SPLITS_FILE).write_text(json.dumps({"test_fraction": cfg.test_fraction, "moved": moved}, indent=1) + "\n")
     names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
     writers = {name: SplitWriter(review.schema(SCHEMAS[name]), tmp / name, name, cfg.jsonl) for name in names}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from factory.config import CleanConfig
 from factory.hygiene import Decontaminator, NearDedup, check, exact_duplicates
+from factory.hygiene.spill import Column
 from factory.records import Record, normalise
 
 # Refusal openings, for the over-refusal check on benign prompts.
@@ -78,8 +79,7 @@ class Cleaner:
         merged runs can hold the same prompt twice). Writes dedup.jsonl (clusters: kept id, dropped ids,
         by what) and decontam.jsonl (id, matching n-gram)."""
         drops: dict[int, str] = {}
-        prompts: list[tuple[int, str, str]] = []  # (position, id, text) of the records still in
-        targets: list[tuple[int, str, str]] = []
+        prompts, targets = Column(), Column()  # (position, id, text) of the records still in, on disk
         with (out / "decontam.jsonl").open("w") as matches:
             for position, (rec, target) in enumerate(records):
                 reason = self.quality(rec, target) if target is not None else None
@@ -91,28 +91,31 @@ class Cleaner:
                 if reason:
                     drops[position] = reason
                     continue
-                prompts.append((position, rec.id, rec.dialogue_text))
+                prompts.add(position, rec.id, rec.dialogue_text)
                 if target and not (rec.idk is not None and rec.idk.label == "decline"):  # declines repeat by design
-                    targets.append((position, rec.id, target))
+                    targets.add(position, rec.id, target)
         with (out / "dedup.jsonl").open("w") as clusters:
             for field, items in (("prompt", prompts), ("response", targets)):
                 self._dedup(field, items, drops, clusters)
+                items.close()
         return drops
 
-    def _dedup(self, field: str, items: list[tuple[int, str, str]], drops: dict[int, str], out) -> None:
-        """Exact, then near dedup of the texts of `items` still in; the first of each cluster stays."""
-        items = [item for item in items if item[0] not in drops]
-        texts = [text for _, _, text in items]
-        for how, dup_of in (("exact", exact_duplicates(texts) if self.cfg.exact_dedup else None),
-                            ("near", self.near.duplicates(texts) if self.near else None)):
+    def _dedup(self, field: str, column: Column, drops: dict[int, str], out) -> None:
+        """Exact, then near dedup of the texts of `column` still in; the first of each cluster stays.
+        The texts stay on disk (hygiene/spill.py): memory holds a few numbers per text."""
+        items = column.without(drops)
+        positions, ids = items.positions, items.ids
+        for how, dup_of in (("exact", exact_duplicates(items.texts) if self.cfg.exact_dedup else None),
+                            ("near", self.near.duplicates(items.texts) if self.near else None)):
             if dup_of is None:
                 continue
             groups: dict[int, list[int]] = {}
             for i, kept in enumerate(dup_of):
-                if kept is not None and items[i][0] not in drops:
+                if kept is not None and positions[i] not in drops:
                     groups.setdefault(kept, []).append(i)
             for kept, dups in groups.items():
                 for i in dups:
-                    drops[items[i][0]] = f"{how}_duplicate_{field}"
-                out.write(json.dumps({"kept": items[kept][1], "dropped": [items[i][1] for i in dups],
+                    drops[positions[i]] = f"{how}_duplicate_{field}"
+                out.write(json.dumps({"kept": ids[kept], "dropped": [ids[i] for i in dups],
                                       "by": how, "field": field}) + "\n")
+        items.close()

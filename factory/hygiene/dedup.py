@@ -15,8 +15,9 @@ positives without keeping any shingle set. Kept pairs are joined with union-find
 keeps its first text. With 16 x 8 bands a pair becomes a candidate with probability
 1 - (1 - J^8)^16: 0.95 at J = 0.8, 0.994 at 0.85, 0.9999 at 0.9, 0.06 at 0.5 and 0.001 at 0.3; the
 estimate's standard error is at most sqrt(J(1-J)/128), about 0.035 near J = 0.8 (measured: 0.026).
-Only texts that share a bucket with another text (rensa's one-shot flags over all signatures) get
-an LSH index and pair checks, so memory stays near 1 kB per text; `bench/dedup.py` measures about
+Only texts that share a bucket with another text get an LSH index and pair checks; the buckets
+are found from per-band keys in a temporary file, so memory stays near 8 bytes per text beyond the
+texts themselves; `bench/dedup.py` measures about
 30,000 texts of 100 words per second on one core, most of it splitting words and shingles.
 
 The numpy word and n-gram hashing (`encode_words`, `gram_hashes`) stays here for
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
-from itertools import compress
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,14 +61,17 @@ def words(s: str) -> list[str]:
 
 
 def exact_duplicates(texts: Sequence[str]) -> list[int | None]:
-    """For each text, the index of the first earlier text with the same normalised hash, else None."""
-    first: dict[bytes, int] = {}
-    out: list[int | None] = []
-    for i, text in enumerate(texts):
-        key = hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
-        j = first.setdefault(key, i)
-        out.append(None if j == i else j)
-    return out
+    """For each text, the index of the first earlier text with the same normalised hash, else None.
+    The 16-byte hashes are sorted as one numpy array (16 bytes per text; no dict of them)."""
+    digests = bytearray()
+    for text in texts:
+        digests += hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
+    keys = np.frombuffer(bytes(digests), dtype=[("hi", _U64), ("lo", _U64)])
+    if not len(keys):
+        return []
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    dup_of = first[inverse.reshape(-1)]
+    return [None if j == i else int(j) for i, j in enumerate(dup_of.tolist())]
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -205,9 +209,9 @@ class NearDedup(BaseModel):
     def _roots(self, texts: Sequence[str]) -> list[int]:
         """The cluster root (smallest index) of every text, in two passes.
 
-        1. Signatures of all texts as one rensa digest matrix (about 1 kB per text at its peak,
-           then 512 bytes), and rensa's one-shot LSH flags: which texts share a band bucket with
-           any other. Hashing and banding run in Rust; no index of all texts is kept.
+        1. `_flagged`: which texts share a band bucket with any other, from the signatures made a
+           batch at a time; all that is kept of them is one 64-bit key per band and text, in a
+           temporary file (no signature matrix of all texts, nor their texts, is held).
         2. Only the flagged texts (the near duplicates and a few unlucky others) get `RMinHash`
            objects again (same digests) and an LSH index, which yields the candidate pairs for
            `_verified_roots`.
@@ -216,13 +220,33 @@ class NearDedup(BaseModel):
         roots = list(range(n))
         if n < 2:
             return roots
-        matrix = RMinHash.digest_matrix_from_token_sets(self._shingle_rows(texts), self.num_perm, self.seed)
-        flags = RMinHashLSH(self.threshold, self.num_perm, self.bands).query_duplicate_flags_matrix_one_shot(matrix)
-        del matrix
-        flagged = list(compress(range(n), flags))  # ascending, so a local root maps to the global root
+        flagged = self._flagged(texts)  # ascending, so a local root maps to the global root
         for k, r in enumerate(self._verified_roots([texts[i] for i in flagged])):
             roots[flagged[k]] = flagged[r]
         return roots
+
+    def _flagged(self, texts: Sequence[str]) -> list[int]:
+        """The indices of the texts whose rows of some band equal another text's rows of that band.
+        A band's rows become one key (a weighted sum with distinct odd weights, mixed); a key
+        collision can only flag a text more, which the verified pass then clears. The keys live in a
+        memory-mapped temporary file, band-major, and are counted one band at a time (np.unique), so
+        memory holds one batch of signatures and one band of keys: 8 bytes per text."""
+        n, rows = len(texts), self.rows
+        weights = _weights(rows)
+        with tempfile.TemporaryFile() as f:
+            keys = np.memmap(f, dtype=_U64, mode="w+", shape=(self.bands, n))
+            for s in range(0, n, _BATCH):
+                m = RMinHash.digest_matrix_from_token_sets(self._shingle_rows(texts[s:s + _BATCH]), self.num_perm,
+                                                           self.seed)
+                sig = np.asarray(m.to_rows(), dtype=_U64).reshape(-1, self.num_perm)
+                for b in range(self.bands):
+                    keys[b, s:s + len(sig)] = _mix((sig[:, b * rows:(b + 1) * rows] * weights).sum(axis=1, dtype=_U64))
+            flags = np.zeros(n, dtype=bool)
+            for b in range(self.bands):
+                _, inverse, counts = np.unique(keys[b], return_inverse=True, return_counts=True)
+                flags |= counts[inverse] > 1
+            del keys
+        return np.flatnonzero(flags).tolist()
 
     def _verified_roots(self, texts: Sequence[str]) -> list[int]:
         """Cluster roots over verified candidate pairs. Each pair from the LSH index is looked at
