@@ -164,7 +164,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     scratch = StageStats()  # the first pass's row counts are not the export's
-    ids = Spill()  # of the records planned, in order (on disk)
+    ids = Spill(tmp)  # of the records planned, in order (on disk)
 
     def planned() -> Iterator[tuple[Record, str | None]]:
         for rec in records():

@@ -79,7 +79,7 @@ class Cleaner:
         merged runs can hold the same prompt twice). Writes dedup.jsonl (clusters: kept id, dropped ids,
         by what) and decontam.jsonl (id, matching n-gram)."""
         drops: dict[int, str] = {}
-        prompts, targets = Column(), Column()  # (position, id, text) of the records still in, on disk
+        prompts, targets = Column(out), Column(out)  # (position, id, text) of the records still in, on disk
         with (out / "decontam.jsonl").open("w") as matches:
             for position, (rec, target) in enumerate(records):
                 reason = self.quality(rec, target) if target is not None else None

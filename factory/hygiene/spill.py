@@ -7,13 +7,18 @@ from __future__ import annotations
 import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 CHUNK = 10_000  # texts read back at once when iterating
 
 
 class Spill(Sequence[str]):
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
+    """`folder`: where the temporary file goes (default: the system's; a run's own folder keeps a big
+    export off a /tmp that may be in memory)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._file = tempfile.TemporaryFile(dir=folder)
         self._ends = array("q")  # byte offset where each text ends
 
     def append(self, text: str) -> None:
@@ -58,8 +63,9 @@ class Spill(Sequence[str]):
 class Column:
     """Records still in a dedup: (export position, record id, text) each, spilled."""
 
-    def __init__(self) -> None:
-        self.positions, self.ids, self.texts = array("q"), Spill(), Spill()
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self.positions, self.ids, self.texts = array("q"), Spill(folder), Spill(folder)
 
     def add(self, position: int, record_id: str, text: str) -> None:
         self.positions.append(position)
@@ -68,7 +74,7 @@ class Column:
 
     def without(self, drops: dict[int, str]) -> Column:
         """The records not in `drops`, in order (one sequential pass)."""
-        out = Column()
+        out = Column(self.folder)
         for s in range(0, len(self.positions), CHUNK):
             for p, i, t in zip(self.positions[s:s + CHUNK], self.ids[s:s + CHUNK], self.texts[s:s + CHUNK]):
                 if p not in drops:

@@ -96,7 +96,7 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
                 else:
                     writer.add(rec, None, "failed", stage, reason)
 
-        with tempfile.TemporaryDirectory() as scratch_dir:
+        with tempfile.TemporaryDirectory(dir=run.path) as scratch_dir:
             drops = Cleaner(cfg.stages.export.clean, cfg.path).plan(exported(), Path(scratch_dir))
         writer.flush()
         db.executemany("UPDATE entries SET status='dropped', stage='export', outcome='dropped:export', reason=? "
