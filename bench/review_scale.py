@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -75,12 +76,11 @@ def synthetic(seed: Path, out: Path, n: int) -> None:
         rec = json.loads(json.dumps(seeds[i % len(seeds)]))
         rec["id"] = f"{i:016x}"
         rec["prompt"] = f"Synthetic question {i}: what should I know about topic {i * 7919 % 1000003}?"
-        for c, cand in enumerate(rec["candidates"]):
-            start = (i * 613 + c * 97) % (len(words) - 400)
-            cand["answer"] = " ".join(words[start:start + 150])
-            for r, rnd in enumerate(cand["rounds"]):
-                rnd["critique"] = " ".join(words[start + 150:start + 225])
-                rnd["revision"] = " ".join(words[start + 225 + r:start + 375 + r])
+        rng = random.Random(i)
+        for cand in rec["candidates"]:
+            cand["answer"] = pieces(words, rng, 150)
+            for rnd in cand["rounds"]:
+                rnd["critique"], rnd["revision"] = pieces(words, rng, 75), pieces(words, rng, 150)
         state.db.execute("INSERT INTO records VALUES (?,?,?,?,?)",
                          (rec["id"], "done", "done", "", state.packer.pack("record", json.dumps(rec))))
         if i % 10_000 == 9_999:
@@ -97,6 +97,11 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pieces(words: list[str], rng: random.Random, n: int) -> str:
+    """n words in three pieces from unrelated places of the corpus: a new text, not a near copy of another."""
+    return " ".join(" ".join(words[(k := rng.randrange(len(words) - n)):k + n // 3]) for _ in range(3))
 
 
 def build_index(run_dir: str) -> None:
