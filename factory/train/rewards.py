@@ -84,8 +84,9 @@ def _model(r: Rewards, spec: str) -> str:
 
 async def settled(calls) -> list:
     """Await every sample's reward, then raise the first error if any. A plain gather raises at the first
-    error (a call that would pass --max-cost) while the other calls are still in flight: they are billed
-    but never reach calls.sqlite. Here each finishes (and is logged and costed) before training stops."""
+    error (a call that would pass --max-cost) while other samples' calls are still in flight: billed, but
+    never in calls.sqlite. Here every sample finishes first. (A stage that asks in parallel inside one
+    sample, the judge's two orders, can still leave a sibling call unlogged: a known gap.)"""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
