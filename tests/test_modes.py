@@ -49,13 +49,10 @@ def generator(messages: list[dict], body: dict):
 
 
 @pytest.fixture
-def gen_api(monkeypatch: pytest.MonkeyPatch):
-    from server import FakeAPIServer
-
-    with FakeAPIServer(responder=generator) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
-        yield srv
+def gen_api(api):
+    """The suite's test server, answering generation calls with `generator`."""
+    api.responder = generator
+    return api
 
 
 def config_with(tmp_path: Path, questions: dict) -> Path:

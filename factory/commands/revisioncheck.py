@@ -70,6 +70,7 @@ def revision_check(path: Path = DEFAULT_SET) -> dict:
     worse = [f is not None for lab, f in zip(labels, flags) if lab == "worse"]
     report["all_gates"] = {"bad_caught": _ratio(sum(bad), len(bad)), "better_dropped": _ratio(sum(good), len(good)),
                            "worse_dropped": _ratio(sum(worse), len(worse))}
+    # A miss: a gate's label not flagged as that gate, or anything else flagged at all.
     report["misses"] = [{"line": i + 1, "label": lab, "flagged": f} for i, (lab, f) in enumerate(zip(labels, flags))
-                        if (lab in GATES) != (f is not None) or (f is not None and f != lab and lab in GATES)]
+                        if f != (lab if lab in GATES else None)]
     return report
