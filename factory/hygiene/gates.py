@@ -25,8 +25,9 @@ embedded model, 14 capable-model revisions written by hand). On the 61 model tri
 and labelled before the gates ever ran on them: 0.857 of off-topic and critique revisions caught,
 2 of 17 better ones dropped. After three changes made by reading those misses ("the answer to ..."
 is an answer, "failing to provide" a verdict, a revision with none of the prompt's words where the
-answer had some): 0.875 caught, 1 of 17 better dropped (in-sample, so optimistic).
-"""
+answer had some): 0.875 caught, 1 of 17 better dropped. A fourth, from the misses too (third-person
+"the user", "the instructions", "the examples": the critique prompt's scaffolding): 0.911 caught, still 1
+of 17 better dropped. All four are in-sample, so optimistic; the blind figure is the 0.857 above."""
 
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ _CRITIQUE = re.compile(
     r"(?!\s+(?:is|was)\s+(?:simple|yes|no)\b)(?<!answer(?=\s+to\b))"  # "the answer to your question is": an answer
     r"|\b(?:the|this)\s+principle\b|\bcritique\b|\brevis(?:ed|ion)\b|\brewrit(?:e|ten|ing)\b"
     r"|\bno (?:change|changes|revision) (?:is |are )?(?:needed|necessary|required)\b"
-    r"|\b(?:fails?|failed|failing) to (?:address|mention|consider|follow|answer|provide)\b",
+    r"|\b(?:fails?|failed|failing) to (?:address|mention|consider|follow|answer|provide)\b"
+    # A reply says "you" to the user; "the user", "the instructions", "the examples" are the critique
+    # prompt's own scaffolding leaking into the text.
+    r"|\bthe user'?s?\b|\b(?:the|these|those)\s+(?:provided\s+|given\s+|above\s+)?(?:instructions?|examples?|prompt)\b",
     re.IGNORECASE,
 )
 _REQUEST = re.compile(
