@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo opinion-demo opinion-demo-dpo idk-demo idk-demo-dpo test test-fast clean browser
+.PHONY: install demo opinion-demo opinion-demo-dpo idk-demo idk-demo-dpo redteam-demo test test-fast clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,20 @@ idk-demo-dpo: install
 	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \
 		--samples 5 --out outputs/idk-demo-dpo-eval
+
+# Red teaming, one round: the embedded model attacks itself from the seed attacks (2 rounds of 30, the
+# second rewriting what worked) and its own judge labels the answers under the harmlessness
+# constitution; the successful attacks become preference data (pipelines/redteam.yaml: the judge's
+# pairs, gated) and DPO trains on them; then the attack success rate and the over-refusal rate on
+# benign prompts, base and trained model, on held-out attacks (pipelines/redteam_eval.yaml, seed 1).
+redteam-demo: install
+	rm -rf outputs/redteam-src outputs/redteam-data outputs/redteam-dpo outputs/redteam-before outputs/redteam-after
+	$(BIN)/factory redteam --config pipelines/redteam.yaml --rounds 2 --per-round 30 --out outputs/redteam-src
+	$(BIN)/factory run pipelines/redteam.yaml --prompts outputs/redteam-src/successful.jsonl --out outputs/redteam-data
+	$(BIN)/factory train dpo outputs/redteam-data --config pipelines/redteam_train.yaml --out outputs/redteam-dpo
+	$(BIN)/factory redteam --config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 --out outputs/redteam-before
+	$(BIN)/factory redteam --target local:outputs/redteam-dpo --attacker local:smollm2 --judge local:smollm2 \
+		--config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 --out outputs/redteam-after
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
 browser:
