@@ -96,7 +96,7 @@ class FakeAPIServer:
     rate_limit_headers: answer chat/messages with the providers' rate-limit headers for `rpm`/`tpm`,
         counted over a sliding `window_s` (60 s, like the real per-minute limits; tests may shrink it).
     enforce_rpm: answer 429 (with Retry-After) once this many requests arrived within `window_s`.
-    record: keep every request in `requests` (turn off for long benchmarks).
+    record: keep every request in `requests`, with its arrival time `at` (turn off for long benchmarks).
     tokens: how usage counts a text's tokens (default: its whitespace-separated words; a test of dense
         text can count one per character, as real tokenizers roughly do for CJK).
     """
@@ -136,6 +136,7 @@ class FakeAPIServer:
         self.url = ""
         self.requests: list[dict] = []  # {"method", "path", "query", "headers" (lower-cased keys), "body"}
         self.counts: Counter[str] = Counter()  # chat/messages outcomes: "200", "429", "drop", ...
+        self.in_flight = self.peak_in_flight = 0  # chat/messages requests being answered now; the most at once
         self.uploads: list[dict] = []  # {"id", "purpose", "filename", "bytes"} per file upload
         self.created_batches: list[BatchRecord] = []
         self._faults: deque[str] = deque()
@@ -254,7 +255,8 @@ class FakeAPIServer:
             return _error(path, 400, f"could not parse the request body: {exc}")
         with self._lock:
             if self.record:
-                self.requests.append({"method": method, "path": path, "query": query, "headers": headers, "body": body})
+                self.requests.append({"method": method, "path": path, "query": query, "headers": headers, "body": body,
+                                      "at": time.monotonic()})
             fault = self._faults.popleft() if self._faults else ""
             if not fault and chat and self.fault_rate and self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(RANDOM_FAULTS)
@@ -262,10 +264,21 @@ class FakeAPIServer:
             delay = max(0.0, self._rng.uniform(self.latency - self.jitter, self.latency + self.jitter)) if chat else 0.0
             if chat:
                 self.counts[fault.partition(":")[0] or "ok"] += 1
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if fault == "drop":
-            return None
+            return self._leave(chat, None)
         time.sleep(delay + (float(fault.removeprefix("hang:")) if fault.startswith("hang:") else 0.0))
+        return self._leave(chat, self._answer(method, path, query, headers, body, fault, chat))
 
+    def _leave(self, chat: bool, answer: Answer | None) -> Answer | None:
+        if chat:
+            with self._lock:
+                self.in_flight -= 1
+        return answer
+
+    def _answer(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: dict, fault: str,
+                chat: bool) -> Answer | None:
         key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not key and path.startswith("/v1/"):
             return _error(path, 401, "missing API key")

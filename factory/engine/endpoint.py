@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from factory.config import OutageConfig, RetriesConfig, TimeoutsConfig
 from factory.engine import retry
+from factory.engine.limits import LeasedLimiter
 from factory.engine.outage import Outage
 from factory.engine.prices import Budget, PriceTable, estimate_tokens, token_bound
 from factory.engine.ratelimit import RateLimiter
@@ -44,7 +45,7 @@ class Timeouts:
 
 
 class Endpoint:
-    def __init__(self, model: Model, concurrency: int, limiter: RateLimiter, retries: RetriesConfig,
+    def __init__(self, model: Model, concurrency: int, limiter: RateLimiter | LeasedLimiter, retries: RetriesConfig,
                  timeouts: TimeoutsConfig, prices: PriceTable, budget: Budget, outage: OutageConfig | None = None):
         self.model, self.limiter, self.retries, self.prices, self.budget = model, limiter, retries, prices, budget
         self.name = ModelSpec.parse(model.spec, known=False).name
@@ -54,7 +55,8 @@ class Endpoint:
         remote = model.provider != "local" and not model.batched
         self.outage = Outage(model.spec, outage or OutageConfig()) if remote else None
         self.counts: Counter[str] = Counter()  # attempts, retries, rate_limited, timeouts
-        self._slots = asyncio.Semaphore(concurrency)
+        # In-flight slots: this process's own, or its share of the cluster's (a Ray shard's lease)
+        self._slots = limiter.slots if isinstance(limiter, LeasedLimiter) else asyncio.Semaphore(concurrency)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached: int = 0, written: int = 0) -> float:
         usd = self.prices.cost(self.model.provider, self.name, prompt_tokens, completion_tokens, self.model.batched,
@@ -102,6 +104,7 @@ class Endpoint:
                        on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
         prompt_est = estimate_tokens(sum(len(m["content"]) for m in messages))  # for the rate limiter
         worst = self.cost(token_bound(messages), params.max_tokens)  # for the budget: a bound, never passed
+        await self.budget.room_for(worst)  # a Ray shard's budget may ask the cluster for more
         self.budget.reserve(worst)  # raises BudgetExceeded: nothing is sent
         self.counts["attempts"] += 1
         spent, start = 0.0, time.monotonic()

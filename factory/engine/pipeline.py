@@ -12,7 +12,7 @@ from factory.constitution import Constitution, load_constitution
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
 from factory.engine.endpoint import Endpoint
-from factory.engine.limits import ShareOfLimits
+from factory.engine.limits import Lease
 from factory.engine.prices import Budget, PriceTable, load_prices, require_prices
 from factory.engine.ratelimit import RateLimiter
 from factory.engine.rundir import command_line, git_commit, now, package_versions
@@ -181,18 +181,18 @@ class Pipeline:
             self.search = load_search(s.backend, cache_dir=self.cfg.path(s.index_dir) if s.index_dir else None,
                                       collection=self.cfg.path(s.collection) if s.collection else None)
 
-    def caller(self, log: CallLog, stats: Stats, budget: Budget, *, limit_share: float = 1.0, **kwargs) -> Caller:
-        """`limit_share` < 1: this process is one of several sharing each API endpoint (Ray shards), so
-        it takes that share of the in-flight limit and of the rate limits, configured or learned from
-        headers. An in-process (local) model is this process's own and keeps its full concurrency."""
+    def caller(self, log: CallLog, stats: Stats, budget: Budget, *, lease: Lease | None = None, **kwargs) -> Caller:
+        """`lease`: this process is a Ray shard, one of several sharing each API endpoint, so its rate
+        limits and in-flight slots are leased from the cluster's (factory/engine/limits.py). An
+        in-process (local) model is this process's own and keeps its own limits."""
         cfg = self.cfg
         endpoints = {}
         for spec, model in self.models.items():
             limits = cfg.limits.get(spec, LimitsConfig())
-            share = 1.0 if model.provider == "local" else limit_share
-            limiter = RateLimiter(limits.rpm, limits.tpm) if share == 1.0 else ShareOfLimits(limits.rpm, limits.tpm, share)
-            endpoints[spec] = Endpoint(model, max(1, round(cfg.concurrency * share)), limiter, cfg.retries,
-                                       cfg.timeouts, self.prices, budget, cfg.outage)
+            shared = lease is not None and spec in lease.limiters
+            limiter = lease.limiters[spec] if shared else RateLimiter(limits.rpm, limits.tpm)
+            endpoints[spec] = Endpoint(model, cfg.concurrency, limiter, cfg.retries, cfg.timeouts, self.prices, budget,
+                                       cfg.outage)
         return Caller(endpoints, log, stats, parse_attempts=cfg.retries.parse_attempts,
                       search_attempts=cfg.retries.max_attempts, max_wait=cfg.retries.max_wait,
                       outage=cfg.outage, **kwargs)

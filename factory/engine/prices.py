@@ -89,6 +89,10 @@ class Budget:
                                  f"(spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
         self.reserved += worst_case
 
+    async def room_for(self, worst_case: float) -> None:
+        """Wait, if need be, until `worst_case` could fit; here it always could (a Ray shard's budget
+        asks the cluster for more: factory/engine/limits.py)."""
+
     def settle(self, worst_case: float, actual: float) -> None:
         self.reserved -= worst_case
         self.spent += actual

@@ -154,20 +154,32 @@ class RateLimiter:
         self._req = refill(self._req, self.effective_rpm)
         self._tok = refill(self._tok, self.effective_tpm)
 
-    def _try_take(self, tokens: int) -> float:
-        """Take one request and `tokens` tokens if available (0.0), else the seconds to wait."""
+    def take(self, want: int, tokens_each: int) -> tuple[int, float]:
+        """Take as many of `want` requests (each with `tokens_each` tokens) as the buckets hold now:
+        (how many were taken, 0.0); or (0, the seconds until one fits). Never waits: the in-process
+        `acquire` and the cluster's actor (factory/executors/cluster.py) both wait around this."""
         self._sync()
-        wait = 0.0
+        n, wait = want, 0.0
         for level, per_min, need in ((self._req, self.effective_rpm, 1),
-                                     (self._tok, self.effective_tpm, tokens)):
-            if level is not None and per_min is not None:
-                need_now = min(need, _capacity(per_min))  # oversize: wait for a full bucket
-                if level < need_now - _EPS:
-                    wait = max(wait, (need_now - level) * 60 / per_min)
-        if wait == 0.0:
-            self._req = None if self._req is None else self._req - 1
-            self._tok = None if self._tok is None else self._tok - tokens
-        return wait
+                                     (self._tok, self.effective_tpm, tokens_each)):
+            if level is None or per_min is None or need <= 0:
+                continue
+            need_now = min(need, _capacity(per_min))  # oversize: wait for a full bucket
+            if level < need_now - _EPS:
+                wait = max(wait, (need_now - level) * 60 / per_min)
+            n = min(n, max(1, int((level + _EPS) // need)))
+        if wait > 0:
+            return 0, wait
+        self._req = None if self._req is None else self._req - n
+        self._tok = None if self._tok is None else self._tok - n * tokens_each
+        return n, 0.0
+
+    def refund(self, requests: int, tokens: int) -> None:
+        """Put back permits taken but not used (a shard's unused lease), up to the buckets' capacity."""
+        self._sync()
+        self._req = None if self._req is None else self._req + requests
+        self._tok = None if self._tok is None else self._tok + tokens
+        self._sync()
 
     async def acquire(self, tokens: int) -> None:
         """Wait (FIFO) until one request and `tokens` tokens are available, then take them."""
@@ -176,7 +188,7 @@ class RateLimiter:
         if self.effective_rpm is None and self.effective_tpm is None:
             return
         async with self._lock:
-            while (wait := self._try_take(tokens)) > 0:
+            while (wait := self.take(1, tokens)[1]) > 0:
                 await self._sleep(min(wait, MAX_NAP_S))
 
     def settle(self, estimated: int, actual: int) -> None:
@@ -188,18 +200,22 @@ class RateLimiter:
 
     def on_success(self, info: LimitInfo | None = None) -> None:
         """Record an answer and adopt the limits its headers state."""
+        self.record(1, 0, info)
+
+    def on_rate_limited(self, retry_after: float | None = None) -> None:
+        """Record a 429; the rate comes down at the next adjustment. Never sleeps."""
+        self.record(0, 1)
+
+    def record(self, ok: int, limited: int, info: LimitInfo | None = None) -> None:
+        """`ok` answers and `limited` 429s (one call's, or a shard's since its last lease)."""
         if info is not None:
             if info.requests_limit:
                 self._header_rpm = float(info.requests_limit)
             if info.tokens_limit:
                 self._header_tpm = float(info.tokens_limit)
-        self._ok += 1
-        self._adjust()
-
-    def on_rate_limited(self, retry_after: float | None = None) -> None:
-        """Record a 429; the rate comes down at the next adjustment. Never sleeps."""
-        self._rate_limited += 1
-        self._limited += 1
+        self._rate_limited += limited
+        self._ok += ok
+        self._limited += limited
         self._adjust()
 
     def _adjust(self) -> None:

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from factory.engine.caller import Caller
 from factory.engine.calllog import CallLog
+from factory.engine.limits import Lease
 from factory.engine.pipeline import Pipeline
 from factory.engine.prices import Budget
 from factory.engine.progress import Display
@@ -62,9 +63,9 @@ class Run:
     """One invocation on a run directory (new or resumed), holding its lock throughout."""
 
     def __init__(self, pipe: Pipeline, run_dir: Path, console: Console, *, batch: bool = False, debug: bool = False,
-                 limit_share: float = 1.0):
+                 lease: Lease | None = None):
         self.pipe, self.dir, self.console, self.batch, self.debug = pipe, run_dir, console, batch, debug
-        self.limit_share = limit_share  # this process's share of each API endpoint's limits (a Ray shard's)
+        self.lease = lease  # a Ray shard's share of the cluster's limits and budget
         self._lock = lock_run_dir(run_dir)
         self.state = RunState(run_dir)
         self.log = CallLog(run_dir / "calls.sqlite")
@@ -76,7 +77,7 @@ class Run:
         self.stats = Stats(["questions", *pipe.record_stages, "export"])
         for name, counters in (self.state.get_meta("counters") or {}).items():  # an earlier invocation's
             self.stats[name].counters.update(counters)
-        self.budget = Budget(pipe.cfg.max_cost, spent=self.log.spent())
+        self.budget = lease.budget if lease is not None else Budget(pipe.cfg.max_cost, spent=self.log.spent())
         self.stopped: str | None = None
         self.judge_quality: dict | None = None
         self.resumed = 0
@@ -94,7 +95,7 @@ class Run:
         pipe = self.pipe
         if self.batch:
             self.use_batch_apis()
-        caller = pipe.caller(self.log, self.stats, self.budget, shared=self.shared, limit_share=self.limit_share,
+        caller = pipe.caller(self.log, self.stats, self.budget, shared=self.shared, lease=self.lease,
                              debug=debug_printer(self.console, self.dir / "debug.log") if self.debug else None)
         stages, source = pipe.stages(), source or pipe.source()
         window = 1 if self.debug else BATCH_WINDOW if self.batch else max(64, 4 * pipe.cfg.concurrency)

@@ -72,6 +72,10 @@ class RunState:
             self.db.executescript(SCHEMA)
         self.packer = Packer(self.db, writable=not readonly)
 
+    def count(self) -> int:
+        """Records finished (done, dropped or failed)."""
+        return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
+
     def has(self, record_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM records WHERE id=?", (record_id,)).fetchone() is not None
 

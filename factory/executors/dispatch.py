@@ -22,7 +22,7 @@ def run(pipe: Pipeline, out: Path | None, console: Console, *, executor: str | N
     if executor == "ray":
         from factory.executors.ray_run import refuse, run_ray
 
-        refuse(pipe.cfg.max_cost, batch, debug)
+        refuse(batch, debug)
         return run_ray(pipe, out, console, address=address, workers=workers, shards=shards)
     return run_local(pipe, out, console, batch=batch, debug=debug)
 

@@ -1,10 +1,11 @@
 """`factory run --executor ray`: the same pipeline, as shards on a Ray cluster (factory/executors/shards.py).
 
-Shards are Ray *tasks*, one per shard, at most `workers` at a time. Ray retries a task whose worker
-died (MAX_RETRIES), and the retried task continues its shard where it stopped. The driver (this
-process) plans the shards, merges each as it finishes, and exports once at the end, so the run
-directory ends up as a local run's. Each running shard gets an equal share (1 / shards running at
-once) of every API endpoint's in-flight limit and rate limits, so the cluster as a whole keeps them.
+Shards are Ray *tasks*, at least two per worker, at most `workers` at a time. Ray retries a task
+whose worker died (MAX_RETRIES), and the retried task continues its shard where it stopped. The
+driver (this process) plans the shards, merges each as it finishes, and exports once at the end, so
+the run directory ends up as a local run's. Every API endpoint's rate limits and in-flight cap, and
+the budget, are the cluster's: one ClusterLimits actor (factory/executors/cluster.py) holds them and
+the shards lease from it; the driver's progress bar counts the records every shard has finished.
 Ray is imported here only; `import factory` never touches it."""
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from factory.config import LimitsConfig
+from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Pipeline
 from factory.engine.rundir import RunDir, create_run_dir, write_json
 from factory.engine.runner import Outcome, Run
-from factory.errors import FactoryError
+from factory.errors import BudgetExceeded, FactoryError
+from factory.executors.cluster import ClusterLimits
 from factory.executors.local import conclude
 from factory.executors.shards import (
     SHARDS,
     add_stats,
+    api_specs,
     default_shards,
     make_plan,
     merge_shard,
@@ -38,12 +43,14 @@ from factory.executors.shards import (
     read_plan,
     restore_questions,
     run_shard,
+    shard_dir,
 )
 from factory.liblog import LibraryLog
 from factory.models import load_model
 from factory.models.spec import ModelSpec
 
 MAX_RETRIES = 3  # a shard whose worker dies is run again this many times, continuing where it stopped
+PROGRESS_S = 0.5  # the driver's progress bar asks the shards' progress this often
 
 
 def connect(address: str | None):
@@ -74,10 +81,7 @@ def check_models(pipe: Pipeline) -> None:
             load_model(spec)
 
 
-def refuse(max_cost: float | None, batch: bool, debug: bool) -> None:
-    if max_cost is not None:
-        raise FactoryError("--max-cost is not supported with --executor ray yet (the budget would have to be split "
-                           "between workers); run with the local executor, or estimate first with --dry-run")
+def refuse(batch: bool, debug: bool) -> None:
     if batch:
         raise FactoryError("--batch needs no cluster: the provider runs the batches; drop --executor ray")
     if debug:
@@ -86,7 +90,6 @@ def refuse(max_cost: float | None, batch: bool, debug: bool) -> None:
 
 def start(pipe: Pipeline, address: str | None, workers: int | None):
     """(ray, workers): the checks a new and a resumed run share, then Ray connected."""
-    refuse(pipe.cfg.max_cost, False, False)
     ray = connect(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_models(pipe)
@@ -127,13 +130,17 @@ def drive(ray, run: Run, manifest: dict, workers: int) -> Outcome:
     def work() -> None:
         plan = read_plan(run.dir)
         if plan is None:
-            plan = make_plan(run, manifest["executor"]["shards"])
+            try:
+                plan = make_plan(run, manifest["executor"]["shards"])
+            except BudgetExceeded:  # while generating prompts: no plan yet, a resume makes it again
+                run.stopped = "budget"
+                return
         else:
             restore_questions(run.stats, plan)
         run_shards(ray, run, plan, workers)
 
     outcome = conclude(run, manifest, work)
-    if outcome.status != "stopped_at_budget":
+    if outcome.status != "stopped_at_budget" or read_plan(run.dir) is None:
         shutil.rmtree(run.dir / SHARDS, ignore_errors=True)  # all merged: the layout is a local run's
     return outcome
 
@@ -155,15 +162,15 @@ def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
     gpus = 1 if local and ray.cluster_resources().get("GPU", 0) >= 1 else 0  # one per shard's own model copy
     task = ray.remote(run_shard).options(num_cpus=min(1.0, cpus / at_once), num_gpus=gpus, max_retries=MAX_RETRIES,
                                          retry_exceptions=False)
-    args = (str(run.dir.resolve()), pipe.cfg.model_dump(mode="json"), str(pipe.cfg.path(".")), provider_env(),
-            1.0 / at_once)
+    limits = start_limits(ray, run, pending)
+    args = (str(run.dir.resolve()), pipe.cfg.model_dump(mode="json"), str(pipe.cfg.path(".")), provider_env(), limits)
     for name in pipe.record_stages:
         run.stats[name].touch()
     running: dict = {}
-    progress = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[records]} records"),
+    done = sum(counts) - sum(counts[i] for i in pending)  # records of merged shards
+    progress = Progress(TextColumn("records"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[shards]}"),
                         TimeElapsedColumn(), console=run.console, transient=False)
-    bar = progress.add_task("shards", total=len(counts), completed=len(counts) - len(pending),
-                            records=sum(counts) - sum(counts[i] for i in pending))
+    bar = progress.add_task("records", total=sum(counts), completed=done, shards="")
     try:
         with progress:
             while pending or running:
@@ -172,21 +179,45 @@ def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
                     running[task.remote(args[0], i, *args[1:])] = i
                 if not running:
                     break
-                ready, _ = ray.wait(list(running), num_returns=1)
-                i = running.pop(ready[0])
-                result = _result(ray, ready[0], i, run.dir)
-                if result["stopped"]:
-                    run.stopped = result["stopped"]
-                    continue
-                add_stats(run.stats, result["stages"])
-                run.resumed += result["resumed"]
-                merge_shard(run, i, counts[i])
-                progress.update(bar, advance=1, records=progress.tasks[0].fields["records"] + counts[i])
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_S)
+                if ready:
+                    i = running.pop(ready[0])
+                    result = _result(ray, ready[0], i, run.dir)
+                    add_stats(run.stats, result["stages"])
+                    run.resumed += result["resumed"]
+                    if result["stopped"]:  # at the budget: unmerged, a resume continues it
+                        run.stopped = result["stopped"]
+                    else:
+                        merge_shard(run, i, counts[i])
+                        done += counts[i]
+                finished = ray.get(limits.progress.remote())
+                progress.update(bar, completed=done + sum(finished.get(i, 0) for i in running.values()),
+                                shards=f"{len(counts) - len(pending) - len(running)}/{len(counts)} shards, "
+                                       f"{len(running)} running")
     finally:
         for ref in running:
             ray.cancel(ref, force=True)
         for name in pipe.record_stages:
             run.stats[name].touch()
+
+
+def start_limits(ray, run: Run, pending: list[int]):
+    """The run's ClusterLimits actor: every API endpoint the shards call, and the budget, less what
+    the call logs show spent (the driver's, and the unmerged shards' from an earlier invocation)."""
+    cfg = run.pipe.cfg
+    endpoints = {}
+    for spec in api_specs(run.pipe):
+        limits = cfg.limits.get(spec, LimitsConfig())
+        endpoints[spec] = {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": cfg.concurrency}
+    spent = run.log.spent()
+    for i in pending:
+        path = shard_dir(run.dir, i) / "calls.sqlite"
+        if path.is_file():
+            log = CallLog(path)
+            spent += log.spent()
+            log.close()
+    actor = ray.remote(ClusterLimits).options(num_cpus=0, max_restarts=0)  # state lost on a restart: none
+    return actor.remote(endpoints, cfg.max_cost, spent)
 
 
 def _result(ray, ref, index: int, run_dir: Path) -> dict:

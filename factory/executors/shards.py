@@ -29,17 +29,20 @@ from rich.console import Console
 
 from factory.config import GenerationModes, PipelineConfig
 from factory.engine.caller import Caller
+from factory.engine.limits import Lease
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.rundir import write_json
 from factory.engine.runner import Run
 from factory.engine.stats import StageStats, Stats
 from factory.errors import FactoryError
+from factory.models.spec import ModelSpec
 from factory.records import Record
 
 SHARDS = "shards"
 PLAN = "plan.json"
 INPUT = "input.jsonl"
 RECORDS_PER_SHARD = 1000  # default shard size: a retried shard redoes at most this many records' open calls
+SHARDS_PER_WORKER = 2  # at least: a worker whose shard ends early takes another, so the run's tail is short
 FLUSH_LINES = 20_000  # records buffered by the plan before they are appended to the shard files
 ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "TAVILY_", "BRAVE_", "SEARXNG_", "WIKIPEDIA_", "FACTORY_", "HF_")
 SUMMED = ("calls", "cached_calls", "failed_calls", "retries", "rate_limited", "cost", "saved", "prompt_tokens",
@@ -56,10 +59,10 @@ def shard_of(record_id: str, shards: int) -> int:
 
 
 def default_shards(pipe: Pipeline, workers: int) -> int:
-    """At least one per worker, and about RECORDS_PER_SHARD records each."""
+    """At least SHARDS_PER_WORKER per worker, and at most about RECORDS_PER_SHARD records each."""
     q = pipe.cfg.stages.questions
     expected = pipe.from_file.count if pipe.from_file else len(pipe.seeds) + (q.total_generate if pipe.generating else 0)
-    return max(1, min(expected, max(workers, math.ceil(expected / RECORDS_PER_SHARD))))
+    return max(1, min(expected, max(SHARDS_PER_WORKER * workers, math.ceil(expected / RECORDS_PER_SHARD))))
 
 
 def provider_env() -> dict[str, str]:
@@ -92,7 +95,7 @@ def make_plan(run: Run, shards: int) -> dict:
         buffers: dict[int, list[str]] = {}
         buffered = 0
         try:
-            async for rec in source.produce(caller):
+            async for rec in source.produce(caller):  # BudgetExceeded: the driver stops at the budget
                 i = shard_of(rec.id, shards)
                 buffers.setdefault(i, []).append(rec.model_dump_json() + "\n")
                 counts[i] += 1
@@ -152,9 +155,15 @@ class RecordFile:
                 yield Record.model_validate_json(line)
 
 
-def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict[str, str], share: float) -> dict:
-    """Run (or continue) shard `index` of RUN_DIR to its end, with `share` of each API endpoint's
-    in-flight and rate limits. Returns its stats; the driver merges its files."""
+def api_specs(pipe: Pipeline) -> list[str]:
+    """The API endpoints the record stages call: the ones whose limits the cluster shares."""
+    return [spec for spec in dict.fromkeys(pipe.specs[s] for s in pipe.record_stages) if not ModelSpec.parse(spec).local]
+
+
+def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict[str, str], limits) -> dict:
+    """Run (or continue) shard `index` of RUN_DIR to its end, leasing its share of each API endpoint's
+    limits and of the budget from `limits`, the run's ClusterLimits actor (factory/executors/cluster.py).
+    Returns its stats; the driver merges its files."""
     os.environ.update(env)
     folder = shard_dir(Path(run_dir), index)
     if not (folder / INPUT).is_file():
@@ -165,13 +174,19 @@ def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict
     pipe.cfg.stages.questions.generate = 0  # the driver generated the prompts; a shard only reads them
     pipe.cfg.stages.questions.modes = GenerationModes()
     pipe.load_models()
-    run = Run(pipe, folder, Console(quiet=True), limit_share=share)
+    lease = Lease(lambda report: limits.lease.remote(report), index, api_specs(pipe), pipe.cfg.max_cost,
+                  lambda: run.state.count())
+    run = Run(pipe, folder, Console(quiet=True), lease=lease)
 
     async def main() -> None:
+        lease.start()
         try:
             await run.execute(RecordFile(folder / INPUT))
         finally:
-            await pipe.aclose()
+            try:
+                await lease.close()  # every unused permit, slot and allotment goes back to the cluster
+            finally:
+                await pipe.aclose()
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
