@@ -10,7 +10,7 @@ import random
 import pytest
 
 from factory.engine.limits import Lease
-from factory.errors import BudgetExceeded
+from factory.errors import BudgetExceeded, FactoryError
 from factory.executors.cluster import ClusterLimits
 
 SPEC = "openai:m"
@@ -159,3 +159,19 @@ def test_the_cluster_budget_is_never_passed(seed: int) -> None:
     assert sum(spent) > 0.3 * (cap - 0.002)  # it stopped near the cap, not at the first refusal
     assert limits.allotted and sum(limits.allotted.values()) == pytest.approx(sum(spent))  # the rest came back
     assert limits.refused >= 1
+
+
+def test_a_lost_actor_fails_the_waiting_calls_instead_of_hanging() -> None:
+    async def gone(report: dict) -> dict:
+        raise ConnectionError("actor died")
+
+    async def go() -> None:
+        a = Lease(gone, 0, [SPEC], 1.0, lambda: 0)
+        a.start()
+        with pytest.raises(FactoryError, match="limits actor did not answer.*--resume"):
+            await asyncio.wait_for(a.limiters[SPEC].acquire(1), 5)
+        with pytest.raises(FactoryError, match="limits actor did not answer"):
+            await asyncio.wait_for(a.budget.room_for(0.1), 5)
+        await a.close()
+
+    asyncio.run(go())

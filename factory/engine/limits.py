@@ -22,24 +22,37 @@ from collections.abc import Awaitable, Callable
 
 from factory.engine.prices import Budget
 from factory.engine.ratelimit import MAX_NAP_S, LimitInfo
-from factory.errors import BudgetExceeded
+from factory.errors import BudgetExceeded, FactoryError
 
 REFRESH_S = 0.5  # a shard reports answers, 429s, in-flight calls and progress at least this often
 POLL_S = 0.05  # a shard whose calls wait for permits asks again at most this often
 MAX_LEASE = 16  # permits asked for at once (for at most this many waiting calls)
 
 
+class Broken:
+    """What the waiters check: set when the lease loop failed (the actor gone), so they raise, not hang."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise FactoryError(f"the cluster's limits actor did not answer ({type(self.error).__name__}: "
+                               f"{self.error}); continue the run with factory run --resume RUN_DIR") from None
+
+
 class Slots:
     """An in-flight limit that can change while calls hold it (asyncio.Semaphore's cannot)."""
 
-    def __init__(self, limit: int, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, limit: int, wake: Callable[[], None] = lambda: None, broken: Broken | None = None) -> None:
         self.limit, self.used, self.waiting = limit, 0, 0
-        self._free, self._wake = asyncio.Event(), wake
+        self._free, self._wake, self._broken = asyncio.Event(), wake, broken or Broken()
 
     async def __aenter__(self) -> None:
         self.waiting += 1
         try:
             while self.used >= self.limit:
+                self._broken.check()
                 self._free.clear()
                 self._wake()  # a shard with no slot free asks the cluster for its share
                 await self._free.wait()
@@ -59,14 +72,14 @@ class Slots:
 class LeasedLimiter:
     """One endpoint's permits in this shard; the same methods as RateLimiter, for the Endpoint."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self.slots = Slots(0, wake)
+    def __init__(self, wake: Callable[[], None], broken: Broken) -> None:
+        self.slots = Slots(0, wake, broken)
         self.requests, self.tokens = 0, 0  # permits held
         self.waiting, self.tokens_each = 0, 0  # calls waiting for permits; the largest estimate among them
         self.ok = self.limited = self.settled = 0  # since the last report
         self.info: LimitInfo | None = None
         self.view: dict = {}
-        self._wake, self._granted = wake, asyncio.Event()
+        self._wake, self._granted, self._broken = wake, asyncio.Event(), broken
 
     async def acquire(self, tokens: int) -> None:
         if self.view and self.view["rpm"] is None and self.view["tpm"] is None:
@@ -75,6 +88,7 @@ class LeasedLimiter:
         self.tokens_each = max(self.tokens_each, tokens)
         try:
             while self.requests < 1 or self.tokens < tokens:
+                self._broken.check()
                 self._granted.clear()
                 self._wake()
                 await self._granted.wait()
@@ -128,11 +142,11 @@ class LeasedBudget(Budget):
     `spent` what this invocation spent of it. `room_for` asks for more when a call's worst case
     does not fit; a refusal leaves it short, and `reserve` raises BudgetExceeded."""
 
-    def __init__(self, cap: float | None, wake: Callable[[], None]) -> None:
+    def __init__(self, cap: float | None, wake: Callable[[], None], broken: Broken) -> None:
         super().__init__(None if cap is None else 0.0)
         self.cap, self.need, self.want = cap, 0.0, 0.0
         self.started = self.done = 0  # lease rounds begun and finished
-        self._wake, self._round = wake, asyncio.Event()
+        self._wake, self._round, self._broken = wake, asyncio.Event(), broken
 
     async def room_for(self, worst_case: float) -> None:
         if self.limit is None or self.spent + self.reserved + worst_case <= self.limit:
@@ -140,6 +154,7 @@ class LeasedBudget(Budget):
         self.need, self.want = max(self.need, worst_case), self.want + worst_case
         after = self.started + 1  # a round that starts from now on carries this ask
         while self.done < after:
+            self._broken.check()
             self._round.clear()
             self._wake()
             await self._round.wait()
@@ -176,15 +191,24 @@ class Lease:
                  done: Callable[[], int]) -> None:
         self.id = uuid.uuid4().hex  # one invocation; a retried shard is a new lease
         self.shard, self._call, self._done = shard, call, done
-        self._wake = asyncio.Event()
-        self.limiters = {spec: LeasedLimiter(self._wake.set) for spec in specs}
-        self.budget = LeasedBudget(cap, self._wake.set)
+        self._wake, self.broken = asyncio.Event(), Broken()
+        self.limiters = {spec: LeasedLimiter(self._wake.set, self.broken) for spec in specs}
+        self.budget = LeasedBudget(cap, self._wake.set, self.broken)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
+        try:
+            await self._rounds()
+        except Exception as e:  # noqa: BLE001 - every waiter raises it, none hangs
+            self.broken.error = e
+            for lim in self.limiters.values():
+                lim.apply({"requests": 0, "tokens": 0, "view": lim.view, "slots": lim.slots.limit})
+            self.budget.apply(0.0)
+
+    async def _rounds(self) -> None:
         while True:
             self._wake.clear()
             grant = await self._round(final=False)
@@ -210,4 +234,5 @@ class Lease:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._round(final=True)
+        if self.broken.error is None:
+            await self._round(final=True)
