@@ -102,6 +102,13 @@ class Endpoint:
 
     async def _attempt(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                        on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
+        if self.model.batched:  # the Batch API queues it; no in-flight slot, rate limit or timeout
+            return await self._paid(messages, params, template, st, on_error)
+        async with self._slots:  # the budget holds a worst case for calls in flight only, not for waiting ones
+            return await self._paid(messages, params, template, st, on_error)
+
+    async def _paid(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
+                    on_error: Callable[[ModelCallError, float, float], None]) -> tuple[Completion, float]:
         prompt_est = estimate_tokens(sum(len(m["content"]) for m in messages))  # for the rate limiter
         worst = self.cost(token_bound(messages), params.max_tokens)  # for the budget: a bound, never passed
         await self.budget.room_for(worst)  # a Ray shard's budget may ask the cluster for more
@@ -109,7 +116,7 @@ class Endpoint:
         self.counts["attempts"] += 1
         spent, start = 0.0, time.monotonic()
         try:
-            if self.model.batched:  # the Batch API queues it; no in-flight slot, rate limit or timeout
+            if self.model.batched:
                 result = await self.model.complete(messages, params)
             else:
                 result = await self._online(messages, params, template, st, prompt_est)
@@ -126,29 +133,28 @@ class Endpoint:
 
     async def _online(self, messages: list[Message], params: GenParams, template: str, st: StageStats,
                       prompt_est: int) -> Completion:
-        async with self._slots:
-            tokens = prompt_est + params.max_tokens
-            await self.limiter.acquire(tokens)
-            st.in_flight += 1
-            start = time.monotonic()
-            timeout = self.timeouts(template) if self.timeouts else None
-            try:
-                async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
-                    result = await self.model.complete(messages, params)
-            except TimeoutError:
-                self.counts["timeouts"] += 1
-                raise CallTimeout(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "
-                                     "observed latency; see `timeouts` in the pipeline config)", retryable=True) from None
-            except ModelCallError as e:
-                if e.status == 429:
-                    self.counts["rate_limited"] += 1
-                    st.rate_limited += 1
-                    self.limiter.on_rate_limited(e.retry_after)
-                raise
-            finally:
-                st.in_flight -= 1
-            if self.timeouts:
-                self.timeouts.observe(template, time.monotonic() - start)
-            self.limiter.settle(tokens, result.prompt_tokens + result.completion_tokens)
-            self.limiter.on_success(result.limits)
-            return result
+        tokens = prompt_est + params.max_tokens
+        await self.limiter.acquire(tokens)
+        st.in_flight += 1
+        start = time.monotonic()
+        timeout = self.timeouts(template) if self.timeouts else None
+        try:
+            async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
+                result = await self.model.complete(messages, params)
+        except TimeoutError:
+            self.counts["timeouts"] += 1
+            raise CallTimeout(f"{self.model.spec}: no response after {timeout:.1f} s (the timeout follows "
+                                 "observed latency; see `timeouts` in the pipeline config)", retryable=True) from None
+        except ModelCallError as e:
+            if e.status == 429:
+                self.counts["rate_limited"] += 1
+                st.rate_limited += 1
+                self.limiter.on_rate_limited(e.retry_after)
+            raise
+        finally:
+            st.in_flight -= 1
+        if self.timeouts:
+            self.timeouts.observe(template, time.monotonic() - start)
+        self.limiter.settle(tokens, result.prompt_tokens + result.completion_tokens)
+        self.limiter.on_success(result.limits)
+        return result

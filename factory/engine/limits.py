@@ -170,7 +170,7 @@ class LeasedBudget(Budget):
         self.started += 1
         unused = 0.0 if self.limit is None else self.limit - self.spent - self.reserved
         give_back = max(0.0, unused) if final else 0.0
-        out = {"need": self.need, "want": self.want * 2, "give_back": give_back}
+        out = {"need": self.need, "want": self.want, "give_back": give_back}
         if self.limit is not None:
             self.limit -= give_back
         self.need = self.want = 0.0

@@ -9,8 +9,9 @@ local runner, and merged back into RUN. Nothing here imports Ray: `run_shard` is
   calls.sqlite, with export off. Run again (a retried task, a resumed run), it skips its finished
   records and serves its completed calls from its log, like `factory run --resume`.
 - The merge: a finished shard's records, calls, searches and failed attempts are copied into RUN's
-  state.sqlite and calls.sqlite, and the shard is marked merged in the same transaction. The driver
-  then exports once over every record (so dedup is global), exactly as a local run does."""
+  state.sqlite and calls.sqlite, and the shard is marked merged in the same transaction; then its
+  folder is deleted. The driver exports once over every record (so dedup is global), exactly as a
+  local run does."""
 
 from __future__ import annotations
 
@@ -222,3 +223,4 @@ def merge_shard(run: Run, index: int, records: int) -> None:
     run.log.merge_from(folder / "calls.sqlite")
     counters = {name: dict(st.counters) for name, st in run.stats.stages.items()}
     run.state.merge_from(folder / "state.sqlite", {f"shard:{index:04d}": {"records": records}, "counters": counters})
+    shutil.rmtree(folder, ignore_errors=True)  # all of it is in the run now: no second copy on disk
