@@ -146,18 +146,19 @@ class LeasedBudget(Budget):
         super().__init__(None if cap is None else 0.0)
         self.cap, self.need, self.want = cap, 0.0, 0.0
         self.started = self.done = 0  # lease rounds begun and finished
+        self.refused = False  # the actor's last answer to an ask: the cap is reached
         self._wake, self._round, self._broken = wake, asyncio.Event(), broken
 
     async def room_for(self, worst_case: float) -> None:
-        if self.limit is None or self.spent + self.reserved + worst_case <= self.limit:
-            return
-        self.need, self.want = max(self.need, worst_case), self.want + worst_case
-        after = self.started + 1  # a round that starts from now on carries this ask
-        while self.done < after:
-            self._broken.check()
-            self._round.clear()
-            self._wake()
-            await self._round.wait()
+        """Ask until it fits or the actor refuses (other calls may take a grant first: ask again)."""
+        while self.limit is not None and self.spent + self.reserved + worst_case > self.limit and not self.refused:
+            self.need, self.want = max(self.need, worst_case), self.want + worst_case
+            after = self.started + 1  # a round that starts from now on carries this ask
+            while self.done < after:
+                self._broken.check()
+                self._round.clear()
+                self._wake()
+                await self._round.wait()
 
     def reserve(self, worst_case: float) -> None:
         if self.limit is not None and self.spent + self.reserved + worst_case > self.limit:
@@ -176,9 +177,11 @@ class LeasedBudget(Budget):
         self.need = self.want = 0.0
         return out
 
-    def apply(self, granted: float) -> None:
+    def apply(self, grant: dict) -> None:
         if self.limit is not None:
-            self.limit += granted
+            self.limit += grant["granted"]
+        if grant["asked"]:
+            self.refused = grant["granted"] == 0
         self.done += 1
         self._round.set()
 
@@ -206,7 +209,7 @@ class Lease:
             self.broken.error = e
             for lim in self.limiters.values():
                 lim.apply({"requests": 0, "tokens": 0, "view": lim.view, "slots": lim.slots.limit})
-            self.budget.apply(0.0)
+            self.budget.apply({"granted": 0.0, "asked": False})
 
     async def _rounds(self) -> None:
         while True:

@@ -94,17 +94,17 @@ class ClusterLimits:
         ends = {spec: self.endpoints[spec].lease(lease, self.running, e) for spec, e in r["endpoints"].items()}
         return {"endpoints": ends, "budget": self._budget(lease, r["budget"])}
 
-    def _budget(self, lease: str, b: dict) -> float:
+    def _budget(self, lease: str, b: dict) -> dict:
         self.allotted[lease] = self.allotted.get(lease, 0.0) - b["give_back"]
         if self.cap is None or b["need"] <= 0:
-            return 0.0
+            return {"granted": 0.0, "asked": False}
         remaining = self.cap - self.spent - sum(self.allotted.values())
         if remaining < b["need"]:
             self.refused += 1
-            return 0.0
+            return {"granted": 0.0, "asked": True}
         grant = min(max(b["want"], b["need"]), remaining)
         self.allotted[lease] += grant
-        return grant
+        return {"granted": grant, "asked": True}
 
     def _expire(self, now: float) -> None:
         for lease, seen in list(self.seen.items()):
