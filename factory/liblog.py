@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ class LibraryLog(io.TextIOBase):
     def __init__(self) -> None:
         self._held: list[str] = []
         self._file: io.TextIOBase | None = None
+        self._bars: bool | None = None  # transformers' progress bars before the capture; None: not imported yet
 
     def write(self, text: str) -> int:
         if self._file is not None:
@@ -56,19 +58,30 @@ class LibraryLog(io.TextIOBase):
         show = warnings.showwarning
         warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: self.write(
             warnings.formatwarning(message, category, filename, lineno, line))
-        bars = _progress_bars(False)
+        # not imported here: transformers costs about 15 MB of RSS, and most runs never load it
+        self._bars = _progress_bars(False) if "transformers" in sys.modules else None
         _active.append(self)
         try:
             yield self
         finally:
             _active.remove(self)
             warnings.showwarning = show
-            _progress_bars(bars)
+            if self._bars is not None:
+                _progress_bars(self._bars)
+                self._bars = None
             for logger, handlers, propagate in saved:
                 logger.handlers, logger.propagate = handlers, propagate
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def transformers_imported() -> None:
+    """Call right after importing transformers: inside a capture, its and the Hub's progress bars go
+    off until the capture ends (outermost first, so each capture restores what it found)."""
+    for log in _active:
+        if log._bars is None:
+            log._bars = _progress_bars(False)
 
 
 def _progress_bars(on: bool) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 
 from factory.errors import FactoryError
+from factory.liblog import transformers_imported
 from factory.records import Typed
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class HFClassifierScorer(Scorer):
             AutoTokenizer,
         )
 
+        transformers_imported()
         try:
             config = AutoConfig.from_pretrained(folder)
         except (OSError, ValueError) as e:

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from factory.errors import FactoryError, ModelCallError
+from factory.liblog import transformers_imported
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.identity import folder_identity
 from factory.models.kvcache import PrefixCache, SlotCache
@@ -95,6 +96,7 @@ class LocalModel(Model):
         """`smollm2` is the embedded model; anything else is a path to a Hugging Face folder."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        transformers_imported()
         if name == "smollm2":
             from factory.models.smollm2 import ensure_smollm2
 
