@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ print(inside, logging.is_progress_bar_enabled())
 
 
 def test_transformers_progress_bars_are_off_inside_a_capture_that_did_not_import_it() -> None:
-    proc = subprocess.run([sys.executable, "-c", BARS], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = {k: v for k, v in os.environ.items() if "PROGRESS_BARS" not in k}  # importing factory.cli sets them
+    proc = subprocess.run([sys.executable, "-c", BARS], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
 
