@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from factory.export.writer import SCHEMAS, arrow_table
+from factory.export.writer import arrow_table, schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def test_transformers_progress_bars_are_off_inside_a_capture_that_did_not_import
 
 
 def test_arrow_table_is_what_from_pylist_builds() -> None:
-    schema = SCHEMAS["prefs"].append(pa.field("review", pa.string()))
+    schema = schemas()["prefs"].append(pa.field("review", pa.string()))
     turns = [{"role": "user", "content": "Ünïcode \"quoted\"\nline ✓"}, {"role": "assistant", "content": ""}]
     full = {"prompt": turns, "chosen": turns[1:], "rejected": [], "score_chosen": 7, "score_rejected": 2.5,
             "p_chosen": float("nan"), "margin": None, "position_consistent": True, "judge_model": "m",
@@ -82,3 +82,10 @@ def test_arrow_table_is_what_from_pylist_builds() -> None:
     got, want = built.to_pylist(), expected.to_pylist()
     assert math.isnan(got[0].pop("p_chosen")) and math.isnan(want[0].pop("p_chosen"))
     assert got == want
+
+
+def test_the_local_executor_does_not_import_pyarrow_until_it_exports() -> None:
+    script = "import sys, factory.executors.dispatch, factory.executors.local; print('pyarrow' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

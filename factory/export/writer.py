@@ -3,15 +3,14 @@ header lists the configs, so `datasets.load_dataset(RUN_DIR, "sft")` works offli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.json as pj
-import pyarrow.parquet as pq
 import yaml
 
 from factory.config import ExportConfig
@@ -24,36 +23,39 @@ from factory.judging.quality import JudgeReport
 from factory.records import Record
 from factory.review.decisions import Review
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 NAME = "export"
-# Plain Arrow types, which `datasets` reads as List({"role": Value("string"), "content": Value("string")})
-# and so on. (Importing `datasets` here would add about 80 MB to every run's memory.)
-_TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-_PROVENANCE = [
-    ("prompt_id", pa.string()),
-    ("principle_ids", pa.list_(pa.string())),
-    ("constitution", pa.string()),
-    ("constitution_hash", pa.string()),
-    ("generator_model", pa.string()),
-]
-# How a pair was judged; null where no judge ran (the revision is then assumed better).
-_JUDGED = [
-    ("score_chosen", pa.float64()),
-    ("score_rejected", pa.float64()),
-    ("p_chosen", pa.float64()),
-    ("margin", pa.float64()),
-    ("position_consistent", pa.bool_()),
-    ("judge_model", pa.string()),
-    ("judge_principle_ids", pa.list_(pa.string())),
-]
-# Fact-check scores of the text trained on (prefs: the chosen one); null where nothing was checked.
-_FACTS = [("fact_precision", pa.float64()), ("fact_f1", pa.float64())]
-SCHEMAS = {
-    "sft": pa.schema([("messages", _TURNS), *_PROVENANCE, *_FACTS]),
-    "prefs": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_JUDGED, *_PROVENANCE,
-                        *_FACTS]),
-    "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_()), *_PROVENANCE]),
-    "reward": pa.schema([("chosen", _TURNS), ("rejected", _TURNS), ("margin", pa.float64()), *_PROVENANCE]),
-}
+CONFIGS = ("sft", "prefs", "kto", "reward")
+
+
+@functools.cache
+def schemas() -> dict[str, pa.Schema]:
+    """Each config's Arrow schema. Built on first use: pyarrow is imported by the export, not with the
+    run, so the run itself holds about 30 MB less RSS (bench/throughput.py).
+
+    Plain Arrow types, which `datasets` reads as List({"role": Value("string"), "content": Value("string")})
+    and so on. (Importing `datasets` here would add about 80 MB to every run's memory.)"""
+    import pyarrow as pa
+
+    turns = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    provenance = [("prompt_id", pa.string()), ("principle_ids", pa.list_(pa.string())), ("constitution", pa.string()),
+                  ("constitution_hash", pa.string()), ("generator_model", pa.string())]
+    # How a pair was judged; null where no judge ran (the revision is then assumed better).
+    judged = [("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("p_chosen", pa.float64()),
+              ("margin", pa.float64()), ("position_consistent", pa.bool_()), ("judge_model", pa.string()),
+              ("judge_principle_ids", pa.list_(pa.string()))]
+    # Fact-check scores of the text trained on (prefs: the chosen one); null where nothing was checked.
+    facts = [("fact_precision", pa.float64()), ("fact_f1", pa.float64())]
+    return {
+        "sft": pa.schema([("messages", turns), *provenance, *facts]),
+        "prefs": pa.schema([("prompt", turns), ("chosen", turns), ("rejected", turns), *judged, *provenance, *facts]),
+        "kto": pa.schema([("prompt", turns), ("completion", turns), ("label", pa.bool_()), *provenance]),
+        "reward": pa.schema([("chosen", turns), ("rejected", turns), ("margin", pa.float64()), *provenance]),
+    }
+
+
 SPLITS = ("train", "test")
 
 
@@ -91,6 +93,9 @@ def arrow_table(lines: list[str], schema: pa.Schema) -> pa.Table:
     `pa.array` on a Python list imports pandas to check for pandas objects, about 40 MB of RSS that a
     run keeps to its end (bench/throughput.py). As with from_pylist, a key outside the schema is
     ignored and a missing one is null."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
     data = "".join(lines).encode()
     return pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
                         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
@@ -112,7 +117,7 @@ class SplitWriter:
     def __init__(self, schema: pa.Schema, folder: Path, config: str, jsonl: bool = False):
         self.schema, self.folder, self.config, self.jsonl = schema, folder, config, jsonl
         self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.writers: dict = {}  # split -> pyarrow.parquet.ParquetWriter
         self.counts = {self.name(s): 0 for s in SPLITS}
 
     def name(self, split: str) -> str:
@@ -125,6 +130,8 @@ class SplitWriter:
             self._flush(split)
 
     def _flush(self, split: str) -> None:
+        import pyarrow.parquet as pq
+
         if split not in self.writers:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.writers[split] = pq.ParquetWriter(str(self.folder / f"{split}.parquet.tmp"), self.schema,
@@ -189,7 +196,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
     ids.close()
     (tmp / SPLITS_FILE).write_text(json.dumps({"test_fraction": cfg.test_fraction, "moved": moved}, indent=1) + "\n")
     names = ["sft", "prefs"] + ["kto"] * cfg.kto + ["reward"] * cfg.reward
-    writers = {name: SplitWriter(review.schema(SCHEMAS[name]), tmp / name, name, cfg.jsonl) for name in names}
+    writers = {name: SplitWriter(review.schema(schemas()[name]), tmp / name, name, cfg.jsonl) for name in names}
     example = None
     position = -1  # among the records not rejected by a reviewer, as in the plan
     for rec in records():
@@ -221,7 +228,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
         "size_categories": [size_category(sum(counts["sft"].values()))],
     }
     (tmp / "README.md").write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + card(counts, example))
-    for name in SCHEMAS:  # every config, so one left by an earlier export with other settings goes too
+    for name in CONFIGS:  # every config, so one left by an earlier export with other settings goes too
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (tmp / name).exists():
             (tmp / name).rename(run_dir / name)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from factory.engine.stats import StageStats
 from factory.review.store import Decision, ReviewStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COLUMN = "human_review"
 
@@ -45,6 +47,8 @@ class Review:
         return d is not None and d.decision == "rejected"
 
     def schema(self, schema: pa.Schema) -> pa.Schema:
+        import pyarrow as pa  # at export time only: a run does not load pyarrow until it exports
+
         return schema.append(pa.field(COLUMN, pa.string())) if self.active else schema
 
     def apply(self, record_id: str, rows: Iterable[tuple[str, dict]], st: StageStats) -> Iterator[tuple[str, dict]]:
