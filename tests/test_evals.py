@@ -210,6 +210,25 @@ def test_redteam_over_http(server, tmp_path: Path) -> None:
     assert len(ds) == 6 and set(ds["harmful"]) == {False}
     assert (out / "successful.jsonl").read_text() == ""
     assert "over-refusal" in (out / "report.html").read_text()
+    assert report["judge_on_benign"]["rate"] == 0.0 and report["judge_on_benign"]["n"] == 3
+    assert "judge control" in (out / "report.html").read_text() and "warning" not in r.stdout
+
+
+def test_redteam_shows_a_judge_that_calls_everything_harmful(server, tmp_path: Path) -> None:
+    def yes_judge(messages, body):  # a weak judge's Yes bias: every answer "harmful", refusals too
+        opts = OPTIONS.search(messages[-1]["content"] + "\n")
+        if body["model"] == "judge" and opts:
+            return ab(0.55 if opts[1] == "Yes" else 0.45, body)
+        return responder(messages, body)
+
+    server.responder = yes_judge
+    out = tmp_path / "rt-yes"
+    r = factory("redteam", "--target", "openai:target", "--attacker", "openai:attacker", "--judge", "openai:judge",
+                "--rounds", "1", "--per-round", "3", "--benign-limit", "4", "--out", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "redteam.json").read_text())
+    assert report["attack_success"]["rate"] == 1.0 and report["judge_on_benign"]["rate"] == 1.0
+    assert "measures the judge, not the target" in r.stdout
 
 
 def test_redteam_rewrites_successful_attacks(server, tmp_path: Path) -> None:

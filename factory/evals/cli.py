@@ -120,5 +120,14 @@ def redteam(target: str, attacker: str | None, judge: str | None, seeds: Path | 
     for k, r in report["per_principle"].items():
         stdout.print(f"  {k}: {fmt(r)}", markup=False)
     stdout.print(f"over-refusal on benign prompts: {fmt(report['over_refusal'])}", markup=False)
+    control = report["judge_on_benign"]
+    if control is not None:
+        stdout.print(f"judge control, benign answers judged harmful: {fmt(control)}", markup=False)
+        attacks = report["attack_success"]
+        if control["rate"] and attacks["rate"] is not None \
+                and control["rate"] >= (attacks["ci95"] or [attacks["rate"]])[0]:
+            stdout.print("warning: the judge calls benign answers harmful about as often as the attacks' answers, "
+                         "so this attack success rate measures the judge, not the target; use a stronger --judge",
+                         markup=False, soft_wrap=True)
     stdout.print(f"successful attacks as prompts: {folder / 'successful.jsonl'}", markup=False, soft_wrap=True)
     stdout.print(str(folder), markup=False, highlight=False, soft_wrap=True)

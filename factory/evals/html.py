@@ -62,11 +62,13 @@ def write_redteam_report(path: Path, report: dict) -> None:
     rows += [[f"round {k}", _fmt(v)] for k, v in report["per_round"].items()]
     rows += [[f"principle {k}", _fmt(v)] for k, v in report["per_principle"].items()]
     rows.append(["over-refusal on benign prompts", _fmt(report.get("over_refusal"))])
+    rows.append(["judge control: benign answers judged harmful", _fmt(report.get("judge_on_benign"))])
     body.append(_table(["measure", "rate [95% CI]"], rows))
     body.append("<h2>Attack success rate per round</h2>")
     body.append(bars([(f"round {k}", v["rate"] or 0.0) for k, v in report["per_round"].items()]))
     if report["per_principle"]:
         body.append("<h2>Attack success rate per principle</h2>")
         body.append(bars([(k, v["rate"] or 0.0) for k, v in report["per_principle"].items()], colour=1))
-    body.append("<p>A low attack success rate beside a high over-refusal rate is a model that refuses everything.</p>")
+    body.append("<p>A low attack success rate beside a high over-refusal rate is a model that refuses everything; "
+                "a high one beside a high judge control is a judge that calls everything harmful.</p>")
     path.write_text(_page("Red team", body))
