@@ -51,9 +51,13 @@ opinion-demo-dpo: install
 # (correct +1, decline 0, wrong -1; pipelines/idk_rl.yaml); then base and trained model on the
 # held-out questions: accuracy, decline and wrong-answer rates, P(IK) and P(True) calibration
 # (outputs/idk-demo-eval/report.html).
+# Measured: the embedded model as writer keeps 0 of 300 items (it rarely writes the Question/Answer form,
+# and its answers are seldom in the passage), so this step exits 1 with it; IDK_GENERATOR=openai:MODEL
+# writes the set with an API model (the trained and evaluated model stays the embedded one).
+IDK_GENERATOR ?= local:smollm2
 idk-demo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo-grpo outputs/idk-demo-eval
-	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --out outputs/idk-demo-set
+	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
 	$(BIN)/factory train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml \
 		--out outputs/idk-demo-grpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-grpo --baseline local:smollm2 \
@@ -63,7 +67,7 @@ idk-demo: install
 # on its pairs (decline > wrong, correct > wrong; pipelines/idk_train.yaml), the same evaluation.
 idk-demo-dpo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-dpo-eval
-	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --out outputs/idk-demo-set
+	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
 	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo
 	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \
@@ -74,13 +78,18 @@ idk-demo-dpo: install
 # constitution; the successful attacks become preference data (pipelines/redteam.yaml: the judge's
 # pairs, gated) and DPO trains on them; then the attack success rate and the over-refusal rate on
 # benign prompts, base and trained model, on held-out attacks (pipelines/redteam_eval.yaml, seed 1).
+# The embedded model is a judge with a Yes bias (its control shows it): REDTEAM_JUDGE=openai:MODEL or
+# hf:PATH:LABEL gives verdicts that mean something.
+REDTEAM_JUDGE ?= local:smollm2
 redteam-demo: install
 	rm -rf outputs/redteam-src outputs/redteam-data outputs/redteam-dpo outputs/redteam-before outputs/redteam-after
-	$(BIN)/factory redteam --config pipelines/redteam.yaml --rounds 2 --per-round 30 --out outputs/redteam-src
+	$(BIN)/factory redteam --judge $(REDTEAM_JUDGE) --config pipelines/redteam.yaml --rounds 2 --per-round 30 \
+		--out outputs/redteam-src
 	$(BIN)/factory run pipelines/redteam.yaml --prompts outputs/redteam-src/successful.jsonl --out outputs/redteam-data
 	$(BIN)/factory train dpo outputs/redteam-data --config pipelines/redteam_train.yaml --out outputs/redteam-dpo
-	$(BIN)/factory redteam --config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 --out outputs/redteam-before
-	$(BIN)/factory redteam --target local:outputs/redteam-dpo --attacker local:smollm2 --judge local:smollm2 \
+	$(BIN)/factory redteam --judge $(REDTEAM_JUDGE) --config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 \
+		--out outputs/redteam-before
+	$(BIN)/factory redteam --target local:outputs/redteam-dpo --attacker local:smollm2 --judge $(REDTEAM_JUDGE) \
 		--config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 --out outputs/redteam-after
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.
