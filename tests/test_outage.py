@@ -130,3 +130,31 @@ def test_a_search_backend_that_stops_answering_pauses_too(tmp_path: Path) -> Non
     log.close()
     assert [p.text for p in passages] == ["found"] and backend.calls == 9
     assert caller.search_outages["flaky:test"].outages == 1 and not caller.search_outages["flaky:test"].down
+
+
+
+def test_a_stages_stats_pickle_after_its_endpoint_was_down() -> None:
+    """A Ray shard returns its stats to the driver pickled. A stage whose endpoint was held back keeps
+    the live Outage for the progress line, and its event is bound to the shard's uvloop loop, which
+    cannot be pickled (a 10^5-record Ray run failed on it)."""
+    import asyncio
+    import pickle
+
+    import uvloop
+
+    from factory.engine.stats import StageStats
+
+    async def go() -> StageStats:
+        st = StageStats(calls=3, outage=Outage("openai:m", OutageConfig(after_failures=1)))
+        st.outage.failed(False)
+        probe, held = asyncio.create_task(st.outage.turn()), asyncio.create_task(st.outage.turn())
+        await asyncio.sleep(0.01)  # one call probes, the other waits for the endpoint to come back
+        probe.cancel(), held.cancel()
+        return st
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        st = runner.run(go())
+    with pytest.raises(TypeError):
+        pickle.dumps(st.outage)
+    back = pickle.loads(pickle.dumps(st))
+    assert back.calls == 3 and back.outage is None and st.outage is not None

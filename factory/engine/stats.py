@@ -31,6 +31,11 @@ class StageStats:
     started: float | None = None
     ended: float | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled (a Ray shard's stats on their way to the driver) without the live Outage: it holds
+        the shard's event loop, which cannot be pickled, and is only there for the progress line."""
+        return self.__dict__ | {"outage": None}
+
     def touch(self) -> None:
         now = time.monotonic()
         self.started = self.started or now
