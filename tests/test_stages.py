@@ -228,3 +228,27 @@ def test_questions_funnel_adds_up(repo, caller, cfg, limit):
     seed_drops = sum(v for k, v in st.dropped.items() if k in ("duplicate_prompt", "seed_not_sampled",
                                                                  "seed_used_as_example_only", "over_limit"))
     assert st.records_in - seed_drops + generated == len(recs) == st.records_out
+
+
+def test_question_waves_grow_with_what_the_gates_drop(repo, tmp_path):
+    """A model whose generated prompts mostly fail the gates: after the first wave, the next asks for
+    what the observed yield needs at once (one wave of 4), not a full-yield wave of 2 after another."""
+    from factory.engine.calllog import CallLog
+
+    seen: list[int] = []
+    asks = iter(["How do I fix a leaking kitchen tap?", "What should I pack for a winter hike?",
+                 "Why does bread go stale so quickly?", "How can I learn to juggle three balls?",
+                 "Which houseplants survive low light?", "What makes a good cover letter opening?"])
+
+    def script(messages, params):
+        seen.append(len(model.calls))  # calls started so far: all of a wave start before any answers
+        return f"{next(asks)}\nBrrr grrr tsk pfft hmm?\nZzz mrrp shh brrt?\nPsst hrmm krr tsk?"
+
+    model = ScriptedModel(script)
+    caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
+    seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(6)]
+    stage = QuestionsStage(QuestionsConfig(generate=8, questions_per_call=4, max_seeds=None, include_seeds=False),
+                           tpl(repo, "questions", questions.VARIABLES), M, 0, seeds)
+    recs = drain(stage, caller)
+    assert sorted(set(seen)) == [2, 6]  # wave 1: 2 calls, 1 prompt of 4 kept each; wave 2: the 4 calls left
+    assert len(recs) == 6 and len(model.calls) == 6  # max_calls (3x the 2 needed) caps it
