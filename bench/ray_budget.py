@@ -30,14 +30,9 @@ MODEL = "openai:gpt-4o-mini"
 
 
 def spent(run_dir: Path) -> float:
-    from factory.engine.calllog import CallLog
+    from factory.engine.calllog import spent_in
 
-    total = 0.0
-    for path in [run_dir / "calls.sqlite", *run_dir.glob("shards/*/calls.sqlite")]:
-        log = CallLog(path)
-        total += log.spent()
-        log.close()
-    return total
+    return spent_in([run_dir / "calls.sqlite", *run_dir.glob("shards/*/calls.sqlite")])
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from test_production import MANY, dataset_files
 
 from factory.cli import run_cli
 from factory.config import load_config
-from factory.engine.calllog import CallLog
+from factory.engine.calllog import spent_in
 from factory.engine.limits import Lease
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.executors.cluster import ClusterLimits
@@ -69,12 +69,7 @@ def test_one_rate_limit_and_one_in_flight_cap_for_the_whole_cluster(api, tmp_pat
 
 
 def spent(run_dir: Path) -> float:
-    total = 0.0
-    for path in [run_dir / "calls.sqlite", *run_dir.glob("shards/*/calls.sqlite")]:
-        log = CallLog(path)
-        total += log.spent()
-        log.close()
-    return total
+    return spent_in([run_dir / "calls.sqlite", *run_dir.glob("shards/*/calls.sqlite")])
 
 
 def test_max_cost_holds_for_the_cluster_and_a_resume_continues(api, tmp_path: Path) -> None:

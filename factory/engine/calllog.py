@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
@@ -212,3 +212,14 @@ def attach_copy(db: sqlite3.Connection, path: Path, statements: list) -> None:
         db.execute("COMMIT")
     finally:
         db.execute("DETACH DATABASE other")
+
+
+def spent_in(paths: Iterable[Path]) -> float:
+    """USD paid by the calls in these call logs (a Ray run's own and its shards'); missing ones count 0."""
+    total = 0.0
+    for path in paths:
+        if Path(path).is_file():
+            log = CallLog(path)
+            total += log.spent()
+            log.close()
+    return total

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from factory.engine.prices import Budget
 from factory.engine.ratelimit import MAX_NAP_S, LimitInfo
-from factory.errors import BudgetExceeded, FactoryError
+from factory.errors import FactoryError
 
 REFRESH_S = 0.5  # a shard reports answers, 429s, in-flight calls and progress at least this often
 POLL_S = 0.05  # a shard whose calls wait for permits asks again at most this often
@@ -160,12 +160,9 @@ class LeasedBudget(Budget):
                 self._wake()
                 await self._round.wait()
 
-    def reserve(self, worst_case: float) -> None:
-        if self.limit is not None and self.spent + self.reserved + worst_case > self.limit:
-            self.exceeded = True
-            raise BudgetExceeded(f"the next call could take the cluster's spending past --max-cost {self.cap:.2f} USD "
-                                 f"(this shard's share: spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
-        self.reserved += worst_case
+    def refusal(self) -> str:
+        return (f"the next call could take the cluster's spending past --max-cost {self.cap:.2f} USD "
+                f"(this shard's share: spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
 
     def report(self, final: bool) -> dict:
         self.started += 1

@@ -85,9 +85,12 @@ class Budget:
     def reserve(self, worst_case: float) -> None:
         if self.limit is not None and self.spent + self.reserved + worst_case > self.limit:
             self.exceeded = True
-            raise BudgetExceeded(f"the next call could take spending past --max-cost {self.limit:.2f} USD "
-                                 f"(spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
+            raise BudgetExceeded(self.refusal())
         self.reserved += worst_case
+
+    def refusal(self) -> str:
+        return (f"the next call could take spending past --max-cost {self.limit:.2f} USD "
+                f"(spent {self.spent:.4f}, in flight up to {self.reserved:.4f})")
 
     async def room_for(self, worst_case: float) -> None:
         """Wait, if need be, until `worst_case` could fit; here it always could (a Ray shard's budget

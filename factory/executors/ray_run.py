@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from factory.config import LimitsConfig
-from factory.engine.calllog import CallLog
+from factory.engine.calllog import spent_in
 from factory.engine.pipeline import Pipeline
 from factory.engine.rundir import RunDir, create_run_dir, write_json
 from factory.engine.runner import Outcome, Run
@@ -209,13 +209,7 @@ def start_limits(ray, run: Run, pending: list[int]):
     for spec in api_specs(run.pipe):
         limits = cfg.limits.get(spec, LimitsConfig())
         endpoints[spec] = {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": cfg.concurrency}
-    spent = run.log.spent()
-    for i in pending:
-        path = shard_dir(run.dir, i) / "calls.sqlite"
-        if path.is_file():
-            log = CallLog(path)
-            spent += log.spent()
-            log.close()
+    spent = run.log.spent() + spent_in(shard_dir(run.dir, i) / "calls.sqlite" for i in pending)
     actor = ray.remote(ClusterLimits).options(num_cpus=0, max_restarts=0)  # state lost on a restart: none
     return actor.remote(endpoints, cfg.max_cost, spent)
 
