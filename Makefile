@@ -46,18 +46,17 @@ opinion-demo-dpo: install
 		--prompts evals/opinion_heldout.jsonl --config pipelines/opinion.yaml --samples 4 --out outputs/opinion-demo-eval
 	$(BIN)/python -m factory.train.heldout outputs/opinion-demo-eval
 
-# "I don't know" learned by reward, on CPU: a QA set written from the offline Wikipedia summaries
-# (each reference found again by search), 30% held out; GRPO on the rest with the `idk` reward term
-# (correct +1, decline 0, wrong -1; pipelines/idk_rl.yaml); then base and trained model on the
-# held-out questions: accuracy, decline and wrong-answer rates, P(IK) and P(True) calibration
-# (outputs/idk-demo-eval/report.html).
-# Measured: the embedded model as writer keeps 0 of 300 items (it rarely writes the Question/Answer form,
-# and its answers are seldom in the passage), so this step exits 1 with it; IDK_GENERATOR=openai:MODEL
-# writes the set with an API model (the trained and evaluated model stays the embedded one).
-IDK_GENERATOR ?= local:smollm2
+# "I don't know" learned by reward, on CPU: 300 questions drawn from the offline Wikipedia summaries by
+# prompts/qa_rules.yaml's patterns (nationalities, capitals; each reference found again by search),
+# half held out; GRPO on the other half with the `idk` reward term (correct +1, decline 0, wrong -1;
+# pipelines/idk_rl.yaml); then base and trained model on the held-out questions: accuracy, decline and
+# wrong-answer rates, P(IK) and P(True) calibration (outputs/idk-demo-eval/report.html).
+# IDK_GENERATOR=openai:MODEL has a model write the questions from passages instead (the embedded model
+# kept 0 of 300 it wrote: it seldom writes the Question/Answer form, and its answers are seldom in the passage).
+IDK_GENERATOR ?= rules
 idk-demo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo-grpo outputs/idk-demo-eval
-	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
+	$(BIN)/factory evals generate --format qa --n 300 --heldout 0.5 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
 	$(BIN)/factory train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml \
 		--out outputs/idk-demo-grpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-grpo --baseline local:smollm2 \
@@ -67,7 +66,7 @@ idk-demo: install
 # on its pairs (decline > wrong, correct > wrong; pipelines/idk_train.yaml), the same evaluation.
 idk-demo-dpo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-dpo-eval
-	$(BIN)/factory evals generate --format qa --n 150 --heldout 0.3 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
+	$(BIN)/factory evals generate --format qa --n 300 --heldout 0.5 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
 	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo
 	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \

@@ -22,7 +22,8 @@ def evals() -> None:
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Items wanted.")
 @click.option("--oversample", type=click.FloatRange(min=1), default=2.0, show_default=True,
               help="Items written per item wanted (the filter, dedup and balance drop some).")
-@click.option("--generator", default="local:smollm2", show_default=True, help="The model that writes the items.")
+@click.option("--generator", default="local:smollm2", show_default=True, help="The model that writes the items "
+              "(QA: or `rules`, questions drawn from the corpus by prompts/qa_rules.yaml's patterns, no model).")
 @click.option("--filter", "filt", help="The model (or classifier: vader:positive, hf:PATH:LABEL) that must agree "
               "with each item's label (default: the generator).")
 @click.option("--min-confidence", type=click.FloatRange(0.5, 1.0), default=0.7, show_default=True,

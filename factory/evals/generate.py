@@ -26,6 +26,7 @@ from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.rundir import now
 from factory.errors import FactoryError, InputError, ParseError, ParseFailure
 from factory.evals.items import NO, YES, Item, write_set
+from factory.evals.qarules import RULES_FILE, load_rules, rule_item
 from factory.evals.session import Session, choose, mean
 from factory.hygiene.decontam import Decontaminator
 from factory.hygiene.dedup import NearDedup
@@ -36,6 +37,7 @@ from factory.stages.idk import match_reference
 WRITE_VARIABLES = {"behaviour", "format", "label", "index"}
 CHOICE_VARIABLES = {"behaviour", "format", "question", "a", "b"}
 QA_VARIABLES = {"title", "passage"}
+RULES = "rules"  # --generator: QA items from the corpus by prompts/qa_rules.yaml's patterns, no model
 _AB = re.compile(r"Question:\s*(?P<q>.+?)\s*\(A\)\s*(?P<a>.+?)\s*\(B\)\s*(?P<b>.+?)\s*$", re.DOTALL)
 _QA = re.compile(r"Question:\s*(?P<q>.+?)\s*\n\s*Answer:\s*(?P<a>[^\n]+)", re.DOTALL)
 
@@ -102,9 +104,9 @@ def parse_qa(text: str) -> tuple[str, str]:
     return q, a
 
 
-def load_corpus(path: Path | None, need: int, seed: int) -> list[tuple[str, str, str]]:
-    """(title, text, source) of `need` documents drawn (seeded) from the corpus; an unreadable
-    corpus exits 2 naming the file, line and field."""
+def load_corpus(path: Path | None) -> list[tuple[str, str, str]]:
+    """(title, text, source) of every document of 12 words or more; an unreadable corpus exits 2
+    naming the file, line and field."""
     from factory.search.local import _read_wiki, default_corpus, read_collection
 
     try:
@@ -121,6 +123,22 @@ def load_corpus(path: Path | None, need: int, seed: int) -> list[tuple[str, str,
     docs = [(d.title, d.text, d.source) for d in docs if len(d.text.split()) >= 12]
     if not docs:
         raise InputError(path or "corpus", "the corpus holds no document of 12 words or more", field="text")
+    return docs
+
+
+def qa_sources(s: Settings, prompts_dir: Path, seed: int, need: int) -> list[tuple[str, str, str, tuple | None]]:
+    """(title, text, source, rule's item or None) of `need` passages drawn (seeded) from the corpus:
+    any passage when a model writes the questions, only those a rule fits with `--generator rules`."""
+    docs = load_corpus(s.corpus)
+    if s.generator == RULES:
+        rules = load_rules(prompts_dir)
+        made = [(t, x, src, rule_item(rules, t, x)) for t, x, src in docs]
+        docs = [d for d in made if d[3] is not None]
+        if not docs:
+            raise InputError(prompts_dir / f"{RULES_FILE}.yaml", "no rule fits any passage of the corpus "
+                             f"({s.corpus or 'wikipedia (offline)'})", field="rules")
+    else:
+        docs = [(t, x, src, None) for t, x, src in docs]
     return rng(seed, "corpus").sample(docs, min(need, len(docs)))
 
 
@@ -135,13 +153,18 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         one = Decontaminator.from_file(p, field="prompt")
         contam = one if contam is None else contam.merged(one)
     attempts = max(2, math.ceil(s.n * s.oversample))
-    session = Session(config, [s.generator] + ([] if classifier else [filt]), ["write", "filter", "search"])
+    rules = s.generator == RULES
+    if rules and s.format != "qa":
+        raise InputError("--generator", "`rules` writes QA items from the corpus: use it with --format qa",
+                         field="generator")
+    specs = [] if s.format == "qa" and rules else [s.generator] + ([] if classifier or s.format == "qa" else [filt])
+    session = Session(config, specs, ["write", "filter", "search"])
     seed = session.seed
-    docs = load_corpus(s.corpus, attempts, seed) if s.format == "qa" else []
+    docs = qa_sources(s, session.prompts_dir, seed, attempts) if s.format == "qa" else []
     if s.format == "qa":
         attempts = len(docs)  # one question per drawn passage (fewer when the corpus is small)
-    write = session.template("evals_qa_write" if s.format == "qa" else "evals_write",
-                             QA_VARIABLES if s.format == "qa" else WRITE_VARIABLES)
+    write = None if rules else session.template("evals_qa_write" if s.format == "qa" else "evals_write",
+                                                QA_VARIABLES if s.format == "qa" else WRITE_VARIABLES)
     judge = None if classifier or s.format == "qa" else session.template("evals_filter", CHOICE_VARIABLES)
     search = None
     if s.format == "qa":
@@ -184,22 +207,26 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         return item
 
     async def qa_item(i: int, caller: Caller, params: GenParams) -> Item | None:
-        title, text, source = docs[i]
-        variables = {"title": title, "passage": " ".join(text.split()[:180])}
-        try:
-            (question, answer), _, _ = await caller.chat_parsed("write", f"write[{i}]", write, variables,
-                                                               s.generator, params, parse_qa)
-        except ParseFailure as e:
-            drops.append({"attempt": i, "reason": "unparseable", "detail": str(e), "source": source})
-            return None
+        title, text, source, ruled = docs[i]
+        if ruled is not None:
+            question, answers = ruled
+        else:
+            variables = {"title": title, "passage": " ".join(text.split()[:180])}
+            try:
+                (question, answer), _, _ = await caller.chat_parsed("write", f"write[{i}]", write, variables,
+                                                                   s.generator, params, parse_qa)
+            except ParseFailure as e:
+                drops.append({"attempt": i, "reason": "unparseable", "detail": str(e), "source": source})
+                return None
+            answers = [answer]
         item = Item(id=f"qa-{i}", format="qa", behaviour=s.behaviour or "answers factual questions",
-                    question=question, expected=answer, answers=[answer], generator=s.generator,
+                    question=question, expected=answers[0], answers=answers, generator=s.generator,
                     filter=f"search:local top-{s.search_k}", source=source)
-        if match_reference(text, [answer]) is None:
+        if match_reference(text, answers) is None:
             drops.append({"attempt": i, "reason": "answer_not_in_passage", "item": item.model_dump()})
             return None
         hits = await caller.search("search", search, question, s.search_k)
-        found = [rank for rank, h in enumerate(hits, 1) if match_reference(f"{h.title} {h.text}", [answer])]
+        found = [rank for rank, h in enumerate(hits, 1) if match_reference(f"{h.title} {h.text}", answers)]
         if not found:
             drops.append({"attempt": i, "reason": "search_does_not_support", "item": item.model_dump()})
             return None

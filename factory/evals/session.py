@@ -27,7 +27,7 @@ class Session:
 
     def __init__(self, config: Path | None, specs: list[str], stages: list[str]):
         self.cfg = load_config(config)
-        self.pipe = Pipeline.prepare(self.cfg, Overrides(model=specs[0]), needs_seeds=False)
+        self.pipe = Pipeline.prepare(self.cfg, Overrides(model=specs[0] if specs else None), needs_seeds=False)
         self.seed, self.stages = self.pipe.cfg.seed, stages
         self.prompts_dir = self.pipe.cfg.path(self.pipe.cfg.prompts_dir)
         self.specs = list(dict.fromkeys(specs))

@@ -1,0 +1,80 @@
+"""QA items drawn from corpus passages by fixed patterns (`--generator rules`): the QA mode's writer
+when no model can write questions. The embedded 135M model kept 0 of 300 written items (it seldom
+writes the Question/Answer form, and its answers are seldom in the passage), so `make idk-demo`
+could not run on the default install. The patterns and question templates live in
+prompts/qa_rules.yaml; here they are only loaded and applied."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from factory.errors import InputError
+from factory.yamlfile import load_yaml
+
+RULES_FILE = "qa_rules"
+_TITLE_NOTE = re.compile(r"\s*\([^)]*\)\s*$")
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    pattern: re.Pattern
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1, description="the named group that holds the reference answer")
+    aliases: dict[str, list[str]] | None = None
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _compile(cls, v: object) -> re.Pattern:
+        if not isinstance(v, str):
+            raise ValueError("a regular expression (a string)")
+        try:
+            return re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+
+    @model_validator(mode="after")
+    def _groups(self) -> Rule:
+        groups = set(self.pattern.groupindex)
+        if self.answer not in groups:
+            raise ValueError(f"answer: '{self.answer}' is not a named group of the pattern ({sorted(groups)})")
+        asked = set(re.findall(r"{(\w+)}", self.question)) - {"title"}
+        if not asked <= groups:
+            raise ValueError(f"question: {sorted(asked - groups)} not named groups of the pattern")
+        return self
+
+    def apply(self, title: str, text: str) -> tuple[str, list[str]] | None:
+        """(question, reference answers) from a passage, or None when the rule does not fit it."""
+        m = self.pattern.match(text.strip())
+        if m is None:
+            return None
+        value = m[self.answer].strip()
+        if self.aliases is not None and value not in self.aliases:
+            return None
+        title = _TITLE_NOTE.sub("", title).strip()
+        question = self.question.format(title=title, **{k: v.strip() for k, v in m.groupdict().items() if v})
+        answers = [value, *(self.aliases or {}).get(value, [])]
+        if value.lower() in question.lower():
+            return None  # the question would give its answer away
+        return question, answers
+
+
+class RulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    rules: list[Rule] = Field(min_length=1)
+
+
+def load_rules(prompts_dir: Path) -> list[Rule]:
+    path = prompts_dir / f"{RULES_FILE}.yaml"
+    if not path.is_file():
+        raise InputError(path, "no such file: `--generator rules` reads its patterns from it")
+    return load_yaml(path, RulesFile).rules
+
+
+def rule_item(rules: list[Rule], title: str, text: str) -> tuple[str, list[str]] | None:
+    """The first fitting rule's (question, reference answers) for a passage, or None."""
+    return next((got for rule in rules if (got := rule.apply(title, text)) is not None), None)
