@@ -219,6 +219,19 @@ def test_rules_write_a_qa_set_from_the_corpus_without_a_model(tmp_path: Path) ->
     assert r.returncode == 2 and "--format qa" in r.stderr and not (tmp_path / "no").exists()
 
 
+def test_the_shipped_rules_fit_the_offline_wikipedia() -> None:
+    from factory.config import ROOT
+    from factory.evals.generate import load_corpus
+    from factory.evals.qarules import load_rules, rule_item
+
+    rules = load_rules(ROOT / "prompts")
+    made = [got for title, text, _ in load_corpus(None) if (got := rule_item(rules, title, text))]
+    assert len(made) >= 900  # 946 when written
+    assert ("What is the capital of Norway?", ["Oslo"]) in made
+    assert ("What nationality was Virginia Woolf?", ["English", "England", "British"]) in made
+    assert not any(a[0].lower() in q.lower() for q, a in made)  # no question gives its answer away
+
+
 def test_a_bad_rule_names_its_line_and_field(tmp_path: Path) -> None:
     from factory.evals.qarules import load_rules
 
