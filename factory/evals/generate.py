@@ -5,8 +5,9 @@ sharing a 13-gram with training prompts are removed, and the set is written with
 Behaviour sets alternate the label direction per attempt (yes/no statements: half "Yes", half
 "No"; A/B items: the behaviour's answer half as (A), half as (B)), and the kept set is cut back to
 equal directions (dropped extras counted as `balance`). QA sets (`qa=True`) draw passages from a
-search corpus, have the model write a question and a short answer from each, and keep an item only
-when searching the corpus for the question finds a passage that states the answer.
+search corpus, have the model write a question and a short answer from each (or, with
+`--generator rules`, draw both from the passage by prompts/qa_rules.yaml's patterns: see qarules), and
+keep an item only when searching the corpus for the question finds a passage that states the answer.
 
 Every dropped item lands in drops.jsonl with its reason; the reasons are counted in the card.
 """
@@ -157,7 +158,7 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     if rules and s.format != "qa":
         raise InputError("--generator", "`rules` writes QA items from the corpus: use it with --format qa",
                          field="generator")
-    specs = [] if s.format == "qa" and rules else [s.generator] + ([] if classifier or s.format == "qa" else [filt])
+    specs = [] if rules else [s.generator] + ([] if classifier or s.format == "qa" else [filt])
     session = Session(config, specs, ["write", "filter", "search"])
     seed = session.seed
     docs = qa_sources(s, session.prompts_dir, seed, attempts) if s.format == "qa" else []
