@@ -245,6 +245,11 @@ def test_a_bad_rule_names_its_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         load_rules(tmp_path)
     assert "'b'" in str(e.value) and e.value.field == "rules.0"
+    (tmp_path / "qa_rules.yaml").write_text("rules:\n  - name: x\n    pattern: '(?P<a>\\w+) is (?:in (?P<b>\\w+))?'\n"
+                                            "    question: 'Where is {a}, in {b}?'\n    answer: a\n")
+    rule = load_rules(tmp_path)[0]
+    assert rule.apply("T", "Oslo is ") is None  # an optional group left empty: the rule does not fit
+    assert rule.apply("T", "Oslo is in Norway") is None  # the question would give its answer away
 
 
 def test_redteam_over_http(server, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from factory.errors import InputError
 from factory.yamlfile import load_yaml
 
 RULES_FILE = "qa_rules"
@@ -51,11 +50,14 @@ class Rule(BaseModel):
         m = self.pattern.match(text.strip())
         if m is None:
             return None
-        value = m[self.answer].strip()
-        if self.aliases is not None and value not in self.aliases:
+        groups = {k: v.strip() for k, v in m.groupdict().items() if v and v.strip()}
+        value = groups.get(self.answer)
+        if value is None or (self.aliases is not None and value not in self.aliases):
             return None
-        title = _TITLE_NOTE.sub("", title).strip()
-        question = self.question.format(title=title, **{k: v.strip() for k, v in m.groupdict().items() if v})
+        try:  # an optional group the passage left empty: the rule does not fit it
+            question = self.question.format(title=_TITLE_NOTE.sub("", title).strip(), **groups)
+        except KeyError:
+            return None
         answers = [value, *(self.aliases or {}).get(value, [])]
         if value.lower() in question.lower():
             return None  # the question would give its answer away
@@ -69,10 +71,7 @@ class RulesFile(BaseModel):
 
 
 def load_rules(prompts_dir: Path) -> list[Rule]:
-    path = prompts_dir / f"{RULES_FILE}.yaml"
-    if not path.is_file():
-        raise InputError(path, "no such file: `--generator rules` reads its patterns from it")
-    return load_yaml(path, RulesFile).rules
+    return load_yaml(prompts_dir / f"{RULES_FILE}.yaml", RulesFile).rules
 
 
 def rule_item(rules: list[Rule], title: str, text: str) -> tuple[str, list[str]] | None:
