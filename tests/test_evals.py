@@ -226,7 +226,7 @@ def test_the_shipped_rules_fit_the_offline_wikipedia() -> None:
 
     rules = load_rules(ROOT / "prompts")
     made = [got for title, text, _ in load_corpus(None) if (got := rule_item(rules, title, text))]
-    assert len(made) >= 900  # 946 when written
+    assert len(made) >= 1000  # 1,024 when written
     assert ("What is the capital of Norway?", ["Oslo"]) in made
     assert ("What nationality was Virginia Woolf?", ["English", "England", "British"]) in made
     assert not any(a[0].lower() in q.lower() for q, a in made)  # no question gives its answer away
