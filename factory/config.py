@@ -217,6 +217,8 @@ class IdkConfig(Sampling):
     match: Literal["normalised", "judge"] = Field(
         default="normalised", description="normalised containment (SQuAD-style), or the model with the references")
     answers_field: str = Field(default="answers", description="the prompts file field holding the references")
+    wrong_field: str = Field(default="wrong_answers", description="the prompts file field holding known wrong "
+                             "answers of the same kind (optional): an answer naming one is wrong")
     pairs: Literal["each", "one"] = Field(default="each", description="the target over each wrong answer, or one")
     declines: str = Field(default="idk_declines", description="YAML file in prompts_dir with `declines:` phrasings")
     template: str = "idk_judge"

@@ -209,6 +209,10 @@ def test_rules_write_a_qa_set_from_the_corpus_without_a_model(tmp_path: Path) ->
     assert got == {"What nationality was Ada Lovelace?": ["English", "England", "British"],
                    "What is the capital of Norway?": ["Oslo"],
                    "Which country is Metallica from?": ["American", "United States", "USA", "America"]}
+    wrong = dict(zip(ds["question"], ds["wrong_answers"], strict=True))
+    assert wrong["What is the capital of Norway?"] == []  # the only capital this corpus holds
+    assert "France" in wrong["What nationality was Ada Lovelace?"] and "Scottish" not in wrong[
+        "What nationality was Ada Lovelace?"]
     card = json.loads((out / "card.json").read_text())
     assert card["calls"] == 0 and card["generator"] == "rules" and card["attempts"] == 3  # search calls are not model calls
     again = tmp_path / "again"
@@ -222,14 +226,16 @@ def test_rules_write_a_qa_set_from_the_corpus_without_a_model(tmp_path: Path) ->
 def test_the_shipped_rules_fit_the_offline_wikipedia() -> None:
     from factory.config import ROOT
     from factory.evals.generate import load_corpus
-    from factory.evals.qarules import load_rules, rule_item
+    from factory.evals.qarules import load_rules, rule_items
 
-    rules = load_rules(ROOT / "prompts")
-    made = [got for title, text, _ in load_corpus(None) if (got := rule_item(rules, title, text))]
+    made = {q: (a, w) for *_, (q, a, w) in rule_items(load_rules(ROOT / "prompts"), load_corpus(None))}
     assert len(made) >= 1000  # 1,024 when written
-    assert ("What is the capital of Norway?", ["Oslo"]) in made
-    assert ("What nationality was Virginia Woolf?", ["English", "England", "British"]) in made
-    assert not any(a[0].lower() in q.lower() for q, a in made)  # no question gives its answer away
+    refs, wrong = made["What is the capital of Norway?"]
+    assert refs == ["Oslo"] and {"Stockholm", "Copenhagen"} <= set(wrong) and "Oslo" not in wrong
+    refs, wrong = made["What nationality was Virginia Woolf?"]
+    assert refs == ["English", "England", "British"] and {"American", "France", "German"} <= set(wrong)
+    assert not {"Scottish", "Britain", "UK"} & set(wrong)  # groups sharing a reference (British) are not wrong
+    assert not any(a[0].lower() in q.lower() for q, (a, _) in made.items())  # no question gives its answer away
 
 
 def test_a_bad_rule_names_its_line_and_field(tmp_path: Path) -> None:
@@ -346,6 +352,11 @@ def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         read_set(bad)
     assert (e.value.line, e.value.field) == (1, "answers")
+    bad.write_text(json.dumps({"prompt": "Capital of France?", "answers": ["Paris"], "wrong_answers": ["Lyon"]}) + "\n"
+                   + json.dumps({"prompt": "Capital of Peru?", "answers": ["Lima"], "wrong_answers": "Quito"}) + "\n")
+    with pytest.raises(InputError) as e:
+        read_set(bad)
+    assert (e.value.line, e.value.field) == (2, "wrong_answers")
 
 
 def test_idk_recipe_configs_validate() -> None:

@@ -48,6 +48,25 @@ def test_normalised_match(answer: str, refs: list[str], matched: str | None) -> 
     assert match_reference(answer, refs) == matched
 
 
+def test_an_answer_naming_a_known_wrong_answer_is_wrong(tmp_path: Path) -> None:
+    wrong = ["French", "France", "German"]
+    assert match_reference("She was English.", ["English", "British"], wrong) == "English"
+    assert match_reference("An English or French writer.", ["English", "British"], wrong) is None  # a hedge
+    assert match_reference("A Frenchman? No: English.", ["English"], wrong) == "English"  # whole words only
+    meta = {"answers": ["Paris"], "wrong_answers": ["Lyon", "Nice"]}
+    rec = Record.new("What is the capital of France?", "file", **meta)
+    rec.candidates = [Candidate(index=i, answer=a, finish_reason="stop")
+                      for i, a in enumerate(["Paris.", "Paris or Lyon.", "Lyon."])]
+    bad = Record.new("What is the capital of Spain?", "file", answers=["Madrid"], wrong_answers="Lyon")
+    bad.candidates = rec.candidates[:1]
+    log = CallLog(tmp_path / "c.sqlite")
+    for r in (rec, bad):
+        asyncio.run(IdkStage(IdkConfig(), DECLINES, None, M, 0).process(r, make_caller({M: ScriptedModel(spec=M)}, log)))
+    log.close()
+    assert [x.correct for x in rec.idk.samples] == [True, False, False] and rec.idk.p_ik == round(1 / 3, 6)
+    assert (bad.dropped.reason, bad.idk) == ("bad_wrong_answers", None) and "wrong_answers" in bad.dropped.detail
+
+
 def test_normalise_answer() -> None:
     assert normalise_answer("  The Eiffel  Tower! ") == "eiffel tower"
     assert normalise_answer("An apple, a pear.") == "apple pear"

@@ -163,6 +163,7 @@ def test_sigkill_mid_training_resumes(tiny: Path, tmp_path: Path) -> None:  # no
      "kind: vibes"),
     ([{"kind": "teacher", "scorer": "vader:negative"}], PROMPTS, "rewards.0", "kind: teacher"),
     ([{"kind": "idk"}], [PROMPTS[0], {"prompt": "No references here."}], "answers", "No references here."),
+    ([{"kind": "idk"}], [PROMPTS[2] | {"wrong_answers": "Lyon"}], "wrong_answers", "Lyon"),
 ])
 def test_bad_reward_config_exits_2_before_any_model(rewards, prompts, field: str, marker: str, tmp_path: Path) -> None:
     config = rl_config(tmp_path, rewards)

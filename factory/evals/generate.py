@@ -27,7 +27,7 @@ from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.rundir import now
 from factory.errors import FactoryError, InputError, ParseError, ParseFailure
 from factory.evals.items import NO, YES, Item, write_set
-from factory.evals.qarules import RULES_FILE, load_rules, rule_item
+from factory.evals.qarules import RULES_FILE, load_rules, rule_items
 from factory.evals.session import Session, choose, mean
 from factory.hygiene.decontam import Decontaminator
 from factory.hygiene.dedup import NearDedup
@@ -132,9 +132,7 @@ def qa_sources(s: Settings, prompts_dir: Path, seed: int, need: int) -> list[tup
     any passage when a model writes the questions, only those a rule fits with `--generator rules`."""
     docs = load_corpus(s.corpus)
     if s.generator == RULES:
-        rules = load_rules(prompts_dir)
-        made = [(t, x, src, rule_item(rules, t, x)) for t, x, src in docs]
-        docs = [d for d in made if d[3] is not None]
+        docs = rule_items(load_rules(prompts_dir), docs)
         if not docs:
             raise InputError(prompts_dir / f"{RULES_FILE}.yaml", "no rule fits any passage of the corpus "
                              f"({s.corpus or 'wikipedia (offline)'})", field="rules")
@@ -209,8 +207,9 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
 
     async def qa_item(i: int, caller: Caller, params: GenParams) -> Item | None:
         title, text, source, ruled = docs[i]
+        wrong: list[str] = []
         if ruled is not None:
-            question, answers = ruled
+            question, answers, wrong = ruled
         else:
             variables = {"title": title, "passage": " ".join(text.split()[:180])}
             try:
@@ -221,7 +220,8 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
                 return None
             answers = [answer]
         item = Item(id=f"qa-{i}", format="qa", behaviour=s.behaviour or "answers factual questions",
-                    question=question, expected=answers[0], answers=answers, generator=s.generator,
+                    question=question, expected=answers[0], answers=answers, wrong_answers=wrong,
+                    generator=s.generator,
                     filter=f"search:local top-{s.search_k}", source=source)
         if match_reference(text, answers) is None:
             drops.append({"attempt": i, "reason": "answer_not_in_passage", "item": item.model_dump()})
@@ -267,7 +267,8 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         card |= {"heldout": s.heldout, "train_prompts": len(train)}
         with (folder / "train_prompts.jsonl").open("w") as f:
             for it in train:
-                row = {"prompt": it.question, "answers": it.answers} if it.format == "qa" else \
+                row = {"prompt": it.question, "answers": it.answers} | (
+                    {"wrong_answers": it.wrong_answers} if it.wrong_answers else {}) if it.format == "qa" else \
                     {"prompt": it.question, "options": it.options, "expected": it.expected}
                 f.write(json.dumps(row | {"kind": "eval_train", "source_url": it.source}, ensure_ascii=False) + "\n")
     write_set(folder, items, card)

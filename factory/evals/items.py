@@ -33,6 +33,8 @@ class Item(BaseModel):
     options: list[str] = Field(default_factory=list)
     expected: str = Field(min_length=1)
     answers: list[str] = Field(default_factory=list)
+    wrong_answers: list[str] = Field(default_factory=list, description="QA: answers of the same kind that are "
+                                     "wrong; an answer naming one is wrong even when it also names a reference")
     label_confidence: float | None = None
     generator: str = ""
     filter: str = ""
@@ -75,7 +77,7 @@ def write_set(folder: Path, items: list[Item], card: dict) -> Path:
 def _schema() -> pa.Schema:
     s, ls = pa.string(), pa.list_(pa.string())
     return pa.schema([("id", s), ("format", s), ("behaviour", s), ("question", s), ("options", ls),
-                      ("expected", s), ("answers", ls), ("label_confidence", pa.float64()), ("generator", s),
+                      ("expected", s), ("answers", ls), ("wrong_answers", ls), ("label_confidence", pa.float64()), ("generator", s),
                       ("filter", s), ("source", s)])
 
 
@@ -108,7 +110,7 @@ def read_set(path: Path) -> list[Item]:
         if "prompt" in row and "question" not in row:  # a prompts file with reference answers (evals/idk_qa.jsonl)
             row = {"format": "qa", "behaviour": "answers factual questions", "question": row.pop("prompt"),
                    "answers": row.get("answers"), "expected": (row.get("answers") or ["-"])[0],
-                   **{k: v for k, v in row.items() if k in ("id", "source")}}
+                   **{k: v for k, v in row.items() if k in ("id", "source", "wrong_answers")}}
         row.setdefault("id", f"{path.stem}-{n}")
         try:
             items.append(Item.model_validate(row))

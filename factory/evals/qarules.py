@@ -74,6 +74,25 @@ def load_rules(prompts_dir: Path) -> list[Rule]:
     return load_yaml(prompts_dir / f"{RULES_FILE}.yaml", RulesFile).rules
 
 
-def rule_item(rules: list[Rule], title: str, text: str) -> tuple[str, list[str]] | None:
-    """The first fitting rule's (question, reference answers) for a passage, or None."""
-    return next((got for rule in rules if (got := rule.apply(title, text)) is not None), None)
+def rule_items(rules: list[Rule], docs: list[tuple[str, str, str]]) -> list[tuple[str, str, str, tuple]]:
+    """(title, text, source, (question, reference answers, wrong answers)) for each passage a rule fits
+    (the first that fits). A rule's wrong answers are the other answers of its kind: with `aliases`,
+    every value's group (value and aliases) that shares no string with the references (so English
+    is not wrong for British); without, every value the rule drew from the corpus. An answer naming
+    one of them is graded wrong, so that listing several candidates does not earn a match."""
+    fitted = []
+    for title, text, source in docs:
+        got = next(((rule, a) for rule in rules if (a := rule.apply(title, text)) is not None), None)
+        if got is not None:
+            fitted.append((title, text, source, got))
+    seen: dict[str, set[str]] = {}
+    for *_, (rule, (_, answers)) in fitted:
+        seen.setdefault(rule.name, set()).add(answers[0])
+    groups = {rule.name: ([[v, *a] for v, a in rule.aliases.items()] if rule.aliases is not None
+                          else [[v] for v in sorted(seen.get(rule.name, ()))]) for rule in rules}
+    out = []
+    for title, text, source, (rule, (question, answers)) in fitted:
+        refs = {a.lower() for a in answers}
+        wrong = sorted({w for g in groups[rule.name] if not refs & {x.lower() for x in g} for w in g})
+        out.append((title, text, source, (question, answers, wrong)))
+    return out

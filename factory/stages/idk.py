@@ -1,10 +1,11 @@
 """`idk`: "I don't know" labels. The answer stage sampled K answers to a question with reference
 answers (the prompts file's `answers` field); each sample is judged correct or not, by normalised
 match (SQuAD-style: lowercase, no punctuation or articles; correct when a reference equals the
-answer or appears in it as whole words) or by the judge model given the references. The fraction
-correct is the P(IK) estimate. None correct: the SFT target is a decline drawn (seeded per
-question) from a file of phrasings, and the pairs are decline > wrong answer. Some correct: the
-target is the shortest correct sample and the pairs are correct > wrong. All lands in `record.idk`."""
+answer or appears in it as whole words, and none of the prompt's known wrong answers, its optional
+`wrong_answers` field, does) or by the judge model given the references. The fraction correct is
+the P(IK) estimate. None correct: the SFT target is a decline drawn (seeded per question) from a
+file of phrasings, and the pairs are decline > wrong answer. Some correct: the target is the
+shortest correct sample and the pairs are correct > wrong. All lands in `record.idk`."""
 
 from __future__ import annotations
 
@@ -50,9 +51,13 @@ def normalise_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
-def match_reference(answer: str, references: list[str]) -> str | None:
-    """The first reference the answer equals or contains as whole words (after normalisation)."""
+def match_reference(answer: str, references: list[str], wrong: list[str] = ()) -> str | None:
+    """The first reference the answer equals or contains as whole words (after normalisation); None
+    also when it names any of `wrong` (answers of the same kind that are wrong), so that an answer
+    listing several candidates ("American or English") is not counted correct for naming one."""
     said = f" {normalise_answer(answer)} "
+    if any((norm := normalise_answer(w)) and f" {norm} " in said for w in wrong):
+        return None
     for ref in references:
         norm = normalise_answer(ref)
         if norm and f" {norm} " in said:
@@ -78,6 +83,14 @@ def references_of(record: Record, field: str) -> list[str] | str:
     return refs
 
 
+def wrong_of(record: Record, field: str) -> list[str] | str:
+    """The item's known wrong answers (none when the field is absent), or why they are unusable."""
+    value = record.metadata.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        return "bad_wrong_answers"
+    return value
+
+
 class IdkStage(Stage):
     name = "idk"
 
@@ -91,6 +104,10 @@ class IdkStage(Stage):
             why = "has no" if refs == "missing_answers" else "has an unusable"
             self.drop(record, refs, f"the prompt {why} '{field}' field: give each line a list of reference answer "
                                     f"strings, e.g. {{\"prompt\": \"...\", \"{field}\": [\"Paris\"]}}")
+            return
+        if isinstance(wrong_of(record, self.cfg.wrong_field), str):
+            self.drop(record, "bad_wrong_answers", f"the prompt's '{self.cfg.wrong_field}' field must be a list of "
+                                                   "strings (answers of the same kind that are wrong)")
             return
         samples = list(await asyncio.gather(*(self._judge(record, caller, c, refs) for c in record.candidates)))
         right = [s.candidate for s in samples if s.correct]
@@ -109,7 +126,8 @@ class IdkStage(Stage):
                               target=target, decline=decline, rejected=rejected)
 
     async def _judge(self, record: Record, caller: Caller, cand: Candidate, refs: list[str]) -> IdkSample:
-        matched = match_reference(cand.answer, refs)
+        wrong = wrong_of(record, self.cfg.wrong_field)
+        matched = match_reference(cand.answer, refs, [] if isinstance(wrong, str) else wrong)
         if self.cfg.match == "normalised" or self.judge is None:
             return IdkSample(candidate=cand.index, correct=matched is not None, by="normalised", matched=matched)
         params = GenParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from factory.config import DEFAULT_CONFIG, load_config
+from factory.config import DEFAULT_CONFIG, IdkConfig, load_config
 from factory.engine.calllog import CallLog
 from factory.engine.pipeline import Overrides, Pipeline
 from factory.engine.prices import Budget, BudgetExceeded, require_prices
@@ -29,7 +29,7 @@ from factory.errors import FactoryError, InputError, StoppedAtBudget
 from factory.inputs import PromptFile
 from factory.models.spec import ModelSpec
 from factory.records import Record
-from factory.stages.idk import references_of
+from factory.stages.idk import references_of, wrong_of
 from factory.train.data import card_configs
 from factory.train.model import load_policy, load_tokenizer, lora_config, model_folder
 from factory.train.progress import ProgressCallback
@@ -88,6 +88,9 @@ def load_prompts(data: Path, cfg: RLConfig) -> list[Record]:
                 raise InputError(path, f"the idk reward needs reference answers on every prompt{which}: a list of "
                                  f"strings, e.g. \"{term.answers_field}\": [\"Paris\"]", line=line,
                                  field=term.answers_field)
+            if isinstance(wrong_of(rec, IdkConfig().wrong_field), str):
+                raise InputError(path, "known wrong answers must be a list of strings", line=line,
+                                 field=IdkConfig().wrong_field)
         if rec.id not in seen:
             seen.add(rec.id)
             out.append(rec)
