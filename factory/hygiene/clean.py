@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from factory.config import CleanConfig
-from factory.hygiene import Decontaminator, NearDedup, check, exact_duplicates
+from factory.hygiene import Decontaminator, NearDedup, check
+from factory.hygiene.dedup import exact_duplicate_pairs
 from factory.hygiene.spill import Column
 from factory.records import Record, normalise
 
@@ -74,11 +76,12 @@ class Cleaner:
             return "over_refusal"
         return check(target, cfg.quality)
 
-    def plan(self, records: Iterable[tuple[Record, str | None]], out: Path) -> dict[int, str]:
-        """Position -> drop reason, for (record, SFT target) pairs in export order (positions, not ids:
+    def plan(self, records: Iterable[tuple[Record, str | None]], out: Path) -> Drops:
+        """Drop reason by position, for (record, SFT target) pairs in export order (positions, not ids:
         merged runs can hold the same prompt twice). Writes dedup.jsonl (clusters: kept id, dropped ids,
-        by what) and decontam.jsonl (id, matching n-gram)."""
-        drops: dict[int, str] = {}
+        by what) and decontam.jsonl (id, matching n-gram). Texts, ids and dedup keys stay in files
+        under `out`: memory holds two bytes per record (the drops) and a batch."""
+        drops = Drops()
         prompts, targets = Column(out), Column(out)  # (position, id, text) of the records still in, on disk
         with (out / "decontam.jsonl").open("w") as matches:
             for position, (rec, target) in enumerate(records):
@@ -96,26 +99,61 @@ class Cleaner:
                     targets.add(position, rec.id, target)
         with (out / "dedup.jsonl").open("w") as clusters:
             for field, items in (("prompt", prompts), ("response", targets)):
-                self._dedup(field, items, drops, clusters)
+                self._dedup(field, items, drops, clusters, out)
                 items.close()
         return drops
 
-    def _dedup(self, field: str, column: Column, drops: dict[int, str], out) -> None:
+    def _dedup(self, field: str, column: Column, drops: Drops, out, folder: Path) -> None:
         """Exact, then near dedup of the texts of `column` still in; the first of each cluster stays.
-        The texts stay on disk (hygiene/spill.py): memory holds a few numbers per text."""
+        The texts stay on disk (hygiene/spill.py), and so do the hashes that find duplicates
+        (hygiene/partition.py): memory grows with the duplicates found, not with the texts."""
         items = column.without(drops)
-        positions, ids = items.positions, items.ids
-        for how, dup_of in (("exact", exact_duplicates(items.texts) if self.cfg.exact_dedup else None),
-                            ("near", self.near.duplicates(items.texts) if self.near else None)):
-            if dup_of is None:
+        for how, find in (("exact", exact_duplicate_pairs if self.cfg.exact_dedup else None),
+                          ("near", self.near.duplicate_pairs if self.near else None)):
+            if find is None:
                 continue
             groups: dict[int, list[int]] = {}
-            for i, kept in enumerate(dup_of):
-                if kept is not None and positions[i] not in drops:
+            for i, kept in zip(*(a.tolist() for a in find(items.texts, folder)), strict=True):
+                if items.positions[i] not in drops:
                     groups.setdefault(kept, []).append(i)
             for kept, dups in groups.items():
                 for i in dups:
-                    drops[positions[i]] = f"{how}_duplicate_{field}"
-                out.write(json.dumps({"kept": ids[kept], "dropped": [ids[i] for i in dups],
+                    drops[items.positions[i]] = f"{how}_duplicate_{field}"
+                out.write(json.dumps({"kept": items.ids[kept], "dropped": [items.ids[i] for i in dups],
                                       "by": how, "field": field}) + "\n")
         items.close()
+
+
+class Drops:
+    """Drop reasons by export position, in two bytes per position (a code into the reasons seen), so
+    that a run's drops cost the same however many records are dropped. `in`, `[]`, `items()`."""
+
+    def __init__(self) -> None:
+        self._codes = array("H")
+        self._reasons: list[str] = [""]  # code 0: not dropped
+        self._index: dict[str, int] = {}
+
+    def __setitem__(self, position: int, reason: str) -> None:
+        code = self._index.get(reason)
+        if code is None:
+            code = self._index[reason] = len(self._reasons)
+            self._reasons.append(reason)
+        if position >= len(self._codes):
+            self._codes.frombytes(bytes(2 * (position + 1 - len(self._codes))))
+        self._codes[position] = code
+
+    def __contains__(self, position: object) -> bool:
+        return isinstance(position, int) and 0 <= position < len(self._codes) and self._codes[position] != 0
+
+    def __getitem__(self, position: int) -> str:
+        if position not in self:
+            raise KeyError(position)
+        return self._reasons[self._codes[position]]
+
+    def items(self) -> Iterator[tuple[int, str]]:
+        for position, code in enumerate(self._codes):
+            if code:
+                yield position, self._reasons[code]
+
+    def __len__(self) -> int:
+        return sum(1 for c in self._codes if c)

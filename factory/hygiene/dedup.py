@@ -16,8 +16,8 @@ keeps its first text. With 16 x 8 bands a pair becomes a candidate with probabil
 1 - (1 - J^8)^16: 0.95 at J = 0.8, 0.994 at 0.85, 0.9999 at 0.9, 0.06 at 0.5 and 0.001 at 0.3; the
 estimate's standard error is at most sqrt(J(1-J)/128), about 0.035 near J = 0.8 (measured: 0.026).
 Only texts that share a bucket with another text get an LSH index and pair checks; the buckets
-are found from per-band keys in a temporary file, so memory stays near 8 bytes per text beyond the
-texts themselves; `bench/dedup.py` measures about
+are found from per-band keys grouped in temporary files (partition.py), so memory does not grow
+with the number of texts (only with the number of near duplicates); `bench/dedup.py` measures about
 30,000 texts of 100 words per second on one core, most of it splitting words and shingles.
 
 The numpy word and n-gram hashing (`encode_words`, `gram_hashes`) stays here for
@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rensa import RMinHash, RMinHashLSH
+
+from factory.hygiene.partition import Partitions
 
 _WORD = re.compile(r"\w+")
 _U64 = np.uint64
@@ -61,17 +63,37 @@ def words(s: str) -> list[str]:
 
 
 def exact_duplicates(texts: Sequence[str]) -> list[int | None]:
-    """For each text, the index of the first earlier text with the same normalised hash, else None.
-    The 16-byte hashes are sorted as one numpy array (16 bytes per text; no dict of them)."""
-    digests = bytearray()
-    for text in texts:
-        digests += hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
-    keys = np.frombuffer(bytes(digests), dtype=[("hi", _U64), ("lo", _U64)])
-    if not len(keys):
-        return []
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    dup_of = first[inverse.reshape(-1)]
-    return [None if j == i else int(j) for i, j in enumerate(dup_of.tolist())]
+    """For each text, the index of the first earlier text with the same normalised hash, else None."""
+    return _dense(len(texts), exact_duplicate_pairs(texts))
+
+
+def exact_duplicate_pairs(texts: Sequence[str], folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(index, kept) of every text whose 128-bit normalised hash an earlier text has (kept: the first
+    such text), ordered by index. The hashes are grouped on disk (partition.py): memory holds a
+    batch of hashes and one partition, not 16 bytes per text."""
+    parts = Partitions(len(texts), wide=True, folder=folder)
+    for s in range(0, len(texts), _BATCH):
+        chunk = texts[s:s + _BATCH]
+        digests = b"".join(hashlib.blake2b(normalise_text(t).encode(), digest_size=16).digest() for t in chunk)
+        keys = np.frombuffer(digests, dtype=[("hi", _U64), ("lo", _U64)])
+        parts.add(keys["hi"], np.arange(s, s + len(chunk)), keys["lo"])
+    return _by_index(parts)
+
+
+def _by_index(parts: Partitions) -> tuple[np.ndarray, np.ndarray]:
+    got = list(parts.repeated())
+    if not got:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    first, idx = np.concatenate([f for f, _ in got]), np.concatenate([i for _, i in got])
+    order = np.argsort(idx, kind="stable")
+    return idx[order], first[order]
+
+
+def _dense(n: int, pairs: tuple[np.ndarray, np.ndarray]) -> list[int | None]:
+    out: list[int | None] = [None] * n
+    for i, kept in zip(*(a.tolist() for a in pairs), strict=True):
+        out[i] = kept
+    return out
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -192,61 +214,55 @@ class NearDedup(BaseModel):
         """Groups of near-duplicate texts (only groups of two or more), ordered by their first
         index; in each group the kept text (the first) comes first, then the dropped ones in
         index order."""
-        roots = self._roots(texts)
         groups: dict[int, list[int]] = {}
-        for i, r in enumerate(roots):
-            if r != i:
-                groups.setdefault(r, [r]).append(i)
+        for i, r in zip(*(a.tolist() for a in self.duplicate_pairs(texts)), strict=True):
+            groups.setdefault(r, [r]).append(i)
         return [groups[r] for r in sorted(groups)]
 
     def duplicates(self, texts: Sequence[str]) -> list[int | None]:
         """For each text, the index of the kept text (first of its cluster) it duplicates, else None."""
-        return [None if r == i else r for i, r in enumerate(self._roots(texts))]
+        return _dense(len(texts), self.duplicate_pairs(texts))
 
-    def _shingle_rows(self, texts: Sequence[str]) -> Iterator[tuple[str, ...]]:
-        return (_shingles(words(t), self.ngram) for t in texts)
-
-    def _roots(self, texts: Sequence[str]) -> list[int]:
-        """The cluster root (smallest index) of every text, in two passes.
+    def duplicate_pairs(self, texts: Sequence[str], folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(index, kept) of every text in a cluster it does not lead (kept: the cluster's first
+        text), ordered by index, in two passes.
 
         1. `_flagged`: which texts share a band bucket with any other, from the signatures made a
-           batch at a time; all that is kept of them is one 64-bit key per band and text, in a
-           temporary file (no signature matrix of all texts, nor their texts, is held).
+           batch at a time; all that is kept of them is one 64-bit key per band and text, grouped
+           on disk (partition.py), so no signature matrix of all texts, nor their texts, is held.
         2. Only the flagged texts (the near duplicates and a few unlucky others) get `RMinHash`
            objects again (same digests) and an LSH index, which yields the candidate pairs for
            `_verified_roots`.
         """
-        n = len(texts)
-        roots = list(range(n))
-        if n < 2:
-            return roots
-        flagged = self._flagged(texts)  # ascending, so a local root maps to the global root
-        for k, r in enumerate(self._verified_roots([texts[i] for i in flagged])):
-            roots[flagged[k]] = flagged[r]
-        return roots
+        if len(texts) < 2:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        flagged = self._flagged(texts, folder)  # ascending, so a local root maps to the global root
+        roots = np.asarray(self._verified_roots([texts[i] for i in flagged.tolist()]), dtype=np.int64)
+        moved = roots != np.arange(len(roots))
+        return flagged[moved], flagged[roots[moved]]
 
-    def _flagged(self, texts: Sequence[str]) -> list[int]:
+    def _shingle_rows(self, texts: Sequence[str]) -> Iterator[tuple[str, ...]]:
+        return (_shingles(words(t), self.ngram) for t in texts)
+
+    def _flagged(self, texts: Sequence[str], folder: Path | None = None) -> np.ndarray:
         """The indices of the texts whose rows of some band equal another text's rows of that band.
-        A band's rows become one key (a weighted sum with distinct odd weights, mixed); a key
-        collision can only flag a text more, which the verified pass then clears. The keys live in a
-        memory-mapped temporary file, band-major, and are counted one band at a time (np.unique), so
-        memory holds one batch of signatures and one band of keys: 8 bytes per text."""
+        A band's rows become one key (a weighted sum with distinct odd weights, mixed with the
+        band's number); a key collision can only flag a text more, which the verified pass then
+        clears. Memory holds one batch of signatures and one partition of keys."""
         n, rows = len(texts), self.rows
         weights = _weights(rows)
-        with tempfile.TemporaryFile() as f:
-            keys = np.memmap(f, dtype=_U64, mode="w+", shape=(self.bands, n))
-            for s in range(0, n, _BATCH):
-                m = RMinHash.digest_matrix_from_token_sets(self._shingle_rows(texts[s:s + _BATCH]), self.num_perm,
-                                                           self.seed)
-                sig = np.asarray(m.to_rows(), dtype=_U64).reshape(-1, self.num_perm)
-                for b in range(self.bands):
-                    keys[b, s:s + len(sig)] = _mix((sig[:, b * rows:(b + 1) * rows] * weights).sum(axis=1, dtype=_U64))
-            flags = np.zeros(n, dtype=bool)
+        parts = Partitions(self.bands * n, folder=folder)
+        tags = np.arange(self.bands, dtype=_U64) * _MUL[1]  # array arithmetic: wraps without a warning
+        for s in range(0, n, _BATCH):
+            m = RMinHash.digest_matrix_from_token_sets(self._shingle_rows(texts[s:s + _BATCH]), self.num_perm,
+                                                       self.seed)
+            sig = np.asarray(m.to_rows(), dtype=_U64).reshape(-1, self.num_perm)
+            index = np.arange(s, s + len(sig))
             for b in range(self.bands):
-                _, inverse, counts = np.unique(keys[b], return_inverse=True, return_counts=True)
-                flags |= counts[inverse] > 1
-            del keys
-        return np.flatnonzero(flags).tolist()
+                band = (sig[:, b * rows:(b + 1) * rows] * weights).sum(axis=1, dtype=_U64)
+                parts.add(_mix(band + tags[b]), index)
+        got = [a for pair in parts.repeated() for a in pair]
+        return np.unique(np.concatenate(got)) if got else np.empty(0, np.int64)
 
     def _verified_roots(self, texts: Sequence[str]) -> list[int]:
         """Cluster roots over verified candidate pairs. Each pair from the LSH index is looked at

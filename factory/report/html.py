@@ -4,7 +4,7 @@ external reference) built from the run directory alone. Every text from a record
 from __future__ import annotations
 
 import os
-import statistics
+from collections import Counter
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -46,7 +46,7 @@ def principle_rows(lin: Lineage, view: RunFigures) -> list[dict]:
         if r is None:
             rows.append({"id": pid, "drawn": 0, "noop": "-", "judged": 0, "won": "-", "p": "-", "fact": "-"})
             continue
-        fact = f"{sum(r.fact_deltas) / len(r.fact_deltas):+.2f} (n={len(r.fact_deltas)})" if r.fact_deltas else "-"
+        fact = f"{r.fact_delta / r.fact_compared:+.2f} (n={r.fact_compared})" if r.fact_compared else "-"
         rows.append(
             {
                 "id": pid,
@@ -65,17 +65,29 @@ def length_rows(lin: Lineage) -> list[dict]:
     """Words per answer, first answers against final revisions."""
     out = []
     for name, words in (("first answers", lin.initial_words), ("final revisions", lin.final_words)):
-        if words:
+        if n := words.total():
             out.append(
                 {
                     "what": name,
-                    "n": len(words),
-                    "mean": f"{statistics.fmean(words):.1f}",
-                    "median": f"{statistics.median(words):g}",
+                    "n": n,
+                    "mean": f"{sum(w * k for w, k in words.items()) / n:.1f}",
+                    "median": f"{_median(words, n):g}",
                     "max": max(words),
                 }
             )
     return out
+
+
+def _median(counts: Counter, n: int) -> float:
+    """The median of values given as value -> count (as statistics.median of the expanded list)."""
+    seen, lower = 0, None
+    for value in sorted(counts):
+        seen += counts[value]
+        if lower is None and seen >= (n + 1) // 2:
+            lower = value
+        if seen >= n // 2 + 1:
+            return value if n % 2 else (lower + value) / 2
+    raise ValueError("no values")
 
 
 def judge_rows(lin: Lineage) -> list[dict]:
@@ -91,7 +103,7 @@ def judge_rows(lin: Lineage) -> list[dict]:
     ]
 
 
-def _by_kind(values: dict[str, list[float]]) -> dict[str, list[float]]:
+def _by_kind(values: dict[str, Counter]) -> dict[str, Counter]:
     """Series in the order the texts were written (first answers first), as in the length plot."""
     order = ("initial", "final", "revised")
     return {k: values[k] for k in sorted(values, key=lambda k: order.index(k) if k in order else len(order))}

@@ -7,6 +7,7 @@ numbers behind a chart can be read from the file itself."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from html import escape
 
 W, H = 640, 220  # the viewBox; the chart scales to its container's width
@@ -87,16 +88,17 @@ def _svg(kind: str, body: list[str], legend: list[str] | None = None) -> str:
     return f'<figure class="plot">{svg}{f"<figcaption>{keys}</figcaption>" if len(legend or []) > 1 else ""}</figure>'
 
 
-def bin_counts(values: list[float], lo: float, hi: float, bins: int) -> list[int]:
+def bin_counts(values: Mapping[float, int] | list[float], lo: float, hi: float, bins: int) -> list[int]:
+    """Counts per bin of a list of values, or of values given as value -> count."""
     counts = [0] * bins
     width = (hi - lo) / bins or 1.0
-    for v in values:
-        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
+    for v, n in (values.items() if isinstance(values, Mapping) else ((v, 1) for v in values)):
+        counts[min(bins - 1, max(0, int((v - lo) / width)))] += n
     return counts
 
 
 def histogram(
-    series: dict[str, list[float]],
+    series: dict[str, Mapping[float, int] | list[float]],
     xlabel: str,
     *,
     bins: int = 20,
@@ -104,9 +106,10 @@ def histogram(
     hi: float | None = None,
     ylabel: str = "count",
 ) -> str:
-    """One histogram per series over shared bins, overlaid (translucent). Empty series are skipped."""
+    """One histogram per series over shared bins, overlaid (translucent). A series is a list of
+    values or a value -> count mapping. Empty series are skipped."""
     series = {k: v for k, v in series.items() if v}
-    values = [v for vs in series.values() for v in vs]
+    values = [v for vs in series.values() for v in vs]  # a mapping's distinct values are enough for the range
     lo = min(values, default=0.0) if lo is None else lo
     hi = max(values, default=1.0) if hi is None else hi
     if hi <= lo:

@@ -80,15 +80,16 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
         writer = _Writer(db)
         cfg = run.config()
         exported_rows = row_maker(run)
-        done: list[str] = []  # ids by export position (16 bytes each), to mark the cleaning filters' drops
+        position = 0  # among the done records: the cleaning filters' drops are keyed by it
 
         def exported() -> Iterator[tuple[Record, str | None]]:
+            nonlocal position
             for status, stage, reason, data in state.rows("WHERE status IN ('done', 'dropped', 'failed')"):
                 rec = Record.model_validate_json(data)
                 if status == "done":
                     target = sft_target(exported_rows(rec))
-                    writer.add(rec, len(done), "exported", "done", "")
-                    done.append(rec.id)
+                    writer.add(rec, position, "exported", "done", "")
+                    position += 1
                     yield rec, target
                 elif status == "dropped":
                     writer.add(rec, None, "dropped", rec.dropped.stage if rec.dropped else stage,
@@ -99,8 +100,10 @@ def build(run: RunDir, path: Path, fingerprint_: str) -> None:
         with tempfile.TemporaryDirectory(dir=run.path) as scratch_dir:
             drops = Cleaner(cfg.stages.export.clean, cfg.path).plan(exported(), Path(scratch_dir))
         writer.flush()
-        db.executemany("UPDATE entries SET status='dropped', stage='export', outcome='dropped:export', reason=? "
-                       "WHERE id=?", ((reason[:80], done[position]) for position, reason in drops.items()))
+        db.execute("CREATE TEMP TABLE cleaned (position INTEGER PRIMARY KEY, reason TEXT)")
+        db.executemany("INSERT INTO cleaned VALUES (?, ?)", ((p, reason[:80]) for p, reason in drops.items()))
+        db.execute("UPDATE entries SET status='dropped', stage='export', outcome='dropped:export', reason=c.reason "
+                   "FROM cleaned AS c WHERE entries.position = c.position")
         meta = {"fingerprint": fingerprint_, "facets": facets(db)}
         db.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
         db.execute("COMMIT")
