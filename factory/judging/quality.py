@@ -14,7 +14,7 @@ class JudgeReport:
 
     def __init__(self) -> None:
         self.judged = self.comparisons = self.ordered = self.consistent = self.ties = 0
-        self.margins: list[float] = []
+        self.margin = 0.0  # sum of |2p - 1| over the readable comparisons (a sum: memory stays flat)
         self.multi = self.agree = 0  # pairs judged under 2+ principles, and those whose principles agreed
         self.revision_pairs = self.revision_won = 0
         self.pairs = 0
@@ -31,7 +31,7 @@ class JudgeReport:
             if c.p_i is None:
                 continue
             self.comparisons += 1
-            self.margins.append(abs(2 * c.p_i - 1))
+            self.margin += abs(2 * c.p_i - 1)
             self.ties += abs(c.p_i - 0.5) < TIE
             if c.consistent is not None:
                 self.ordered += 1
@@ -59,7 +59,7 @@ class JudgeReport:
             "unreadable_verdicts": self.unreadable,
             "position_consistency": rate(self.consistent, self.ordered),
             "tie_rate": rate(self.ties, self.comparisons),
-            "mean_margin": round(sum(self.margins) / len(self.margins), 4) if self.margins else None,
+            "mean_margin": round(self.margin / self.comparisons, 4) if self.comparisons else None,
             "principle_agreement": rate(self.agree, self.multi),
             "revision_preferred": rate(self.revision_won, self.revision_pairs),
             "pairs": self.pairs,
