@@ -369,6 +369,10 @@ def test_idk_recipe_configs_validate() -> None:
     assert resolve("dpo", ROOT / "pipelines" / "idk_train.yaml").learning_rate == 3e-5
     make = (ROOT / "Makefile").read_text()
     assert "train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml" in make
+    sft = resolve("sft", ROOT / "pipelines" / "idk_sft.yaml")
+    assert sft.epochs == 3 and sft.max_steps == -1  # the SFT warm start GRPO begins from
+    assert "train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft" in make
+    assert "--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo" in make
 
 
 @pytest.mark.parametrize("args", [["evals"], ["evals", "generate"], ["redteam"], ["eval"]])
