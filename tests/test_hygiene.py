@@ -231,3 +231,61 @@ def test_filters_defaults_and_config() -> None:
         QualityConfig(enabled=["no_such_filter"])
     with pytest.raises(ValueError):
         QualityConfig(min_word=3)
+
+
+def test_spilled_texts_and_numbers_read_back_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from factory.hygiene import spill
+
+    monkeypatch.setattr(spill, "CHUNK", 7)  # offsets flushed to disk every 7: slices cross the boundary
+    texts, ints = spill.Spill(tmp_path), spill.Ints(tmp_path)
+    ref = [("é" * (k % 4)) + str(k) for k in range(60)]
+    for k, t in enumerate(ref):
+        texts.append(t)
+        ints.append(-k * 1_000_003)
+    assert list(texts) == ref and list(ints) == [-k * 1_000_003 for k in range(60)]
+    for a in range(0, 61, 4):
+        for b in range(0, 62, 5):
+            assert texts[a:b] == ref[a:b] and list(ints[a:b]) == [-k * 1_000_003 for k in range(60)][a:b]
+    assert texts[-1] == ref[-1] and ints[13] == -13 * 1_000_003 and texts[::9] == ref[::9]
+    with pytest.raises(IndexError):
+        texts[60]
+    texts.close()
+    ints.close()
+
+
+def test_partitioned_dedup_matches_a_direct_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small partitions (as at a million texts) give what one partition gives, and what a
+    dictionary of first occurrences gives."""
+    from factory.hygiene import partition
+
+    rng = random.Random(5)
+    base = [" ".join(random_words(rng, 30)) for _ in range(300)]
+    texts = [rng.choice(base[:40]).upper() if rng.random() < 0.3 else b for b in base]
+    texts += [t[:-1] + "x" for t in base[:20]]  # near copies: one character of the last word changed
+    first: dict[str, int] = {}
+    direct = [first.setdefault(normalise_text(t), i) for i, t in enumerate(texts)]
+    direct = [None if j == i else j for i, j in enumerate(direct)]
+    one_part = exact_duplicates(texts), NearDedup().duplicates(texts)
+    monkeypatch.setattr(partition, "TARGET", 16)
+    assert parts_for(len(texts)) > 10
+    assert exact_duplicates(texts) == one_part[0] == direct and sum(d is not None for d in direct) > 50
+    assert NearDedup().duplicates(texts) == one_part[1] and sum(d is not None for d in one_part[1]) >= 70
+
+
+def parts_for(n: int) -> int:
+    from factory.hygiene.partition import Partitions
+
+    return Partitions(n).parts
+
+
+def test_drops_hold_a_reason_per_position() -> None:
+    from factory.hygiene.clean import Drops
+
+    drops = Drops()
+    drops[5], drops[2], drops[5] = "too_short", "exact_duplicate_prompt", "near_duplicate_prompt"
+    assert 5 in drops and 2 in drops and 3 not in drops and 99 not in drops and "5" not in drops
+    assert drops[5] == "near_duplicate_prompt" and list(drops.items()) == [(2, "exact_duplicate_prompt"),
+                                                                           (5, "near_duplicate_prompt")]
+    assert len(drops) == 2
+    with pytest.raises(KeyError):
+        drops[3]

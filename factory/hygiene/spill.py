@@ -12,7 +12,30 @@ from pathlib import Path
 CHUNK = 10_000  # items read back at once when iterating, and offsets buffered before a write
 
 
-class Ints(Sequence[int]):
+class _Stored(Sequence):
+    """Index, slice and in-order reading over `_slice(start, stop)`, which subclasses give."""
+
+    def _slice(self, start: int, stop: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return [self[k] for k in range(start, stop, step)]
+            return self._slice(start, max(start, stop))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._slice(i, i + 1)[0]
+
+    def __iter__(self) -> Iterator:
+        for s in range(0, len(self), CHUNK):
+            yield from self[s:s + CHUNK]
+
+
+class Ints(_Stored):
     """64-bit integers appended to a temporary file (a buffer of CHUNK in memory)."""
 
     def __init__(self, folder: Path | None = None) -> None:
@@ -31,33 +54,20 @@ class Ints(Sequence[int]):
     def __len__(self) -> int:
         return self._written + len(self._tail)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            start, stop, step = i.indices(len(self))
-            if step != 1:
-                return array("q", [self[k] for k in range(start, stop, step)])
-            out = array("q")
-            if start < min(stop, self._written):
-                self._file.seek(start * 8)
-                out.frombytes(self._file.read((min(stop, self._written) - start) * 8))
-            if stop > self._written:
-                out.extend(self._tail[max(start, self._written) - self._written:stop - self._written])
-            return out
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self[i:i + 1][0]
-
-    def __iter__(self) -> Iterator[int]:
-        for s in range(0, len(self), CHUNK):
-            yield from self[s:s + CHUNK]
+    def _slice(self, start: int, stop: int) -> array:
+        out = array("q")
+        if start < min(stop, self._written):
+            self._file.seek(start * 8)
+            out.frombytes(self._file.read((min(stop, self._written) - start) * 8))
+        if stop > self._written:
+            out.extend(self._tail[max(start, self._written) - self._written:stop - self._written])
+        return out
 
     def close(self) -> None:
         self._file.close()
 
 
-class Spill(Sequence[str]):
+class Spill(_Stored):
     """`folder`: where the temporary files go (default: the system's; a run's own folder keeps a big
     export off a /tmp that may be in memory)."""
 
@@ -77,32 +87,19 @@ class Spill(Sequence[str]):
     def __len__(self) -> int:
         return len(self._ends)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            start, stop, step = i.indices(len(self))
-            if step != 1:
-                return [self[k] for k in range(start, stop, step)]
-            if stop <= start:
-                return []
-            ends = self._ends[max(start - 1, 0):stop]
-            base = ends[0] if start else 0
-            ends = ends[1:] if start else ends
-            self._file.seek(base)
-            data = self._file.read(ends[-1] - base)
-            out, prev = [], 0
-            for end in ends:
-                out.append(data[prev:end - base].decode())
-                prev = end - base
-            return out
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self[i:i + 1][0]
-
-    def __iter__(self) -> Iterator[str]:
-        for s in range(0, len(self), CHUNK):
-            yield from self[s:s + CHUNK]
+    def _slice(self, start: int, stop: int) -> list[str]:
+        if stop <= start:
+            return []
+        ends = self._ends[max(start - 1, 0):stop]
+        base = ends[0] if start else 0
+        ends = ends[1:] if start else ends
+        self._file.seek(base)
+        data = self._file.read(ends[-1] - base)
+        out, prev = [], 0
+        for end in ends:
+            out.append(data[prev:end - base].decode())
+            prev = end - base
+        return out
 
     def close(self) -> None:
         self._file.close()
