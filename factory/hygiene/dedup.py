@@ -40,7 +40,7 @@ from factory.hygiene.partition import Partitions
 
 _WORD = re.compile(r"\w+")
 _U64 = np.uint64
-_BATCH = 10_000  # texts per signature batch: bounds the token hashes rensa holds at once
+_BATCH = 2_000  # texts per signature batch: bounds the token hashes rensa holds at once
 # Odd 64-bit constants (splitmix64's and xxhash's) for position weights, mixing and length tags.
 _MUL = np.array([0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xC2B2AE3D27D4EB4F], dtype=_U64)
 
