@@ -77,8 +77,8 @@ def write_set(folder: Path, items: list[Item], card: dict) -> Path:
 def _schema() -> pa.Schema:
     s, ls = pa.string(), pa.list_(pa.string())
     return pa.schema([("id", s), ("format", s), ("behaviour", s), ("question", s), ("options", ls),
-                      ("expected", s), ("answers", ls), ("wrong_answers", ls), ("label_confidence", pa.float64()), ("generator", s),
-                      ("filter", s), ("source", s)])
+                      ("expected", s), ("answers", ls), ("wrong_answers", ls), ("label_confidence", pa.float64()),
+                      ("generator", s), ("filter", s), ("source", s)])
 
 
 def read_set(path: Path) -> list[Item]:

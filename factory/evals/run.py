@@ -78,7 +78,8 @@ def run_set(source: Path, models: list[str], out: Path | None, *, config: Path |
         outs = await asyncio.gather(*(caller.chat("answer", f"answer[{k}]", short, {"prompt": it.question}, model,
                                                   params, sample=k) for k in range(samples)))
         texts = [o.text.strip() for o, _ in outs]
-        kinds = ["correct" if match_reference(t, it.answers, it.wrong_answers) else "decline" if decline(t) else "wrong" for t in texts]
+        kinds = ["correct" if match_reference(t, it.answers, it.wrong_answers) else "decline" if decline(t)
+                 else "wrong" for t in texts]
         row = {"id": it.id, "model": model, "format": "qa", "answers": texts, "kinds": kinds,
                "p_correct": round(kinds.count("correct") / len(kinds), 4)}
         if calibrate:

@@ -180,7 +180,7 @@ def export(records: Callable[[], Iterable[Record]], run_dir: Path, cfg: ExportCo
     import pyarrow as pa
 
     # Arrow's default allocator (mimalloc) keeps freed memory: bench/review_scale.py's export peaked at
-    # 163 MB at 10^4 records and 193 MB at 10^5 with it, 145 and 162 MB with the system allocator.
+    # 163 MB at 10^4 records and 193 MB at 10^5 with it, 145 and 162 MB with ARROW_DEFAULT_MEMORY_POOL=system.
     pa.set_memory_pool(pa.system_memory_pool())
     review = review if review is not None else Review.load(run_dir)
     st.touch()
