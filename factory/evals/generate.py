@@ -267,9 +267,12 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         card |= {"heldout": s.heldout, "train_prompts": len(train)}
         with (folder / "train_prompts.jsonl").open("w") as f:
             for it in train:
-                row = {"prompt": it.question, "answers": it.answers} | (
-                    {"wrong_answers": it.wrong_answers} if it.wrong_answers else {}) if it.format == "qa" else \
-                    {"prompt": it.question, "options": it.options, "expected": it.expected}
+                if it.format != "qa":
+                    row = {"prompt": it.question, "options": it.options, "expected": it.expected}
+                elif it.wrong_answers:
+                    row = {"prompt": it.question, "answers": it.answers, "wrong_answers": it.wrong_answers}
+                else:
+                    row = {"prompt": it.question, "answers": it.answers}
                 f.write(json.dumps(row | {"kind": "eval_train", "source_url": it.source}, ensure_ascii=False) + "\n")
     write_set(folder, items, card)
     with (folder / "drops.jsonl").open("w") as f:

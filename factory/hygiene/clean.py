@@ -154,6 +154,3 @@ class Drops:
         for position, code in enumerate(self._codes):
             if code:
                 yield position, self._reasons[code]
-
-    def __len__(self) -> int:
-        return sum(1 for c in self._codes if c)

@@ -5,6 +5,7 @@ position), so cleaning a million records holds neither a million texts nor a mil
 from __future__ import annotations
 
 import tempfile
+from abc import abstractmethod
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,8 +16,9 @@ CHUNK = 10_000  # items read back at once when iterating, and offsets buffered b
 class _Stored(Sequence):
     """Index, slice and in-order reading over `_slice(start, stop)`, which subclasses give."""
 
+    @abstractmethod
     def _slice(self, start: int, stop: int):
-        raise NotImplementedError
+        """Items start..stop-1 (0 <= start <= stop <= len)."""
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
