@@ -239,3 +239,16 @@ def test_svg_helpers_bin_and_escape() -> None:
     lines = svg.lines([0, 1, 2], {"s": [1, 2, 3]}, "t", "y")
     assert 'data-points="3"' in lines and lines.count('<circle class="point"') == 3
     assert svg.bars([("x", 2), ("y", 0)]).count('<rect class="bar"') == 2
+
+
+def test_median_from_value_counts_matches_the_list() -> None:
+    import random
+    import statistics
+    from collections import Counter
+
+    from factory.report.html import _median
+
+    rng = random.Random(3)
+    for _ in range(300):
+        values = [rng.randrange(12) for _ in range(rng.randrange(1, 15))]
+        assert _median(Counter(values), len(values)) == statistics.median(values), values
