@@ -54,3 +54,24 @@ def test_a_small_run_all_hashed_to_test_gets_a_train_split_in_every_config(tmp_p
     (run / "manifest.json").write_text(json.dumps({"config": {"stages": {"export": {"test_fraction": fraction}}}}))
     (run / "records.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records))
     assert {r.id for r in held_out(run, None)} == {r.id for r in records} - set(moved)
+
+
+def test_split_writer_writes_row_groups_by_rows_and_by_bytes_and_loses_no_row(tmp_path: Path, monkeypatch) -> None:
+    from datasets import load_dataset
+
+    from factory.export.writer import SplitWriter, schemas
+
+    monkeypatch.setattr(SplitWriter, "ROWS", 3)
+    monkeypatch.setattr(SplitWriter, "BYTES", 600)
+    w = SplitWriter(schemas()["sft"], tmp_path / "sft", "sft", jsonl=True)
+    texts = [("long " * 100 if i % 4 == 0 else f"short {i}") for i in range(10)]  # a long row fills BYTES alone
+    for i, t in enumerate(texts):
+        w.add("train", {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": t}],
+                        "prompt_id": f"{i:032x}"})
+    [entry] = w.close()
+    path = tmp_path / entry["path"]
+    groups = [pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(path).num_row_groups)]
+    assert sum(groups) == 10 and max(groups) <= 3 and groups != [3, 3, 3, 1]  # some group ended on bytes
+    loaded = load_dataset("parquet", data_files=str(path), split="train")
+    assert [r["messages"][1]["content"] for r in loaded] == texts
+    assert len(path.with_suffix(".jsonl").read_text().splitlines()) == 10 and w.counts == {"train_sft": 10, "test_sft": 0}
