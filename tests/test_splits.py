@@ -56,22 +56,50 @@ def test_a_small_run_all_hashed_to_test_gets_a_train_split_in_every_config(tmp_p
     assert {r.id for r in held_out(run, None)} == {r.id for r in records} - set(moved)
 
 
-def test_split_writer_writes_row_groups_by_rows_and_by_bytes_and_loses_no_row(tmp_path: Path, monkeypatch) -> None:
+def test_split_writer_writes_row_groups_by_rows_and_bytes_and_files_by_groups_and_loses_no_row(
+        tmp_path: Path, monkeypatch) -> None:
     from datasets import load_dataset
 
     from factory.export.writer import SplitWriter, schemas
+    from factory.train.data import paths, provenance
 
     monkeypatch.setattr(SplitWriter, "ROWS", 3)
     monkeypatch.setattr(SplitWriter, "BYTES", 600)
+    monkeypatch.setattr(SplitWriter, "GROUPS", 2)
     w = SplitWriter(schemas()["sft"], tmp_path / "sft", "sft", jsonl=True)
     texts = [("long " * 100 if i % 4 == 0 else f"short {i}") for i in range(10)]  # a long row fills BYTES alone
     for i, t in enumerate(texts):
         w.add("train", {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": t}],
                         "prompt_id": f"{i:032x}"})
     [entry] = w.close()
-    path = tmp_path / entry["path"]
-    groups = [pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(path).num_row_groups)]
-    assert sum(groups) == 10 and max(groups) <= 3 and groups != [3, 3, 3, 1]  # some group ended on bytes
-    loaded = load_dataset("parquet", data_files=str(path), split="train")
-    assert [r["messages"][1]["content"] for r in loaded] == texts
-    assert len(path.with_suffix(".jsonl").read_text().splitlines()) == 10 and w.counts == {"train_sft": 10, "test_sft": 0}
+    files = [tmp_path / p for p in paths(entry)]
+    groups = [[f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)] for f in map(pq.ParquetFile, files)]
+    assert groups == [[1, 3], [1, 3], [1, 1]]  # groups end at 3 rows or at a long row; files at 2 groups
+    assert [f.name.split("-", 1)[1][12:] for f in files] == [f"-{i:05d}-of-00003.parquet" for i in range(3)]
+    loaded = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    assert [r["messages"][1]["content"] for r in loaded] == texts  # in order, across the files
+    stem = files[0].name.split("-00000")[0]
+    assert len((tmp_path / "sft" / f"{stem}.jsonl").read_text().splitlines()) == 10
+    assert w.counts == {"train_sft": 10, "test_sft": 0}
+    (tmp_path / "README.md").write_text("card")
+    assert provenance(tmp_path, "sft", [entry])["files"] == [str(f.relative_to(tmp_path)) for f in files]
+
+
+def test_an_export_with_splits_in_several_files_loads_through_its_card(tmp_path: Path, monkeypatch) -> None:
+    from datasets import load_dataset
+
+    from factory.export.writer import SplitWriter
+    from factory.train.data import load
+
+    monkeypatch.setattr(SplitWriter, "ROWS", 2)
+    monkeypatch.setattr(SplitWriter, "GROUPS", 1)
+    prompts = prompts_where(test=False, n=5, fraction=0.2) + prompts_where(test=True, n=2, fraction=0.2)
+    records = [rec(p, f"Short answer {i}.", f"A longer and kinder answer number {i}, with care and detail.")
+               for i, p in enumerate(prompts)]
+    export(lambda: iter(records), tmp_path, ExportConfig(test_fraction=0.2), HARMLESS, "m", StageStats(),
+           lambda c, e: "card")
+    assert len(list((tmp_path / "sft").glob("train_sft-*-of-00003.parquet"))) == 3
+    data = load(tmp_path, "sft")
+    assert data.train.num_rows == 5 and data.test.num_rows == 2 and len(data.provenance["files"]) == 4
+    prefs = load_dataset(str(tmp_path), "prefs")
+    assert sorted(prefs["train_prefs"]["prompt_id"]) == sorted(prompt_id(p) for p in prompts[:5])

@@ -112,18 +112,23 @@ class SplitWriter:
     Files are named `SPLIT-<content hash>.parquet`: `datasets` caches a local folder by its relative
     file names and mtimes, so two runs with the same folder name would otherwise load each other's rows.
 
-    A row is held as its JSON line until its row group is written: ROWS rows or BYTES of JSON,
-    whichever comes first, so the buffers cost the same at any run size and any text length
-    (bench/review_scale.py: 2,000 rows as dicts held 30 MB more at the export's peak)."""
+    Memory stays the same at any run size: a row is held as its JSON line until its row group is
+    written (ROWS rows or BYTES of JSON, whichever comes first; 2,000 rows as dicts held 30 MB more
+    at bench/review_scale.py's peak), and a split's file ends after GROUPS row groups, because a
+    Parquet writer keeps every row group's metadata (about 18 KB on the prefs schema) until it
+    closes: 34 MB more at 10^6 records in one file. A split of several files is listed in the card
+    as a list of paths, `SPLIT-<hash>-00000-of-00003.parquet` and so on (the hash: of all its parts)."""
 
     ROWS = 1000  # as `datasets` writes Parquet row groups
     BYTES = 2 << 20
+    GROUPS = 100  # row groups per file: up to 100,000 rows
 
     def __init__(self, schema: pa.Schema, folder: Path, config: str, jsonl: bool = False):
         self.schema, self.folder, self.config, self.jsonl = schema, folder, config, jsonl
         self.buffers: dict[str, list[str]] = {s: [] for s in SPLITS}
         self.sizes = dict.fromkeys(SPLITS, 0)
-        self.writers: dict = {}  # split -> pyarrow.parquet.ParquetWriter
+        self.writers: dict = {}  # split -> (its open pyarrow ParquetWriter, row groups written to it)
+        self.parts: dict[str, list[Path]] = {s: [] for s in SPLITS}  # the split's files so far
         self.counts = {self.name(s): 0 for s in SPLITS}
 
     def name(self, split: str) -> str:
@@ -140,12 +145,18 @@ class SplitWriter:
     def _flush(self, split: str) -> None:
         import pyarrow.parquet as pq
 
-        if split not in self.writers:
+        writer, groups = self.writers.get(split) or (None, 0)
+        if writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.writers[split] = pq.ParquetWriter(str(self.folder / f"{split}.parquet.tmp"), self.schema,
-                                                   compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
+            self.parts[split].append(self.folder / f"{split}.{len(self.parts[split]):05d}.parquet.tmp")
+            writer = pq.ParquetWriter(str(self.parts[split][-1]), self.schema, compression="zstd",
+                                      compression_level=PARQUET_ZSTD_LEVEL)
         lines, self.buffers[split], self.sizes[split] = self.buffers[split], [], 0
-        self.writers[split].write_table(arrow_table(lines, self.schema))
+        writer.write_table(arrow_table(lines, self.schema))
+        self.writers[split] = (writer, groups + 1)
+        if groups + 1 >= self.GROUPS:
+            writer.close()
+            self.writers[split] = None
         if self.jsonl:
             with (self.folder / f"{split}.jsonl.tmp").open("a") as f:
                 f.writelines(lines)
@@ -156,16 +167,25 @@ class SplitWriter:
         for split in SPLITS:
             if self.buffers[split]:
                 self._flush(split)
-            if split not in self.writers:
+            if self.writers.get(split):
+                self.writers[split][0].close()
+            parts = self.parts[split]
+            if not parts:
                 continue
-            self.writers[split].close()
-            tmp = self.folder / f"{split}.parquet.tmp"
-            with tmp.open("rb") as f:
-                stem = f"{self.name(split)}-{hashlib.file_digest(f, 'sha256').hexdigest()[:12]}"
-            tmp.rename(self.folder / f"{stem}.parquet")
+            digest = hashlib.sha256()
+            for part in parts:
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+            stem = f"{self.name(split)}-{digest.hexdigest()[:12]}"
+            names = [f"{stem}.parquet"] if len(parts) == 1 else \
+                [f"{stem}-{i:05d}-of-{len(parts):05d}.parquet" for i in range(len(parts))]
+            for part, name in zip(parts, names, strict=True):
+                part.rename(self.folder / name)
             if self.jsonl:
                 (self.folder / f"{split}.jsonl.tmp").rename(self.folder / f"{stem}.jsonl")
-            files.append({"split": self.name(split), "path": f"{self.folder.name}/{stem}.parquet"})
+            paths = [f"{self.folder.name}/{name}" for name in names]
+            files.append({"split": self.name(split), "path": paths[0] if len(paths) == 1 else paths})
         return files
 
 

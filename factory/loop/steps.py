@@ -162,26 +162,32 @@ def _mix(cfg: LoopConfig, out: Path, k: int, console: Console, was_started: bool
     import pyarrow.parquet as pq
 
     from factory.train import DATA_CONFIG
-    from factory.train.data import card_configs
+    from factory.train.data import card_configs, paths
 
     config = DATA_CONFIG.get(cfg.loop.objective, "prefs")
 
-    def train_file(folder: Path) -> Path:
-        files = [f["path"] for f in card_configs(folder).get(config, []) if f["split"].startswith("train")]
-        if len(files) != 1:
-            raise FactoryError(f"{folder}: expected one train file for '{config}', found {len(files)}")
-        return folder / files[0]
+    def train_files(folder: Path) -> list[Path]:
+        entries = [f for f in card_configs(folder).get(config, []) if f["split"].startswith("train")]
+        if len(entries) != 1:
+            raise FactoryError(f"{folder}: expected one train split for '{config}', found {len(entries)}")
+        return [folder / p for p in paths(entries[0])]
+
+    def train_table(folder: Path) -> pa.Table:
+        return pa.concat_tables([pq.read_table(f) for f in train_files(folder)])
 
     src, target = round_dir(out, k) / "run", _fresh(round_dir(out, k) / "data")
     shutil.copytree(src, target, ignore=shutil.ignore_patterns("calls.sqlite*", "*.jsonl", "cache"))
-    tables = [pq.read_table(train_file(target))]
+    tables = [train_table(target)]
     for j in range(1, k):
-        earlier = pq.read_table(train_file(round_dir(out, j) / "run"))
+        earlier = train_table(round_dir(out, j) / "run")
         rows = random.Random(f"{cfg.pipeline.seed}|mix|{k}|{j}").sample(range(earlier.num_rows),
                                                                         round(cfg.loop.mix * earlier.num_rows))
         tables.append(earlier.take(pa.array(sorted(rows), type=pa.int64())))
     mixed = pa.concat_tables(tables, promote_options="default")
-    pq.write_table(mixed, train_file(target))
+    first, *rest = train_files(target)
+    pq.write_table(mixed, first)
+    for part in rest:  # a split in several files: the mix is in the first, the others keep the schema and no rows
+        pq.write_table(mixed.schema.empty_table(), part)
     console.print(f"mixed {mixed.num_rows - tables[0].num_rows} earlier row(s) into {tables[0].num_rows}")
 
 

@@ -48,17 +48,23 @@ def card_configs(folder: Path) -> dict[str, list[dict]]:
     return {c["config_name"]: c.get("data_files", []) for c in configs if isinstance(c, dict) and "config_name" in c}
 
 
+def paths(entry: dict) -> list[str]:
+    """The files of one data_files entry: its `path`, one string or (a split in several files) a list."""
+    return [entry["path"]] if isinstance(entry["path"], str) else list(entry["path"])
+
+
 def provenance(folder: Path, config: str, files: list[dict]) -> dict:
     """Which data trained the model: the run (from manifest.json), the card's hash and the Parquet files' hash."""
     digest = hashlib.sha256()
-    for entry in sorted(files, key=lambda f: f["path"]):
-        digest.update(entry["path"].encode() + b"\0")
-        with (folder / entry["path"]).open("rb") as f:
+    names = sorted(p for entry in files for p in paths(entry))
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     out = {"path": str(folder.resolve()), "config": config,
            "readme_sha256": hashlib.sha256((folder / "README.md").read_bytes()).hexdigest(),
-           "data_sha256": digest.hexdigest(), "files": sorted(f["path"] for f in files)}
+           "data_sha256": digest.hexdigest(), "files": names}
     manifest = folder / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
@@ -87,7 +93,7 @@ def load(folder: str | Path, config: str) -> TrainData:
     elif train_split not in splits:
         raise FactoryError(f"{folder}: the '{config}' config has no train_{config} split "
                            f"(it has: {', '.join(sorted(splits)) or 'none'})")
-    missing = [f["path"] for f in configs[config] if not (folder / f["path"]).is_file()]
+    missing = [p for f in configs[config] for p in paths(f) if not (folder / p).is_file()]
     if missing:
         raise FactoryError(f"{folder}: files listed in README.md are missing: {', '.join(missing)}")
     ds = load_dataset(str(folder), config)
