@@ -50,3 +50,14 @@ def test_config_table_defaults(key: str, section) -> None:
     assert pairs, row
     for name, value in pairs:
         assert getattr(section(), name) == float(value), (key, name)
+
+
+def test_parquet_row_groups_and_files() -> None:
+    from factory.export.writer import SplitWriter
+
+    m = re.search(r"row groups of ([\d,]+) rows \(or (\d+) MB of rows, whichever comes first\), and a split's file "
+                  r"ends after (\d+) row groups.*?A split of more than ([\d,]+) rows is several files", PROSE)
+    assert m, "the README no longer says how Parquet is written"
+    rows, mb, groups, per_file = (int(g.replace(",", "")) for g in m.groups())
+    assert (rows, mb * 2**20, groups) == (SplitWriter.ROWS, SplitWriter.BYTES, SplitWriter.GROUPS)
+    assert per_file == SplitWriter.ROWS * SplitWriter.GROUPS
