@@ -103,3 +103,29 @@ def test_an_export_with_splits_in_several_files_loads_through_its_card(tmp_path:
     assert data.train.num_rows == 5 and data.test.num_rows == 2 and len(data.provenance["files"]) == 4
     prefs = load_dataset(str(tmp_path), "prefs")
     assert sorted(prefs["train_prefs"]["prompt_id"]) == sorted(prompt_id(p) for p in prompts[:5])
+
+
+def test_the_loop_mixes_earlier_rounds_whose_train_split_is_in_several_files(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from datasets import load_dataset
+    from rich.console import Console
+
+    from factory.export.writer import SplitWriter
+    from factory.loop.steps import _mix
+    from factory.train.data import load
+
+    monkeypatch.setattr(SplitWriter, "ROWS", 2)
+    monkeypatch.setattr(SplitWriter, "GROUPS", 1)
+    for k, n in ((1, 6), (2, 5)):
+        prompts = [f"Round {k} question {i} about a topic?" for i in range(n)]
+        records = [rec(p, f"Short answer {i}.", f"A longer and kinder answer number {i}, with care.")
+                   for i, p in enumerate(prompts)]
+        (tmp_path / f"round-{k}" / "run").mkdir(parents=True)
+        export(lambda r=records: iter(r), tmp_path / f"round-{k}" / "run", ExportConfig(test_fraction=0.0),
+               HARMLESS, "m", StageStats(), lambda c, e: "card")
+    cfg = SimpleNamespace(loop=SimpleNamespace(objective="dpo", mix=0.5), pipeline=SimpleNamespace(seed=0))
+    _mix(cfg, tmp_path, 2, Console(quiet=True), False)
+    assert load(tmp_path / "round-2" / "data", "prefs").train.num_rows == 5 + 3  # round 2's 5 rows, half of round 1's 6
+    ids = load_dataset(str(tmp_path / "round-2" / "data"), "prefs")["train_prefs"]["prompt_id"]
+    assert len(set(ids)) == 8 and len(list((tmp_path / "round-2" / "data" / "prefs").glob("*.parquet"))) == 3

@@ -116,8 +116,9 @@ class SplitWriter:
     written (ROWS rows or BYTES of JSON, whichever comes first; 2,000 rows as dicts held 30 MB more
     at bench/review_scale.py's peak), and a split's file ends after GROUPS row groups, because a
     Parquet writer keeps every row group's metadata (about 18 KB on the prefs schema) until it
-    closes: 34 MB more at 10^6 records in one file. A split of several files is listed in the card
-    as a list of paths, `SPLIT-<hash>-00000-of-00003.parquet` and so on (the hash: of all its parts)."""
+    closes (one file per split at 10^6 records: 26 MB more by the end of an RSS trace, still rising).
+    A split of several files is listed in the card as a list of paths,
+    `SPLIT-<hash>-00000-of-00003.parquet` and so on (the hash: of all its parts)."""
 
     ROWS = 1000  # as `datasets` writes Parquet row groups
     BYTES = 2 << 20

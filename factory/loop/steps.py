@@ -184,10 +184,10 @@ def _mix(cfg: LoopConfig, out: Path, k: int, console: Console, was_started: bool
                                                                         round(cfg.loop.mix * earlier.num_rows))
         tables.append(earlier.take(pa.array(sorted(rows), type=pa.int64())))
     mixed = pa.concat_tables(tables, promote_options="default")
-    first, *rest = train_files(target)
-    pq.write_table(mixed, first)
-    for part in rest:  # a split in several files: the mix is in the first, the others keep the schema and no rows
-        pq.write_table(mixed.schema.empty_table(), part)
+    files = train_files(target)
+    size = -(-mixed.num_rows // len(files))  # a split in several files stays so, each part non-empty (`datasets`
+    for i, part in enumerate(files):         # cannot read a Parquet file of no rows); each had a row at least
+        pq.write_table(mixed.slice(i * size, size), part)
     console.print(f"mixed {mixed.num_rows - tables[0].num_rows} earlier row(s) into {tables[0].num_rows}")
 
 
