@@ -60,8 +60,9 @@ def test_split_writer_writes_row_groups_by_rows_and_bytes_and_files_by_groups_an
         tmp_path: Path, monkeypatch) -> None:
     from datasets import load_dataset
 
+    from factory.export.card import paths
     from factory.export.writer import SplitWriter, schemas
-    from factory.train.data import paths, provenance
+    from factory.train.data import provenance
 
     monkeypatch.setattr(SplitWriter, "ROWS", 3)
     monkeypatch.setattr(SplitWriter, "BYTES", 600)

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from factory.errors import InputError
+from factory.export.card import paths
 from factory.records import prompt_id
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -151,12 +152,8 @@ def _card_files(folder: Path) -> list[Path] | None:
         return None
     by_name = {c.get("config_name", "default"): c for c in configs}
     config = by_name.get("prefs") or by_name.get("default") or configs[0]
-    patterns: list[str] = []
-    for entry in config.get("data_files") or []:
-        paths = entry.get("path") if isinstance(entry, dict) else entry
-        patterns += [paths] if isinstance(paths, str) else list(paths or [])
-    if isinstance(config.get("data_files"), str):
-        patterns = [config["data_files"]]
+    entries = config.get("data_files") or []
+    patterns = paths(entries) if isinstance(entries, str) else [p for entry in entries for p in paths(entry)]
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     if not files:
         raise InputError(readme, f"config '{config.get('config_name', 'default')}' lists no data file that exists",

@@ -8,6 +8,13 @@ from pathlib import Path
 from factory.constitution import Constitution
 
 
+def paths(entry: dict | str) -> list[str]:
+    """The files (or patterns) of one data_files entry: a string, or a dict whose `path` is one string or
+    (a split in several files) a list."""
+    found = entry.get("path") if isinstance(entry, dict) else entry
+    return [found] if isinstance(found, str) else list(found or [])
+
+
 def usage(name: str, counts: dict) -> list[str]:
     """How to load each config, and its rows per split (named as in the H4 datasets: `train_sft`, ...)."""
     lines = ["```python", "from datasets import load_dataset"]

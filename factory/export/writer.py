@@ -128,7 +128,8 @@ class SplitWriter:
         self.schema, self.folder, self.config, self.jsonl = schema, folder, config, jsonl
         self.buffers: dict[str, list[str]] = {s: [] for s in SPLITS}
         self.sizes = dict.fromkeys(SPLITS, 0)
-        self.writers: dict = {}  # split -> (its open pyarrow ParquetWriter, row groups written to it)
+        self.writers: dict = {}  # split -> its open pyarrow ParquetWriter
+        self.groups = dict.fromkeys(SPLITS, 0)  # row groups in the split's open file
         self.parts: dict[str, list[Path]] = {s: [] for s in SPLITS}  # the split's files so far
         self.counts = {self.name(s): 0 for s in SPLITS}
 
@@ -146,18 +147,17 @@ class SplitWriter:
     def _flush(self, split: str) -> None:
         import pyarrow.parquet as pq
 
-        writer, groups = self.writers.get(split) or (None, 0)
-        if writer is None:
+        if split not in self.writers:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.parts[split].append(self.folder / f"{split}.{len(self.parts[split]):05d}.parquet.tmp")
-            writer = pq.ParquetWriter(str(self.parts[split][-1]), self.schema, compression="zstd",
-                                      compression_level=PARQUET_ZSTD_LEVEL)
+            self.writers[split] = pq.ParquetWriter(str(self.parts[split][-1]), self.schema, compression="zstd",
+                                                   compression_level=PARQUET_ZSTD_LEVEL)
         lines, self.buffers[split], self.sizes[split] = self.buffers[split], [], 0
-        writer.write_table(arrow_table(lines, self.schema))
-        self.writers[split] = (writer, groups + 1)
-        if groups + 1 >= self.GROUPS:
-            writer.close()
-            self.writers[split] = None
+        self.writers[split].write_table(arrow_table(lines, self.schema))
+        self.groups[split] += 1
+        if self.groups[split] >= self.GROUPS:
+            self.writers.pop(split).close()
+            self.groups[split] = 0
         if self.jsonl:
             with (self.folder / f"{split}.jsonl.tmp").open("a") as f:
                 f.writelines(lines)
@@ -168,8 +168,8 @@ class SplitWriter:
         for split in SPLITS:
             if self.buffers[split]:
                 self._flush(split)
-            if self.writers.get(split):
-                self.writers[split][0].close()
+            if split in self.writers:
+                self.writers.pop(split).close()
             parts = self.parts[split]
             if not parts:
                 continue

@@ -161,8 +161,9 @@ def _mix(cfg: LoopConfig, out: Path, k: int, console: Console, was_started: bool
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from factory.export.card import paths
     from factory.train import DATA_CONFIG
-    from factory.train.data import card_configs, paths
+    from factory.train.data import card_configs
 
     config = DATA_CONFIG.get(cfg.loop.objective, "prefs")
 

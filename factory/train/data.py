@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from factory.errors import FactoryError
+from factory.export.card import paths
 
 # The columns each objective's trainer reads (everything else is provenance, left out).
 COLUMNS = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "reward": ["chosen", "rejected"],
@@ -46,11 +47,6 @@ def card_configs(folder: Path) -> dict[str, list[dict]]:
     if not configs:
         raise FactoryError(f"{readme}: its YAML header lists no `configs`: is this a finished run?")
     return {c["config_name"]: c.get("data_files", []) for c in configs if isinstance(c, dict) and "config_name" in c}
-
-
-def paths(entry: dict) -> list[str]:
-    """The files of one data_files entry: its `path`, one string or (a split in several files) a list."""
-    return [entry["path"]] if isinstance(entry["path"], str) else list(entry["path"])
 
 
 def provenance(folder: Path, config: str, files: list[dict]) -> dict:
