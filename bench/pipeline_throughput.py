@@ -13,7 +13,11 @@
    pipeline run made (same prompts, same max_tokens, sampling at the same temperature; it has no
    stop strings, so it may write more tokens per request).
 
-Prints one table: tokens/s per workload and each as a share of the reference.
+Prints one table: tokens/s per workload and each as a share of the reference; then where the
+model's thread spent its time in the reference and in the run (prefill and its prompt tokens; decode
+steps, mean rows per step and the mean length each step attended over), which is what sets the
+difference: a decode step's cost grows with its rows times that length, and prefill makes no
+completion tokens.
 """
 
 from __future__ import annotations
@@ -63,6 +67,22 @@ def stage_rates(run_dir: Path) -> dict[str, tuple[int, int, float]]:
     return out
 
 
+COUNTERS = ("prefill_seconds", "prefill_tokens", "decode_seconds", "steps_run", "decode_rows", "decode_positions")
+
+
+def snapshot(model: LocalModel) -> dict[str, float]:
+    return {k: getattr(model, k) for k in COUNTERS}
+
+
+def time_split(name: str, model: LocalModel, before: dict[str, float], wall: float) -> str:
+    d = {k: getattr(model, k) - before[k] for k in COUNTERS}
+    steps = max(d["steps_run"], 1)
+    return (f"{name}: {wall:.0f} s; prefill {d['prefill_seconds']:.0f} s ({d['prefill_seconds'] / wall:.0%}, "
+            f"{d['prefill_tokens']} prompt tokens); decode {d['decode_seconds']:.0f} s ({d['decode_seconds'] / wall:.0%}, "
+            f"{d['steps_run']} steps, {d['decode_seconds'] / steps:.3f} s each, mean {d['decode_rows'] / steps:.1f} rows "
+            f"attending over {d['decode_positions'] / max(d['decode_rows'], 1):.0f} positions)")
+
+
 def library(model: LocalModel, inputs: list[list[int]], max_tokens: int) -> tuple[int, float]:
     from transformers import GenerationConfig
 
@@ -89,7 +109,9 @@ def main() -> None:
     assert isinstance(model, LocalModel)
     print(f"{torch.get_num_threads()} torch threads; the machine's other load is not controlled", flush=True)
     asyncio.run(through_batcher(model, prompts(2), 8))  # warm-up
+    before = snapshot(model)
     seconds, counts = asyncio.run(through_batcher(model, prompts(32), args.new_tokens))
+    splits = [time_split("reference", model, before, seconds)]
     reference = sum(counts) / seconds
     table = [(f"reference: 32 rows x {args.new_tokens} tokens (ours)", sum(counts), seconds)]
     print(f"reference {reference:.1f} tokens/s", flush=True)
@@ -113,9 +135,10 @@ def main() -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         keep = ThreadPoolExecutor(max_workers=1)
-    start = time.perf_counter()
+    before, start = snapshot(model), time.perf_counter()
     run_local(pipe, out, Console(stderr=True, quiet=True))
     wall = time.perf_counter() - start
+    splits.append(time_split("pipeline run", model, before, wall))
     stats = json.loads((out / "stats.json").read_text())
     for stage, (calls, tokens, busy) in stage_rates(out).items():
         cached = stats["stages"][stage].get("cached_prompt_tokens", 0)
@@ -138,6 +161,9 @@ def main() -> None:
     for name, tokens, secs in table:
         rate = tokens / secs if secs else 0.0
         print(f"{name:<92} {tokens:>7} {secs:>8.1f} {rate:>7.1f} {rate / reference:>7.0%}")
+    print("\nthe model's thread:")
+    for line in splits:
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,9 @@ class QuestionsConfig(Sampling):
     examples_per_call: int = Field(default=4, ge=1, description="seed prompts shown per generation call")
     questions_per_call: int = Field(default=5, ge=1, description="new prompts asked for per call")
     max_calls: int | None = Field(default=None, ge=1, description="cap on generation calls (default 3x needed)")
+    expected_keep: float = Field(default=1.0, gt=0, le=1, description="share of asked-for prompts expected to pass "
+                                 "the gates and dedup: sizes the first wave of generation calls (later waves use "
+                                 "the share kept so far)")
     template: str = "questions"
     temperature: float = Field(default=1.0, ge=0, le=2)
     gate_incoherent: bool = Field(default=True, description="drop generated prompts that are not a request a user "

@@ -88,10 +88,15 @@ def test_bad_path_is_a_factory_error(tmp_path) -> None:
 
 @pytest.mark.model
 def test_concurrent_calls_share_one_batch(model: LocalModel) -> None:
-    steps, rows = model.steps_run, model.rows_run
+    steps, rows, prefilled, decoded = model.steps_run, model.rows_run, model.prefill_tokens, model.decode_rows
+    seconds = model.prefill_seconds, model.decode_seconds
     results = run(model, *[(QUESTION, GenParams(temperature=1.0, max_tokens=4, seed=i)) for i in range(4)])
     assert len(results) == 4 and model.rows_run - rows == 4
     assert model.steps_run - steps <= 4  # one decode step serves all four rows (4 x 4 tokens, not 16 steps)
+    # the time split bench/pipeline_throughput.py prints
+    assert model.prefill_tokens - prefilled == sum(r.prompt_tokens - r.cached_tokens for r in results)
+    assert model.steps_run - steps <= model.decode_rows - decoded <= 4 * (model.steps_run - steps)
+    assert model.prefill_seconds > seconds[0] and model.decode_seconds > seconds[1]
 
 
 @pytest.mark.model

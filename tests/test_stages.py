@@ -1,6 +1,7 @@
 """Stage logic with a scripted fake model (unit tests only)."""
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,26 @@ def test_question_waves_grow_with_what_the_gates_drop(repo, tmp_path):
     recs = drain(stage, caller)
     assert sorted(set(seen)) == [2, 6]  # wave 1: 2 calls, 1 prompt of 4 kept each; wave 2: the 4 calls left
     assert len(recs) == 6 and len(model.calls) == 6  # max_calls (3x the 2 needed) caps it
+
+
+def test_expected_keep_sizes_the_first_wave(repo, tmp_path):
+    """With `expected_keep` 0.25 the first wave asks for 8 prompts at a quarter's yield: all 8 calls
+    at once (capped at max_calls), one wave, instead of 2 then 6."""
+    from factory.engine.calllog import CallLog
+
+    seen: list[int] = []
+    count = itertools.count()
+
+    def script(messages, params):
+        seen.append(len(model.calls))
+        n = next(count)
+        return f"How do I fix leaking tap number {n} in my old kitchen?\nBrrr grrr tsk pfft hmm?\nZzz mrrp shh?\nPsst hrmm?"
+
+    model = ScriptedModel(script)
+    caller = make_caller({M: model}, CallLog(tmp_path / "c.sqlite"))
+    seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(6)]
+    cfg = QuestionsConfig(generate=8, questions_per_call=4, max_seeds=None, include_seeds=False,
+                          expected_keep=0.25, near_dedup=None)
+    recs = drain(QuestionsStage(cfg, tpl(repo, "questions", questions.VARIABLES), M, 0, seeds), caller)
+    assert sorted(set(seen)) == [6] and len(model.calls) == 6  # one wave: 8 / (4 x 0.25) = 8, capped at 6
+    assert len(recs) == 6

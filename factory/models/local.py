@@ -31,6 +31,7 @@ import collections
 import hashlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ class LocalModel(Model):
         self.batches_run = 0  # prefill forwards (each admits one or more rows); tests read these
         self.rows_run = 0
         self.steps_run = 0  # decode steps
+        # Where the model's thread spent its time (bench/pipeline_throughput.py prints these): prefill
+        # forwards and the prompt tokens they computed; decode steps, the rows they carried and the
+        # positions they attended over (rows x the longest row's length, since a step is one dense batch).
+        self.prefill_seconds = self.decode_seconds = 0.0
+        self.prefill_tokens = self.decode_rows = self.decode_positions = 0
         self.prefix = PrefixCache(prefix_cache_bytes)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
         self._cache: SlotCache | None = None
@@ -222,7 +228,7 @@ class LocalModel(Model):
     @torch.inference_mode()
     def _prefill(self, joining: list[_Row]) -> None:
         """One forward over the joiners' uncached prompt tokens (left-padded), into their new slots."""
-        cache, first = self._slots(), len(self._rows)
+        start, cache, first = time.perf_counter(), self._slots(), len(self._rows)
         for i, row in enumerate(joining):
             row.cached, blocks = self.prefix.lookup(row.prompt)
             if blocks is not None:
@@ -250,6 +256,7 @@ class LocalModel(Model):
                          logits_to_keep=1)
         self.batches_run += 1
         self.rows_run += len(joining)
+        self.prefill_tokens += sum(len(r.prompt) - r.cached for r in joining)
         logits = out.logits[:, -1].float()
         for i, row in enumerate(joining):
             row.length = len(row.prompt)
@@ -257,11 +264,12 @@ class LocalModel(Model):
             self.prefix.store(row.prompt, cache, first + i)
         self._rows.extend(joining)
         self._choose(joining, logits)
+        self.prefill_seconds += time.perf_counter() - start
 
     @torch.inference_mode()
     def _step(self) -> None:
         """One decode step of every running row (each row's last sampled token goes in)."""
-        rows, cache = self._rows, self._slots()
+        start, rows, cache = time.perf_counter(), self._rows, self._slots()
         lengths = torch.tensor([r.length for r in rows], device=self.device)
         kv_len = int(lengths.max()) + 1
         cache.prepare(0, lengths[:, None], kv_len)
@@ -270,9 +278,12 @@ class LocalModel(Model):
                          attention_mask=mask[:, None, None, :], position_ids=lengths[:, None], cache=cache,
                          use_cache=True)
         self.steps_run += 1
+        self.decode_rows += len(rows)
+        self.decode_positions += len(rows) * kv_len
         for r in rows:
             r.length += 1
         self._choose(rows, out.logits[:, -1].float())
+        self.decode_seconds += time.perf_counter() - start
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample each row's next token; finished rows leave (their slots are refilled from the end)."""

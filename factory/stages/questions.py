@@ -148,10 +148,11 @@ class QuestionsStage:
             return
         made = calls = 0
         while made < want and calls < max_calls:
-            # Each wave is sized by the share of asked-for prompts kept so far (gates, dedup): with a weak
-            # model most fail the gates, and waves sized for a full yield crawl, a few calls at a time
-            # (make demo spent 175 of its 211 s here). Results, not timing, set it: still deterministic.
-            kept = made / (calls * per_call) if calls else 1.0
+            # Each wave is sized by the share of asked-for prompts kept so far (gates, dedup), the first by
+            # `expected_keep`: with a weak model most fail the gates, and waves sized for a full yield
+            # crawl, a few calls at a time, while everything downstream waits for their prompts (make demo
+            # spent 138 of its 175 s here). Results, not timing, set it: still deterministic.
+            kept = made / (calls * per_call) if calls else self.cfg.expected_keep
             wave = min(max_calls - calls, math.ceil((want - made) / (per_call * max(kept, 0.1))))
             results = await asyncio.gather(*(self._call(caller, mode, calls + i) for i in range(wave)),
                                            return_exceptions=True)
