@@ -102,7 +102,7 @@ class QuestionsConfig(Sampling):
     generate: int = Field(default=0, ge=0, description="how many new prompts to generate from the seeds")
     examples_per_call: int = Field(default=4, ge=1, description="seed prompts shown per generation call")
     questions_per_call: int = Field(default=5, ge=1, description="new prompts asked for per call")
-    max_calls: int | None = Field(default=None, ge=1, description="cap on generation calls (default 3x needed)")
+    max_calls: int | None = Field(default=None, ge=1, description="cap on generation calls (default 3x what the expected_keep yield needs)")
     expected_keep: float = Field(default=1.0, gt=0, le=1, description="share of asked-for prompts expected to pass "
                                  "the gates and dedup: sizes the first wave of generation calls (later waves use "
                                  "the share kept so far)")

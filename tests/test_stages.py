@@ -256,8 +256,8 @@ def test_question_waves_grow_with_what_the_gates_drop(repo, tmp_path):
 
 
 def test_expected_keep_sizes_the_first_wave(repo, tmp_path):
-    """With `expected_keep` 0.25 the first wave asks for 8 prompts at a quarter's yield: all 8 calls
-    at once (capped at max_calls), one wave, instead of 2 then 6."""
+    """With `expected_keep` 0.25 the first wave asks for 8 prompts at a quarter's yield: 8 calls at
+    once, one wave, instead of 2 then 6; the default cap is 3x that (24), not 3x the full yield's 2."""
     from factory.engine.calllog import CallLog
 
     seen: list[int] = []
@@ -273,6 +273,8 @@ def test_expected_keep_sizes_the_first_wave(repo, tmp_path):
     seeds = [Record.new(f"Seed prompt number {i}, please help?", "seed") for i in range(6)]
     cfg = QuestionsConfig(generate=8, questions_per_call=4, max_seeds=None, include_seeds=False,
                           expected_keep=0.25, near_dedup=None)
-    recs = drain(QuestionsStage(cfg, tpl(repo, "questions", questions.VARIABLES), M, 0, seeds), caller)
-    assert sorted(set(seen)) == [6] and len(model.calls) == 6  # one wave: 8 / (4 x 0.25) = 8, capped at 6
-    assert len(recs) == 6
+    stage = QuestionsStage(cfg, tpl(repo, "questions", questions.VARIABLES), M, 0, seeds)
+    recs = drain(stage, caller)
+    assert sorted(set(seen)) == [8] and len(model.calls) == 8  # one wave: 8 / (4 x 0.25) = 8 calls
+    assert len(recs) == 8
+    assert stage.max_calls(8) == 24

@@ -135,11 +135,11 @@ class QuestionsStage:
         return total if self.limit is None else max(0, min(total, self.limit - seeds))
 
     def max_calls(self, want: int, mode: Mode | None = None) -> int:
-        """At most this many generation calls for `want` prompts (max_calls, default 3x the needed);
-        `max_calls` caps each mode."""
+        """At most this many generation calls for `want` prompts (max_calls, default 3x what the
+        expected yield needs); `max_calls` caps each mode."""
         if want <= 0 or (mode is not None and mode.name != "topics" and not mode.pool):
             return 0
-        return self.cfg.max_calls or 3 * math.ceil(want / self.cfg.questions_per_call)
+        return self.cfg.max_calls or 3 * math.ceil(want / (self.cfg.questions_per_call * self.cfg.expected_keep))
 
     async def _generate(self, caller: Caller, st: StageStats, mode: Mode, want: int, taken: set[str],
                         texts: list[str]) -> AsyncIterator[Record]:
