@@ -58,8 +58,9 @@ def gen_api(api):
 def config_with(tmp_path: Path, questions: dict) -> Path:
     config = api_config(tmp_path)
     cfg = yaml.safe_load(config.read_text())
+    # the test server writes every prompt asked for: size waves for a full yield, not the embedded model's
     cfg["stages"]["questions"] |= {"include_seeds": False, "generate": 0, "questions_per_call": 3,
-                                   "examples_per_call": 3, **questions}
+                                   "examples_per_call": 3, "expected_keep": 1.0, **questions}
     cfg["stages"]["critique_revise"] = None
     config.write_text(yaml.safe_dump(cfg))
     return config
