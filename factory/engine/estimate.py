@@ -9,10 +9,10 @@ every model-written text at its longest, and counts:
   critiqued and revised every round; every checked text has max_claims claims; every pair of judge
   options (first answers and distinct revisions) is compared under every drawn principle, in both
   orders, `samples` times; the idk judge grades every answer; question generation makes its
-  max_calls (3x the calls needed, unless configured) for the prompts --limit leaves room for. Only
-  prompts the teacher's `where: prompt` rule matches skip the judge, as in the run. A reply that does
-  not parse is sampled again, up to retries.parse_attempts times: the table's note gives that worst
-  case, which a run that parses reaches only on an unreadable model.
+  max_calls (3x the calls its expected_keep yield needs, unless configured) for the prompts --limit
+  leaves room for. Only prompts the teacher's `where: prompt` rule matches skip the judge, as in the
+  run. A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
+  note gives that worst case, which a run that parses reaches only on an unreadable model.
 - output tokens: an upper bound, max_tokens of every call.
 - input tokens: an estimate, 4 characters a token over the rendered prompts. Not a bound: dense text
   (code, CJK) takes more tokens per character. --max-cost therefore reserves by UTF-8 bytes, a bound
