@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from test_clean import HARMLESS, rec
 
 from factory.commands.evaluate import held_out
@@ -106,7 +107,9 @@ def test_an_export_with_splits_in_several_files_loads_through_its_card(tmp_path:
     assert sorted(prefs["train_prefs"]["prompt_id"]) == sorted(prompt_id(p) for p in prompts[:5])
 
 
-def test_the_loop_mixes_earlier_rounds_whose_train_split_is_in_several_files(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("rows,sizes,files", [(2, (6, 5), 3), (1, (2, 3), 3)])  # 8 rows in 3 parts; 4 rows in 3
+def test_the_loop_mixes_earlier_rounds_whose_train_split_is_in_several_files(
+        tmp_path: Path, monkeypatch, rows: int, sizes: tuple[int, int], files: int) -> None:
     from types import SimpleNamespace
 
     from datasets import load_dataset
@@ -116,9 +119,9 @@ def test_the_loop_mixes_earlier_rounds_whose_train_split_is_in_several_files(tmp
     from factory.loop.steps import _mix
     from factory.train.data import load
 
-    monkeypatch.setattr(SplitWriter, "ROWS", 2)
+    monkeypatch.setattr(SplitWriter, "ROWS", rows)
     monkeypatch.setattr(SplitWriter, "GROUPS", 1)
-    for k, n in ((1, 6), (2, 5)):
+    for k, n in enumerate(sizes, start=1):
         prompts = [f"Round {k} question {i} about a topic?" for i in range(n)]
         records = [rec(p, f"Short answer {i}.", f"A longer and kinder answer number {i}, with care.")
                    for i, p in enumerate(prompts)]
@@ -127,6 +130,7 @@ def test_the_loop_mixes_earlier_rounds_whose_train_split_is_in_several_files(tmp
                HARMLESS, "m", StageStats(), lambda c, e: "card")
     cfg = SimpleNamespace(loop=SimpleNamespace(objective="dpo", mix=0.5), pipeline=SimpleNamespace(seed=0))
     _mix(cfg, tmp_path, 2, Console(quiet=True), False)
-    assert load(tmp_path / "round-2" / "data", "prefs").train.num_rows == 5 + 3  # round 2's 5 rows, half of round 1's 6
+    total = sizes[1] + round(sizes[0] / 2)  # round 2's rows and half of round 1's
+    assert load(tmp_path / "round-2" / "data", "prefs").train.num_rows == total
     ids = load_dataset(str(tmp_path / "round-2" / "data"), "prefs")["train_prefs"]["prompt_id"]
-    assert len(set(ids)) == 8 and len(list((tmp_path / "round-2" / "data" / "prefs").glob("*.parquet"))) == 3
+    assert len(set(ids)) == total and len(list((tmp_path / "round-2" / "data" / "prefs").glob("*.parquet"))) == files

@@ -185,10 +185,12 @@ def _mix(cfg: LoopConfig, out: Path, k: int, console: Console, was_started: bool
                                                                         round(cfg.loop.mix * earlier.num_rows))
         tables.append(earlier.take(pa.array(sorted(rows), type=pa.int64())))
     mixed = pa.concat_tables(tables, promote_options="default")
+    # A split in several files stays so, its rows spread evenly: every part keeps a row (`datasets` cannot
+    # read a Parquet file of none), since each part had one and mixing only adds rows.
     files = train_files(target)
-    size = -(-mixed.num_rows // len(files))  # a split in several files stays so, each part non-empty (`datasets`
-    for i, part in enumerate(files):         # cannot read a Parquet file of no rows); each had a row at least
-        pq.write_table(mixed.slice(i * size, size), part)
+    ends = [i * mixed.num_rows // len(files) for i in range(len(files) + 1)]
+    for i, part in enumerate(files):
+        pq.write_table(mixed.slice(ends[i], ends[i + 1] - ends[i]), part)
     console.print(f"mixed {mixed.num_rows - tables[0].num_rows} earlier row(s) into {tables[0].num_rows}")
 
 
