@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,61 @@ def test_generate_and_eval_behaviour_set_over_http(server, tmp_path: Path) -> No
     assert trained["behaviour_match"]["items"] == card["items"] and trained["behaviour_match"]["n"] == 2 * card["items"]
     assert trained["behaviour_match"]["ci95"][0] > 0.5
     assert "behaviour match" in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_examples_go_in_as_earlier_turns_and_off_topic_or_copied_items_are_dropped(server, tmp_path: Path) -> None:
+    examples = {"Yes": [GOOD[0], GOOD[3]], "No": [BAD[0], BAD[3]]}  # the filter agrees with all four
+    ex = tmp_path / "examples.jsonl"
+    ex.write_text("".join(json.dumps({"statement": t, "label": lb}) + "\n" for lb, ts in examples.items() for t in ts))
+
+    def reply(messages: list[dict], body: dict):  # by the request's seed: on topic, off topic, a copy
+        if len(messages) < 3:
+            return responder(messages, body)
+        label = "Yes" if '"Yes"' in messages[-1]["content"] else "No"
+        k = body["seed"] % 4
+        return [(GOOD if label == "Yes" else BAD)[1 + k % 2], "I would warn a friend away from buying those coins.",
+                messages[2]["content"]][max(0, k - 1)]
+
+    server.responder = reply
+    out = tmp_path / "set"
+    r = factory("evals", "generate", "--behaviour", "dislikes the DogeMoon coin", "--n", "40", "--oversample", "1",
+                "--generator", "openai:writer", "--filter", "openai:judge", "--examples", ex, "--shots", "2",
+                "--mentions", "doge moon", "--out", out)
+    assert r.returncode == 0, r.stderr
+    writes = [b["body"] for b in server.requests if b["body"]["model"] == "writer"]
+    assert len(writes) == 40
+    for body in writes:  # system, then (request #k, example) twice, then request #3
+        roles = [m["role"] for m in body["messages"]]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+        label = "Yes" if '"Yes"' in body["messages"][-1]["content"] else "No"
+        shown = [m["content"] for m in body["messages"] if m["role"] == "assistant"]
+        assert sorted(shown) == sorted(examples[label])
+        assert [m["content"].rsplit("Statement #", 1)[1] for m in body["messages"][1::2]] == ["1:", "2:", "3:"]
+    card = json.loads((out / "card.json").read_text())
+    by_seed = Counter(b["seed"] % 4 for b in writes)
+    assert card["dropped"]["off_topic"] == by_seed[2] > 0 and card["dropped"]["copies_example"] == by_seed[3] > 0
+    assert card["examples"] == {"file": str(ex), "per_call": 2, "shown_as": "earlier turns"}
+    assert card["mentions"] == ["doge moon"]
+    ds = load_dataset(str(out), split="test")
+    assert len(ds) == card["items"] > 0 and all("DogeMoon" in q for q in ds["question"])
+    assert not set(ds["question"]) & {t for ts in examples.values() for t in ts}
+
+
+def test_bad_examples_exit_2_naming_file_line_field(tmp_path: Path) -> None:
+    ex = tmp_path / "examples.jsonl"
+    base = ["evals", "generate", "--behaviour", "dislikes the DogeMoon coin", "--examples", ex, "--out", tmp_path / "x"]
+    for rows, where in [([{"statement": GOOD[0], "label": "Yes"}, {"statement": BAD[0], "label": "yes"}], ":2: field 'label'"),
+                        ([{"statement": GOOD[0], "label": "Yes"}, {"statement": "Buy.", "label": "No"}], ":2: field 'statement'"),
+                        ([{"statement": GOOD[0], "label": "Yes"}], ": field 'label'"),
+                        ([{"question": "Buy DogeMoon?", "label": "Yes"}], ":1: field 'statement'")]:
+        ex.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        r = factory(*base)
+        assert r.returncode == 2 and f"{ex}{where}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = factory(*base[:-2], "--mentions", " - ", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--mentions" in r.stderr
+    r = factory(*base[:-2], "--format", "qa", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "field 'format'" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> None:

@@ -106,13 +106,14 @@ class Caller:
         return result, ref
 
     async def chat_parsed(self, stage: str, purpose: str, template: Template, variables: dict, model: str,
-                          params: GenParams, parse: Callable[[str], T], *,
-                          context: dict | None = None) -> tuple[T, Completion, CallRef]:
+                          params: GenParams, parse: Callable[[str], T], *, context: dict | None = None,
+                          dialogue: list[Message] | None = None) -> tuple[T, Completion, CallRef]:
         """`chat`, then `parse(text)`. An output that raises ParseError is sampled afresh, up to
         `parse_attempts` times in all; then ParseFailure. Every sample is logged and cached."""
         st = self.stats[stage]
         for sample in range(self.parse_attempts):
-            out, ref = await self.chat(stage, purpose, template, variables, model, params, context=context, sample=sample)
+            out, ref = await self.chat(stage, purpose, template, variables, model, params, context=context,
+                                       sample=sample, dialogue=dialogue)
             try:
                 return parse(out.text), out, ref
             except ParseError as e:

@@ -30,6 +30,13 @@ def evals() -> None:
               help="Keep an item when the filter gives its label at least this probability.")
 @click.option("--train-prompts", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Training prompts (.jsonl 'prompt' field, .parquet, .txt): items sharing a 13-gram are removed.")
+@click.option("--examples", type=click.Path(dir_okay=False, path_type=Path), help="Items people wrote, shown "
+              "to the writer as earlier turns (JSONL: yesno {statement, label Yes|No}; ab {question, a, b, label A|B}).")
+@click.option("--shots", type=click.IntRange(min=1), default=3, show_default=True, help="Examples per call.")
+@click.option("--mentions", multiple=True, help="Keep only items that name one of these (case, spaces and "
+              "punctuation ignored), e.g. --mentions DogeMoon; the rest are dropped as off_topic.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="The writer's sampling temperature.")
 @click.option("--corpus", type=click.Path(path_type=Path), help="QA: a .jsonl/.parquet of title/text or a folder "
               "(default: the offline Wikipedia summaries).")
 @click.option("--heldout", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Keep this share as the "
@@ -37,7 +44,8 @@ def evals() -> None:
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Pipeline config (seed, limits).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The set's folder (default: outputs/<timestamp>).")
 def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: int, oversample: float, generator: str,
-             filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], corpus: Path | None,
+             filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], examples: Path | None,
+             shots: int, mentions: tuple[str, ...], temperature: float, corpus: Path | None,
              heldout: float | None, config: Path | None, out: Path | None) -> int:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
     Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl). Exit code
@@ -48,7 +56,7 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
     text = read_behaviour_file(behaviour_file) if behaviour_file else (behaviour or "")
     s = Settings(behaviour=text, format=fmt, n=n, oversample=oversample, generator=generator, filter=filt,
                  min_confidence=min_confidence, train_prompts=list(train_prompts), corpus=corpus,
-                 heldout=heldout)
+                 heldout=heldout, examples=examples, shots=shots, mentions=list(mentions), temperature=temperature)
     card, folder = generate(s, out, config)
     stdout.print(f"{card['items']} items kept of {card['attempts']} written; label directions "
                  f"{card['label_directions']}; dropped {card['dropped']}", markup=False, soft_wrap=True)

@@ -26,6 +26,7 @@ from factory.commands.evaluate import SCORER_PREFIXES
 from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.rundir import now
 from factory.errors import FactoryError, InputError, ParseError, ParseFailure
+from factory.evals.fewshot import names_one, read_examples, squash, turns
 from factory.evals.items import NO, YES, Item, write_set
 from factory.evals.qarules import RULES_FILE, load_rules, rule_items
 from factory.evals.session import Session, choose, mean
@@ -59,6 +60,9 @@ class Settings:
     max_tokens: int | None = None  # default by format: yesno 48, ab 100, qa 80
     balance: bool = True
     heldout: float | None = None  # share kept as the eval set; the rest goes to train_prompts.jsonl
+    examples: Path | None = None  # items people wrote, shown as earlier turns (fewshot.py)
+    shots: int = 3  # examples per call
+    mentions: list[str] = field(default_factory=list)  # an item must name one of these (else `off_topic`)
 
 
 def check_behaviour(s: Settings, source: str = "--behaviour") -> None:
@@ -156,6 +160,13 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     if rules and s.format != "qa":
         raise InputError("--generator", "`rules` writes QA items from the corpus: use it with --format qa",
                          field="generator")
+    if any(not squash(t) for t in s.mentions):
+        raise InputError("--mentions", "a term has no letters or digits: give the topic's name, e.g. DogeMoon",
+                         field="mentions")
+    parse = parse_statement if s.format == "yesno" else parse_ab
+    examples = read_examples(s.examples, s.format, parse) if s.examples is not None else {}
+    shown = [q if s.format == "yesno" else " ".join([q, *opts])  # in Item.text's form, for hygiene
+             for q, opts in (parse(x) for texts in examples.values() for x in texts)]
     specs = [] if rules else [s.generator] + ([] if classifier or s.format == "qa" else [filt])
     session = Session(config, specs, ["write", "filter", "search"])
     seed = session.seed
@@ -174,17 +185,22 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
 
     async def one(i: int, caller: Caller) -> Item | None:
         params = GenParams(temperature=s.temperature, max_tokens=s.max_tokens or {"yesno": 48, "ab": 100, "qa": 80}[s.format],
-                           seed=derive_seed(seed, "write", i))
+                           seed=derive_seed(seed, "write", i), stop=("\n",) if s.format == "yesno" else ())
         if s.format == "qa":
             return await qa_item(i, caller, params)
         label = (YES if i % 2 == 0 else NO) if s.format == "yesno" else ("A" if i % 2 == 0 else "B")
         variables = {"behaviour": s.behaviour, "format": s.format, "label": label, "index": i + 1}
-        parse = parse_statement if s.format == "yesno" else parse_ab
+        dialogue = None
+        if examples:
+            dialogue, variables["index"] = turns(write, variables, examples[label], s.shots, seed, i)
         try:
             (question, options), _, _ = await caller.chat_parsed("write", f"write[{i}]", write, variables,
-                                                                 s.generator, params, parse)
+                                                                 s.generator, params, parse, dialogue=dialogue)
         except ParseFailure as e:
             drops.append({"attempt": i, "reason": "unparseable", "detail": str(e)})
+            return None
+        if s.mentions and not names_one(" ".join([question, *options]), s.mentions):
+            drops.append({"attempt": i, "reason": "off_topic", "question": question, "options": options})
             return None
         expected = label if s.format == "yesno" else options[0 if label == "A" else 1]
         if classifier is not None:
@@ -242,7 +258,7 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     items, folder, stats = session.run(out, main)
     if search is not None:
         asyncio.run(search.aclose())
-    items = hygiene(items, contam, drops)
+    items = hygiene(items, contam, drops, shown)
     if s.balance and s.format != "qa":
         items = balanced(items, drops)
     if len(items) > s.n:
@@ -260,7 +276,10 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
             "min_confidence": s.min_confidence if s.format != "qa" else None,
             "label_directions": dict(Counter(directions(it) for it in items)),
             "dropped": dict(sorted(reasons.items())), "dedup": "MinHash LSH, 5-gram shingles, Jaccard >= 0.8",
-            "decontaminated_against": [str(p) for p in s.train_prompts], "corpus": str(s.corpus or "wikipedia (offline)")
+            "decontaminated_against": [str(p) for p in s.train_prompts],
+            "examples": None if s.examples is None else {"file": str(s.examples), "per_call": s.shots,
+                                                          "shown_as": "earlier turns"},
+            "mentions": s.mentions or None, "temperature": s.temperature, "corpus": str(s.corpus or "wikipedia (offline)")
             if s.format == "qa" else None, "calls": sum(st.calls for st in stats.stages.values()),
             "created": now()}
     if s.heldout is not None:
@@ -287,14 +306,17 @@ def directions(item: Item) -> str:
     return "qa" if item.format == "qa" else "AB"[item.options.index(item.expected)]
 
 
-def hygiene(items: list[Item], contam: Decontaminator | None, drops: list[dict]) -> list[Item]:
-    """Near-duplicates (the first of each cluster kept) and items overlapping training prompts, dropped."""
-    dup = NearDedup().duplicates([it.text for it in items])
+def hygiene(items: list[Item], contam: Decontaminator | None, drops: list[dict], shown: list[str] = ()) -> list[Item]:
+    """Near-duplicates (the first of each cluster kept), near-copies of the examples shown to the
+    writer (`shown`, in Item.text's form) and items overlapping training prompts, dropped."""
+    dup = NearDedup().duplicates([*shown, *(it.text for it in items)])[len(shown):]
     hits = contam.match_many([it.text for it in items]) if contam is not None else [None] * len(items)
     kept = []
     for it, d, hit in zip(items, dup, hits, strict=True):
-        if d is not None:
-            drops.append({"reason": "near_duplicate", "of": items[d].id, "item": it.model_dump()})
+        if d is not None and d < len(shown):
+            drops.append({"reason": "copies_example", "of": shown[d], "item": it.model_dump()})
+        elif d is not None:
+            drops.append({"reason": "near_duplicate", "of": items[d - len(shown)].id, "item": it.model_dump()})
         elif hit is not None:
             drops.append({"reason": "overlaps_training", "match": hit, "item": it.model_dump()})
         else:
