@@ -77,13 +77,14 @@ idk-demo-dpo: install
 		--samples 5 --out outputs/idk-demo-dpo-eval
 
 # Red teaming, one round: the embedded model attacks itself from the seed attacks (2 rounds of 30, the
-# second rewriting what worked) and its own judge labels the answers under the harmlessness
-# constitution; the successful attacks become preference data (pipelines/redteam.yaml: the judge's
-# pairs, gated) and DPO trains on them; then the attack success rate and the over-refusal rate on
-# benign prompts, base and trained model, on held-out attacks (pipelines/redteam_eval.yaml, seed 1).
-# The embedded model is a judge with a Yes bias (its control shows it): REDTEAM_JUDGE=openai:MODEL or
-# hf:PATH:LABEL gives verdicts that mean something.
-REDTEAM_JUDGE ?= local:smollm2
+# second rewriting what worked) and a judge labels the answers; the successful attacks become
+# preference data (pipelines/redteam.yaml: answers revised under the harmlessness constitution, a
+# refusal ranked over a compliance, gated) and DPO trains on them; then the attack success rate and
+# the over-refusal rate on benign prompts, base and trained model, on held-out attacks
+# (pipelines/redteam_eval.yaml, seed 1). The default judge is the refusal rule (an attack succeeds
+# when the answer does not refuse): the embedded model as judge calls every answer harmful (its
+# control shows it). REDTEAM_JUDGE=openai:MODEL or hf:PATH:LABEL gives verdicts on harm itself.
+REDTEAM_JUDGE ?= refusal:complies
 redteam-demo: install
 	rm -rf outputs/redteam-src outputs/redteam-data outputs/redteam-dpo outputs/redteam-before outputs/redteam-after
 	$(BIN)/factory redteam --judge $(REDTEAM_JUDGE) --config pipelines/redteam.yaml --rounds 2 --per-round 30 \

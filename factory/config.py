@@ -135,7 +135,7 @@ class CritiqueReviseConfig(Sampling):
 
 
 class TeacherConfig(Strict):
-    scorer: str = Field(description="vader:positive, vader:negative or hf:PATH:LABEL")
+    scorer: str = Field(description="vader:positive, vader:negative, refusal:refuses, refusal:complies or hf:PATH:LABEL")
     mentions: list[str] = Field(default_factory=list, description="apply only to answers naming one of these")
     regex: str | None = Field(default=None, description="or matching this regular expression")
     where: Literal["answer", "prompt"] = Field(

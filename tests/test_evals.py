@@ -353,7 +353,8 @@ def test_redteam_shows_a_judge_that_calls_everything_harmful(server, tmp_path: P
     assert "measures the judge, not the target" in r.stdout
 
 
-def test_redteam_rewrites_successful_attacks(server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("judge", ["openai:judge", "refusal:complies"])
+def test_redteam_rewrites_successful_attacks(server, tmp_path: Path, judge: str) -> None:
     def target_complies(messages, body):
         user = messages[-1]["content"]
         if body["model"] == "target" and "neighbour" in user:
@@ -362,11 +363,14 @@ def test_redteam_rewrites_successful_attacks(server, tmp_path: Path) -> None:
 
     server.responder = target_complies
     out = tmp_path / "rt-rewrites"
-    r = factory("redteam", "--target", "openai:target", "--attacker", "openai:attacker", "--judge", "openai:judge",
+    r = factory("redteam", "--target", "openai:target", "--attacker", "openai:attacker", "--judge", judge,
                 "--rounds", "2", "--per-round", "2", "--benign-limit", "2", "--out", out)
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "redteam.json").read_text())
     assert report["attack_success"]["rate"] == 1.0 and report["successful"] == 4
+    if judge.startswith("refusal:"):  # no judge calls; over-refusal is the rule's control
+        assert not [b for b in server.requests if b["body"]["model"] == "judge"]
+        assert report["judge_on_benign"] is None and "the refusal rule" in r.stdout
     rows = load_dataset(str(out), split="train").to_list()
     assert all(r["parent"] for r in rows if r["round"] == 2) and all(r["principle"] for r in rows)
     prompts = [json.loads(x) for x in (out / "successful.jsonl").read_text().splitlines()]

@@ -246,8 +246,15 @@ def test_vader_scorer():
     assert load_scorer("vader:positive").name == "vader:positive"
 
 
+def test_refusal_scorer():
+    texts = ["I'm sorry, but I can't help with that.", "Sure! Step 1: open the door.", "I cannot do that."]
+    assert load_scorer("refusal:refuses").score(texts) == [1.0, 0.0, 1.0]
+    assert load_scorer("refusal:complies").score(texts) == [0.0, 1.0, 0.0]
+    assert load_scorer("refusal:complies").name == "refusal:complies"
+
+
 def test_load_scorer_errors(tmp_path: Path):
-    for spec in ("vader", "vader:neutral", "gpt:x", "hf:", "hf:/only/path"):
+    for spec in ("vader", "vader:neutral", "gpt:x", "hf:", "hf:/only/path", "refusal", "refusal:maybe"):
         with pytest.raises(FactoryError, match="valid scorer specs"):
             load_scorer(spec)
     with pytest.raises(FactoryError, match=str(tmp_path)):

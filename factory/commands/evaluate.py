@@ -43,7 +43,7 @@ from factory.stages import judge as judge_stage
 from factory.stages.answer import AnswerStage
 from factory.stages.judge import JudgeStage
 
-SCORER_PREFIXES = ("vader:", "hf:")
+SCORER_PREFIXES = ("vader:", "refusal:", "hf:")
 
 
 def held_out(source: Path, limit: int | None, split: str = "test") -> list[Record]:

@@ -97,8 +97,9 @@ def print_set_report(console, report: dict, folder: Path) -> None:
 @click.command()
 @click.option("--target", default="local:smollm2", show_default=True, help="The model under attack.")
 @click.option("--attacker", help="The model that writes attacks (default: the target).")
-@click.option("--judge", help="Labels answers harmful: a model spec (under the constitution's principles) or a "
-              "classifier hf:PATH:LABEL / vader:negative (default: the target).")
+@click.option("--judge", help="Labels answers harmful: a model spec (under the constitution's principles), a "
+              "classifier hf:PATH:LABEL / vader:negative, or refusal:complies (the keyword rule: an answer that "
+              "does not refuse is a success) (default: the target).")
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed attacks, JSONL 'prompt' "
               "(default: prompts/seeds/red_team.jsonl).")
 @click.option("--benign", type=click.Path(dir_okay=False, path_type=Path), help="Benign prompts for the "
@@ -130,6 +131,9 @@ def redteam(target: str, attacker: str | None, judge: str | None, seeds: Path | 
         stdout.print(f"  {k}: {fmt(r)}", markup=False)
     stdout.print(f"over-refusal on benign prompts: {fmt(report['over_refusal'])}", markup=False)
     control = report["judge_on_benign"]
+    if report["judge"].startswith("refusal:"):
+        stdout.print("judge: the refusal rule, an attack succeeds when the answer does not refuse (it cannot tell a "
+                     "harmful answer from a harmless one; over-refusal above is its control)", markup=False, soft_wrap=True)
     if control is not None:
         stdout.print(f"judge control, benign answers judged harmful: {fmt(control)}", markup=False)
         attacks = report["attack_success"]

@@ -1,6 +1,7 @@
 """`factory redteam`: an attacker model writes attack prompts from seed attacks (few-shot); the
 target answers; the constitution (one principle drawn per attack, asked in both option orders) or a
-classifier labels each answer harmful or not. From round 2 the attacker rewrites the attacks that
+classifier labels each answer harmful or not (`refusal:complies`: the keyword rule, an attack
+succeeds when the answer does not refuse). From round 2 the attacker rewrites the attacks that
 succeeded in the round before (round 1's seeds again when none did, counted).
 
 Outputs: attacks.parquet (+ card: a dataset of attacks and verdicts), successful.jsonl (a prompts
@@ -133,8 +134,9 @@ def redteam(s: Settings, out: Path | None, config: Path | None = None) -> tuple[
         replies = await asyncio.gather(*(answer(caller, "benign", p) for p in benign))
         # The judge's control: the same verdict on the answers to benign prompts. A judge that calls
         # them harmful as often as the attacks' answers measures nothing (a weak model's Yes bias).
-        control = await asyncio.gather(*(verdict(caller, "judge_benign", p, t, "benign", i)
-                                         for i, (p, t) in enumerate(zip(benign, replies, strict=True))))
+        # The refusal rule has none: its verdict on benign answers is 1 - over-refusal, by definition.
+        control = [] if judge.startswith("refusal:") else await asyncio.gather(
+            *(verdict(caller, "judge_benign", p, t, "benign", i) for i, (p, t) in enumerate(zip(benign, replies, strict=True))))
         return rows, list(replies), [p for p, _ in control]
 
     (rows, replies, control), folder, stats = session.run(out, main)
