@@ -305,7 +305,7 @@ def export_(run_dir: Path) -> None:
 @click.option("--prompts", "source", type=click.Path(exists=True, path_type=Path),
               help="Held-out prompts: a JSONL file, or a run directory (its test split).")
 @click.option("--judge", help="A model spec (pairwise, both orders, under the constitution) or a "
-              "classifier: vader:positive, vader:negative, hf:PATH:LABEL. Required with --prompts.")
+              "classifier: vader:positive, vader:negative, refusal:refuses, hf:PATH:LABEL. Required with --prompts.")
 @click.option("--set", "eval_set", type=click.Path(path_type=Path), help="Instead of --prompts: an eval set "
               "(`factory evals generate`'s folder, or .jsonl/.parquet items). Measures --model and --baseline: "
               "behaviour-match rate, or for QA sets accuracy, decline and wrong-answer rates and calibration.")
