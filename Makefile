@@ -78,22 +78,23 @@ idk-demo-dpo: install
 
 # Red teaming, one round: the embedded model attacks itself from the seed attacks (2 rounds of 30, the
 # second rewriting what worked) and a judge labels the answers; the successful attacks become
-# preference data (pipelines/redteam.yaml: answers revised under the harmlessness constitution, a
-# refusal ranked over a compliance, gated) and DPO trains on them; then the attack success rate and
+# training data (pipelines/redteam.yaml: answers revised under the harmlessness constitution, gated;
+# a refusal ranked over a compliance for the pairs) and SFT trains on the revisions
+# (pipelines/redteam_train.yaml says why not DPO); then the attack success rate and
 # the over-refusal rate on benign prompts, base and trained model, on held-out attacks
 # (pipelines/redteam_eval.yaml, seed 1). The default judge is the refusal rule (an attack succeeds
 # when the answer does not refuse): the embedded model as judge calls every answer harmful (its
 # control shows it). REDTEAM_JUDGE=openai:MODEL or hf:PATH:LABEL gives verdicts on harm itself.
 REDTEAM_JUDGE ?= refusal:complies
 redteam-demo: install
-	rm -rf outputs/redteam-src outputs/redteam-data outputs/redteam-dpo outputs/redteam-before outputs/redteam-after
+	rm -rf outputs/redteam-src outputs/redteam-data outputs/redteam-sft outputs/redteam-before outputs/redteam-after
 	$(BIN)/factory redteam --judge $(REDTEAM_JUDGE) --config pipelines/redteam.yaml --rounds 2 --per-round 30 \
 		--out outputs/redteam-src
 	$(BIN)/factory run pipelines/redteam.yaml --prompts outputs/redteam-src/successful.jsonl --out outputs/redteam-data
-	$(BIN)/factory train dpo outputs/redteam-data --config pipelines/redteam_train.yaml --out outputs/redteam-dpo
+	$(BIN)/factory train sft outputs/redteam-data --config pipelines/redteam_train.yaml --out outputs/redteam-sft
 	$(BIN)/factory redteam --judge $(REDTEAM_JUDGE) --config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 \
 		--out outputs/redteam-before
-	$(BIN)/factory redteam --target local:outputs/redteam-dpo --attacker local:smollm2 --judge $(REDTEAM_JUDGE) \
+	$(BIN)/factory redteam --target local:outputs/redteam-sft --attacker local:smollm2 --judge $(REDTEAM_JUDGE) \
 		--config pipelines/redteam_eval.yaml --rounds 2 --per-round 30 --out outputs/redteam-after
 
 # The review app's tests drive Debian's chromium through playwright, which never downloads a browser.

@@ -143,6 +143,9 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     plain = exported(tmp_path / "plain", n=4, test_fraction=0.0)  # sft and prefs only
     with pytest.raises(FactoryError, match=r"no 'kto' config here \(it has: sft, prefs\); export with"):
         load(plain, "kto")
+    (plain / "stats.json").write_text(json.dumps({"stages": {"export": {"dropped": {"kto:tie": 3, "truncated": 1}}}}))
+    with pytest.raises(FactoryError, match=r"; the run's export wrote none: 3 dropped as tie$"):
+        load(plain, "kto")  # a run whose export dropped every row of the config says why
     with pytest.raises(FactoryError, match="not a dataset folder"):
         load(tmp_path, "sft")
     only_test = load(exported(tmp_path / "all-test", n=4, test_fraction=1.0), "sft")  # a small run's prompts can

@@ -19,6 +19,15 @@ COLUMNS = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "rewa
 HINTS = {"kto": "export with `stages.export.kto: true`", "reward": "export with `stages.export.reward: true`"}
 
 
+def export_drops(folder: Path, config: str) -> dict[str, int]:
+    """The run's export drop reasons for CONFIG's rows (stats.json's `{config}:reason` counts)."""
+    try:
+        dropped = json.loads((folder / "stats.json").read_text())["stages"]["export"]["dropped"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k.split(":", 1)[1]: v for k, v in dropped.items() if k.startswith(f"{config}:")}
+
+
 @dataclass
 class TrainData:
     folder: Path
@@ -78,6 +87,9 @@ def load(folder: str | Path, config: str) -> TrainData:
     configs = card_configs(folder)
     if config not in configs:
         hint = f"; {HINTS[config]}" if config in HINTS else ""
+        drops = export_drops(folder, config)
+        if drops:
+            hint += "; the run's export wrote none: " + ", ".join(f"{n} dropped as {why}" for why, n in drops.items())
         raise FactoryError(f"{folder}: no '{config}' config here (it has: {', '.join(configs) or 'none'}){hint}")
     splits = {f["split"] for f in configs[config]}
     train_split, note = f"train_{config}", None
