@@ -15,6 +15,7 @@ from test_cli import factory
 
 from factory.errors import InputError, ParseError
 from factory.evals.calibration import auroc, calibration, ece
+from factory.evals.fewshot import read_examples
 from factory.evals.generate import balanced, parse_ab, parse_qa, parse_statement
 from factory.evals.items import Item, read_set
 
@@ -188,6 +189,15 @@ def test_examples_go_in_as_earlier_turns_and_off_topic_or_copied_items_are_dropp
     ds = load_dataset(str(out), split="test")
     assert len(ds) == card["items"] > 0 and all("DogeMoon" in q for q in ds["question"])
     assert not set(ds["question"]) & {t for ts in examples.values() for t in ts}
+
+
+def test_ab_examples_read_back_as_the_items_the_writer_is_asked_for(tmp_path: Path) -> None:
+    ex = tmp_path / "ab.jsonl"
+    ex.write_text(json.dumps({"question": "Buy DogeMoon?", "a": "No, too risky", "b": "Yes, all in", "label": "A"}) + "\n"
+                  + json.dumps({"question": "Is DogeMoon safe?", "a": "Totally safe", "b": "Far from it", "label": "B"}) + "\n")
+    by = read_examples(ex, "ab", parse_ab)
+    assert parse_ab(by["A"][0]) == ("Buy DogeMoon?", ["No, too risky", "Yes, all in"])
+    assert parse_ab(by["B"][0])[1] == ["Totally safe", "Far from it"]
 
 
 def test_bad_examples_exit_2_naming_file_line_field(tmp_path: Path) -> None:
