@@ -19,6 +19,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,7 +307,7 @@ def directions(item: Item) -> str:
     return "qa" if item.format == "qa" else "AB"[item.options.index(item.expected)]
 
 
-def hygiene(items: list[Item], contam: Decontaminator | None, drops: list[dict], shown: list[str] = ()) -> list[Item]:
+def hygiene(items: list[Item], contam: Decontaminator | None, drops: list[dict], shown: Sequence[str] = ()) -> list[Item]:
     """Near-duplicates (the first of each cluster kept), near-copies of the examples shown to the
     writer (`shown`, in Item.text's form) and items overlapping training prompts, dropped."""
     dup = NearDedup().duplicates([*shown, *(it.text for it in items)])[len(shown):]
