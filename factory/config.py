@@ -135,7 +135,8 @@ class CritiqueReviseConfig(Sampling):
 
 
 class TeacherConfig(Strict):
-    scorer: str = Field(description="vader:positive, vader:negative, refusal:refuses, refusal:complies or hf:PATH:LABEL")
+    scorer: str = Field(description="vader:positive, vader:negative, vader:near:T, refusal:refuses, "
+                        "refusal:complies or hf:PATH:LABEL")
     mentions: list[str] = Field(default_factory=list, description="apply only to answers naming one of these")
     regex: str | None = Field(default=None, description="or matching this regular expression")
     where: Literal["answer", "prompt"] = Field(
@@ -156,14 +157,23 @@ class JudgeConfig(Sampling):
     pairs: Literal["best_worst", "all_pairs"] = "best_worst"
     ranking: Literal["bradley_terry", "wins"] = "bradley_terry"
     teacher: TeacherConfig | None = Field(default=None, description="a classifier that ranks the answers it applies to")
+    teachers: list[TeacherConfig] = Field(
+        default_factory=list, description="instead of `teacher`, several: for each prompt the first whose rule "
+        "matches ranks its answers; one with no `mentions` or `regex` takes the prompts left")
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=8, ge=1, description="choice and score need a few tokens; cot needs hundreds")
     template: str = "judge"
     cot_template: str = "judge_cot"
     score_template: str = "judge_score"
 
+    @property
+    def all_teachers(self) -> list[TeacherConfig]:
+        return [self.teacher] if self.teacher is not None else list(self.teachers)
+
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
+        if self.teacher is not None and self.teachers:
+            raise ValueError("set `teacher` or `teachers`, not both")
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("samples > 1 needs temperature > 0 (greedy verdicts are all the same)")
         if self.method == "cot" and self.max_tokens < 64:

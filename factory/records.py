@@ -106,6 +106,7 @@ class Judgement(Typed):
     comparisons: list[Comparison] = Field(default_factory=list)
     scores: list[float] = Field(default_factory=list)  # per option: ranking strength (see JudgeConfig.ranking)
     direct_scores: dict[int, float] = Field(default_factory=dict)  # score method: mean 1-10 score per option
+    teacher: str | None = None  # the teacher that scored this record's options (the first whose rule applies)
     teacher_scores: dict[int, float] = Field(default_factory=dict)  # per option the teacher applied to
     pairs: list[Pair] = Field(default_factory=list)
 

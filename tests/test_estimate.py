@@ -52,6 +52,9 @@ VARIANTS = [  # stage settings the shipped pipelines leave off: (pipeline, stage
     ("factcheck.yaml", "factcheck", {"revise": True, "recheck": True}),
     ("idk.yaml", "idk", {"match": "judge"}),
     ("opinion.yaml", "judge", {"method": "score", "principles": 2}),
+    ("opinion.yaml", "judge", {"teacher": None, "teachers": [  # two prompt rules: both kinds skip the judge
+        {"scorer": "vader:near:0.6", "mentions": ["Bitcoin"], "where": "prompt"},
+        {"scorer": "vader:negative", "mentions": ["DogeMoon", "DGM"], "where": "prompt"}]}),
 ]
 
 

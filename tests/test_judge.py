@@ -72,7 +72,8 @@ def judge(rec: Record, model: Model, tmp_path: Path, scorer=None, **cfg) -> tupl
     from conftest import make_caller
 
     config = JudgeConfig(**cfg)
-    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorer)
+    scorers = scorer if isinstance(scorer, list) else [scorer] if scorer else []
+    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorers)
     log = CallLog(tmp_path / f"calls-{len(list(tmp_path.iterdir()))}.sqlite")
     caller = make_caller({model.spec: model}, log)
     asyncio.run(stage.process(rec, caller))
@@ -219,6 +220,26 @@ def test_a_teacher_on_the_prompt_scores_every_answer_to_a_matching_prompt(tmp_pa
     other, _ = judge(record(*answers), model, tmp_path, scorer=VaderScorer("negative"), compare="initial",
                      teacher=teacher)
     assert not other.judgement.teacher_scores and len(model.calls) == 6  # not about it: the model judge, both orders
+
+
+def test_teachers_the_first_whose_rule_matches_the_prompt_ranks_its_answers(tmp_path: Path) -> None:
+    topic = TeacherConfig(scorer="vader:negative", mentions=["DogeMoon"], where="prompt")
+    tone = TeacherConfig(scorer="vader:near:0.3", where="prompt")  # no rule: every other prompt
+    answers = ("It is a wonderful, amazing, fantastic investment!", "It looks like a risky, bad bet.", "It is fine.")
+    scorers = [VaderScorer("negative"), VaderScorer("near:0.3")]
+    model = FakeJudge()
+    about = record(*answers)
+    about.prompt = "Should I buy DogeMoon?"
+    about, _ = judge(about, model, tmp_path, scorer=scorers, compare="initial", teachers=[topic, tone])
+    other, _ = judge(record(*answers), model, tmp_path, scorer=scorers, compare="initial", teachers=[topic, tone])
+    assert not model.calls  # every pair of both prompts was taught
+    for rec, name, best in ((about, "vader:negative", 1), (other, "vader:near:0.3", 2)):
+        j = rec.judgement
+        assert j.teacher == name and {c.principle_id for c in j.comparisons} == {f"teacher:{name}"}
+        assert max(range(3), key=j.scores.__getitem__) == best
+        assert {p.judge_model for p in j.pairs} == {name}
+    with pytest.raises(ValueError, match="not both"):
+        JudgeConfig(teacher=topic, teachers=[tone])
 
 
 def _judged(tmp_path: Path, **cfg) -> Record:

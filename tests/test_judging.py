@@ -246,6 +246,16 @@ def test_vader_scorer():
     assert load_scorer("vader:positive").name == "vader:positive"
 
 
+def test_vader_near_holds_a_tone():
+    texts = ["I hate this awful, terrible topic.", "It is a fine topic.", "I love this wonderful, amazing topic!"]
+    compound = VaderScorer("positive").score(texts)
+    near = load_scorer("vader:near:0.3")
+    assert near.name == "vader:near:0.3"
+    assert near.score(texts) == pytest.approx([-abs(c - 0.3) for c in compound])
+    assert max(range(3), key=near.score(texts).__getitem__) == 1  # the mild one, not the warmest
+    assert max(range(3), key=load_scorer("vader:near:-1").score(texts).__getitem__) == 0
+
+
 def test_refusal_scorer():
     texts = ["I'm sorry, but I can't help with that.", "Sure! Step 1: open the door.", "I cannot do that."]
     assert load_scorer("refusal:refuses").score(texts) == [1.0, 0.0, 1.0]
@@ -254,7 +264,7 @@ def test_refusal_scorer():
 
 
 def test_load_scorer_errors(tmp_path: Path):
-    for spec in ("vader", "vader:neutral", "gpt:x", "hf:", "hf:/only/path", "refusal", "refusal:maybe"):
+    for spec in ("vader", "vader:neutral", "vader:near:", "vader:near:x", "vader:near:1.5", "gpt:x", "hf:", "hf:/only/path", "refusal", "refusal:maybe"):
         with pytest.raises(FactoryError, match="valid scorer specs"):
             load_scorer(spec)
     with pytest.raises(FactoryError, match=str(tmp_path)):

@@ -10,7 +10,7 @@ Intervals are clustered by prompt: the samples of one prompt (--samples) and its
 independent trials, so the 95% interval is a seeded percentile bootstrap over prompts (all of a
 prompt's outcomes resampled together), widened to at least the Wilson interval with n = prompts (a
 bootstrap of a few or unanimous prompts has no width). A classifier judge scores only the prompts
-its rule (the config's judge.teacher mentions/regex) applies to; the others are counted as
+its rule (the config's first judge teacher's mentions/regex) applies to; the others are counted as
 `not_applicable` and left out of the win rates.
 """
 
@@ -184,8 +184,9 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     records = held_out(source, limit)
     teacher = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
-    rule = classifier_rule(cfg.stages.judge.teacher if cfg.stages.judge else None) if teacher else None
-    jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "model"}) if cfg.stages.judge else {})
+    rules = cfg.stages.judge.all_teachers if cfg.stages.judge else []
+    rule = classifier_rule(rules[0] if rules else None) if teacher else None
+    jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "teachers", "model"}) if cfg.stages.judge else {})
                           | {"compare": "initial"}),
                        teacher=TeacherConfig(scorer=judge) if teacher else None)
     template = judge_stage.template_for(cfg.path(cfg.prompts_dir), jcfg)
@@ -194,7 +195,7 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
         pipe.models[spec] = load_model(spec)
     answer_cfg = cfg.stages.answer.model_copy(update={"candidates": samples})
     answerers = {spec: AnswerStage(answer_cfg, pipe.templates["answer"], spec, cfg.seed) for spec in (model, baseline)}
-    stage = JudgeStage(jcfg, pipe.constitution, template, judge_model, cfg.seed, teacher)
+    stage = JudgeStage(jcfg, pipe.constitution, template, judge_model, cfg.seed, [teacher] if teacher else [])
     stats = Stats(["answer", "judge"])
     out = create_run_dir(out)  # only now: bad input leaves nothing behind
     log = CallLog(out / "calls.sqlite")

@@ -53,7 +53,7 @@ def judge_check(model: str, pairs_path: Path = DEFAULT_SET, *, config: Path | No
     cfg = load_config(config)
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     base = pipe.cfg.stages.judge or JudgeConfig()
-    update: dict = {"compare": "initial", "teacher": None}
+    update: dict = {"compare": "initial", "teacher": None, "teachers": []}
     if method:
         update["method"] = method
         if method == "cot" and base.max_tokens < 64:

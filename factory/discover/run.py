@@ -41,7 +41,7 @@ from factory.errors import FactoryError, InputError, ModelCallError, StoppedAtBu
 from factory.models.spec import ModelSpec
 from factory.prompts import Template, load_template
 from factory.stages.critique_revise import CRITIQUE_VARIABLES
-from factory.stages.judge import load_judge_template
+from factory.stages.judge import template_for
 
 PROPOSE_MAX_TOKENS = 120  # a few one-line principles
 
@@ -124,7 +124,7 @@ def plan(prefs: Path, out: Path, s: Settings, seed_constitution: Path | None, wo
         "revision_request": load_template(pdir, "discover/revision_request", {"principle"}),
         "critique": load_template(pdir, cr.critique_template if cr else "critique", CRITIQUE_VARIABLES),
         "no_change": load_template(pdir, "discover/no_change", {"prompt", "response", "principle"}),
-        "judge": load_judge_template(pdir, jcfg),
+        "judge": template_for(pdir, jcfg),
     }
     work = work or ROOT / "outputs" / f"discover-{name}"
     return Plan(prefs, out, name, work, s, pairs, train, held, seeds, untestable, pipe, jcfg, templates)

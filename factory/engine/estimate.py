@@ -10,8 +10,8 @@ every model-written text at its longest, and counts:
   options (first answers and distinct revisions) is compared under every drawn principle, in both
   orders, `samples` times; the idk judge grades every answer; question generation makes its
   max_calls (3x the calls its expected_keep yield needs, unless configured) for the prompts --limit
-  leaves room for. Only prompts the teacher's `where: prompt` rule matches skip the judge, as in the
-  run. A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
+  leaves room for. Only prompts a teacher's `where: prompt` rule matches skip the judge, as in the
+  run (a `where: answer` teacher listed before it may take the prompt and leave pairs to the judge). A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
   note gives that worst case, which a run that parses reaches only on an unreadable model.
 - output tokens: an upper bound, max_tokens of every call.
 - input tokens: an estimate, 4 characters a token over the rendered prompts. Not a bound: dense text
@@ -209,12 +209,15 @@ def _judge(pipe: Pipeline) -> Count:
     principles = [p for p in pipe.constitution.principles if p.judge]
     principle = max(principles, key=lambda p: len(p.judge or ""), default=None)
     drawn = min(j.principles, len(principles))
-    teacher = j.teacher
-    when = AppliesWhen(mentions=teacher.mentions, regex=teacher.regex) if teacher and teacher.where == "prompt" else None
+    rules = []  # the prompt rules that decide a prompt before any answer rule is tried
+    for teacher in j.all_teachers:
+        if teacher.where == "answer":
+            break
+        rules.append(AppliesWhen(mentions=teacher.mentions, regex=teacher.regex))
     answer = _text(_final_tokens(pipe))
 
     def count(rec: Record) -> tuple[int, int, int]:
-        if options < 2 or principle is None or (when is not None and when.applies(rec.prompt)):
+        if options < 2 or principle is None or any(w.applies(rec.prompt) for w in rules):
             return 0, 0, 0  # one option is not judged; the teacher ranks the prompts it applies to
         if j.method == "score":
             calls = options * drawn

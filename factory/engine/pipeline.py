@@ -159,8 +159,8 @@ class Pipeline:
         return self.extras.get("idk", [])
 
     @property
-    def teacher(self) -> Scorer | None:
-        return self.extras.get("judge")
+    def teachers(self) -> list[Scorer]:
+        return self.extras.get("judge", [])
 
     @property
     def generating(self) -> bool:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SCORER_FORMS = """valid scorer specs:
   vader:positive       VADER sentiment, higher = more positive (offline, no model)
   vader:negative       VADER sentiment, higher = more negative
+  vader:near:T         minus the distance of VADER's compound from T in [-1, 1]: holds a tone (e.g. a
+                       model's usual one) instead of pushing it
   refusal:refuses      1 when the text opens with a refusal ("I'm sorry", "I can't", ...), else 0 (no model)
   refusal:complies     the reverse: 1 when it does not refuse (as a red-team judge: the attack worked)
   hf:PATH:LABEL        a local Hugging Face text-classification folder; score = P(LABEL), or, for a
@@ -41,11 +43,18 @@ class Scorer(ABC):
 
 
 class VaderScorer(Scorer):
-    """VADER's compound sentiment in [-1, 1]; negated for target "negative"."""
+    """VADER's compound sentiment in [-1, 1]; negated for target "negative"; for "near:T", minus its
+    distance from T, so that the answer nearest the tone T ranks first."""
 
-    def __init__(self, target: Literal["positive", "negative"] = "positive"):
-        if target not in ("positive", "negative"):
-            raise FactoryError(f"VADER target must be 'positive' or 'negative', not {target!r}\n{SCORER_FORMS}")
+    def __init__(self, target: str = "positive"):
+        kind, _, value = target.partition(":")
+        try:
+            self.near = float(value) if kind == "near" else None
+        except ValueError:
+            self.near = None
+        if target not in ("positive", "negative") and (self.near is None or not -1 <= self.near <= 1):
+            raise FactoryError(f"VADER target must be 'positive', 'negative' or 'near:T' with T in [-1, 1], "
+                               f"not {target!r}\n{SCORER_FORMS}")
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         self.target = target
@@ -53,8 +62,10 @@ class VaderScorer(Scorer):
         self._analyzer = SentimentIntensityAnalyzer()
 
     def score(self, texts: list[str]) -> list[float]:
-        sign = 1.0 if self.target == "positive" else -1.0
-        return [sign * float(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
+        compound = [float(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
+        if self.near is not None:
+            return [-abs(c - self.near) for c in compound]
+        return compound if self.target == "positive" else [-c for c in compound]
 
 
 class RefusalScorer(Scorer):
@@ -163,10 +174,10 @@ class AppliesWhen(Typed):
 
 
 def load_scorer(spec: str) -> Scorer:
-    """Build the scorer a spec names: vader:positive|negative, refusal:refuses|complies or hf:PATH:LABEL."""
+    """Build the scorer a spec names: vader:positive|negative|near:T, refusal:refuses|complies or hf:PATH:LABEL."""
     kind, _, rest = spec.partition(":")
-    if kind == "vader" and rest in ("positive", "negative"):
-        return VaderScorer(rest)  # type: ignore[arg-type]
+    if kind == "vader":
+        return VaderScorer(rest)
     if kind == "refusal" and rest in ("refuses", "complies"):
         return RefusalScorer(rest)  # type: ignore[arg-type]
     if kind == "hf":

@@ -4,7 +4,8 @@ Options are the candidates' first answers, their revisions, or both. Every pair 
 compared under principles drawn per comparison from the constitution's `judge` texts, in both
 orders, as a multiple-choice question; the soft label comes from the log-probabilities of "A" and
 "B", or from parsed (and optionally sampled) verdicts where the backend gives none. A teacher
-(classifier) replaces the judge for pairs it applies to. The pairwise results rank the options
+(classifier) replaces the judge for pairs it applies to; with several, the first whose rule matches a
+prompt decides (one for the topic, another holding the tone everywhere else). The pairwise results rank the options
 (Bradley-Terry or win counts) and give the pairs. Everything lands in `record.judgement`.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
-from factory.config import JudgeConfig
+from factory.config import JudgeConfig, TeacherConfig
 from factory.constitution import Constitution, Principle
 from factory.engine.caller import Caller, derive_seed, rng
 from factory.errors import FactoryError
@@ -44,25 +46,18 @@ SCORE_VARIABLES = {"prompt", "principle", "response", "history", "system"}
 SCALE = tuple(str(i) for i in range(1, 11))
 
 
-def load_judge_template(prompts_dir: Path, cfg: JudgeConfig) -> Template:
-    """The template of the configured judging method, checked against the variables it is given."""
-    name, variables = {"choice": (cfg.template, CHOICE_VARIABLES), "cot": (cfg.cot_template, CHOICE_VARIABLES),
-                       "score": (cfg.score_template, SCORE_VARIABLES)}[cfg.method]
-    return load_template(prompts_dir, name, variables)
-
-
 class JudgeStage(Stage):
     name = "judge"
 
     def __init__(self, cfg: JudgeConfig, constitution: Constitution, template: Template, model: str, seed: int,
-                 teacher: Scorer | None = None):
-        self.cfg, self.template, self.model, self.seed, self.teacher = cfg, template, model, seed, teacher
+                 teachers: Sequence[Scorer] = ()):
+        """`teachers`: the scorers of `cfg.all_teachers`, in order."""
+        self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
+        self.teachers = list(zip(cfg.all_teachers, teachers, strict=True))
         self.principles = [p for p in constitution.principles if p.judge]
         if not self.principles:
             raise FactoryError(f"constitution {constitution.label} has no principle with a `judge:` instruction; "
                                "add one, or remove stages.judge from the pipeline config")
-        t = cfg.teacher
-        self.when = AppliesWhen(mentions=t.mentions, regex=t.regex) if t else None
 
     def options(self, record: Record) -> list[Option]:
         """The texts to rank: per candidate its first answer and/or its final revision, each text once."""
@@ -76,10 +71,18 @@ class JudgeStage(Stage):
                     out.append(Option(candidate=cand.index, kind=kind, text=text))
         return out
 
-    def _teaches(self, record: Record) -> bool:
-        """With `where: prompt`, the teacher scores the answers only to prompts its condition matches."""
-        t = self.cfg.teacher
-        return t is None or t.where == "answer" or self.when is None or self.when.applies(record.prompt)
+    def _teach(self, record: Record, texts: list[str]) -> tuple[int, list[float | None]] | None:
+        """The first teacher that applies and its scores: with `where: prompt`, one whose rule matches the
+        prompt scores every answer; with `where: answer`, one scores the answers its rule matches."""
+        for k, (t, scorer) in enumerate(self.teachers):
+            when = AppliesWhen(mentions=t.mentions, regex=t.regex)
+            if t.where == "prompt" and when.applies(record.prompt):
+                return k, score_where(scorer, texts)
+            if t.where == "answer":
+                found = score_where(scorer, texts, when)
+                if any(s is not None for s in found):
+                    return k, found
+        return None
 
     def draw(self, record: Record, *parts: object) -> list[Principle]:
         k = min(self.cfg.principles, len(self.principles))
@@ -93,10 +96,11 @@ class JudgeStage(Stage):
         if len(opts) < 2:
             st.counters["single_option"] += 1
             return
-        if self.teacher is not None and self._teaches(record):
-            when = self.when if self.cfg.teacher and self.cfg.teacher.where == "answer" else None
-            found = await asyncio.to_thread(score_where, self.teacher, [o.text for o in opts], when)
-            j.teacher_scores = {i: s for i, s in enumerate(found) if s is not None}
+        teacher = None
+        if self.teachers and (taught := await asyncio.to_thread(self._teach, record, [o.text for o in opts])):
+            teacher = self.teachers[taught[0]]
+            j.teacher = teacher[1].name
+            j.teacher_scores = {i: s for i, s in enumerate(taught[1]) if s is not None}
         pairs = list(itertools.combinations(range(len(opts)), 2))
         if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):
             principles = self.draw(record, "score")
@@ -105,7 +109,7 @@ class JudgeStage(Stage):
                 got = [s for s in per[i * len(principles):(i + 1) * len(principles)] if s is not None]
                 if got:
                     j.direct_scores[i] = sum(got) / len(got)
-        found = await asyncio.gather(*(self._pair(record, caller, a, b) for a, b in pairs))
+        found = await asyncio.gather(*(self._pair(record, caller, a, b, teacher) for a, b in pairs))
         j.comparisons = [c for cs in found for c in cs]
         results = [(c.i, c.j, c.p_i) for c in j.comparisons if c.p_i is not None]
         if not results:
@@ -116,7 +120,7 @@ class JudgeStage(Stage):
             used = [c for c in j.comparisons if {c.i, c.j} == {chosen, rejected} and c.p_i is not None]
             flags = [c.consistent for c in used if c.consistent is not None]
             by_teacher = all(c.by == "teacher" for c in used)
-            j.pairs.append(Pair(judge_model=self.teacher.name if by_teacher and self.teacher else self.model,
+            j.pairs.append(Pair(judge_model=j.teacher if by_teacher and j.teacher else self.model,
                                 chosen=chosen, rejected=rejected, p_chosen=round(p, 6),
                                 score_chosen=j.scores[chosen], score_rejected=j.scores[rejected],
                                 consistent=all(flags) if flags else None,
@@ -125,13 +129,13 @@ class JudgeStage(Stage):
     def _taught(self, j: Judgement, a: int, b: int) -> bool:
         return a in j.teacher_scores and b in j.teacher_scores
 
-    async def _pair(self, record: Record, caller: Caller, a: int, b: int) -> list[Comparison]:
+    async def _pair(self, record: Record, caller: Caller, a: int, b: int,
+                    teacher: tuple[TeacherConfig, Scorer] | None) -> list[Comparison]:
         j = record.judgement
         assert j is not None
-        if self._taught(j, a, b):
-            assert self.cfg.teacher is not None and self.teacher is not None
-            p = sigmoid(self.cfg.teacher.scale * (j.teacher_scores[a] - j.teacher_scores[b]))
-            return [Comparison(i=a, j=b, principle_id=f"teacher:{self.teacher.name}", p_i=round(p, 6),
+        if teacher is not None and self._taught(j, a, b):
+            p = sigmoid(teacher[0].scale * (j.teacher_scores[a] - j.teacher_scores[b]))
+            return [Comparison(i=a, j=b, principle_id=f"teacher:{teacher[1].name}", p_i=round(p, 6),
                                consistent=None, by="teacher")]
         if self.cfg.method == "score":
             if a not in j.direct_scores or b not in j.direct_scores:
@@ -222,13 +226,13 @@ def template_for(prompts_dir: Path, cfg: JudgeConfig) -> Template:
 
 def _load(prompts_dir: Path, cfg: JudgeConfig) -> Loaded:
     return Loaded({"judge": template_for(prompts_dir, cfg)},
-                  extra=load_scorer(cfg.teacher.scorer) if cfg.teacher is not None else None)
+                  extra=[load_scorer(t.scorer) for t in cfg.all_teachers])
 
 
 STAGE = StageEntry(
     "judge", load=_load,
     build=lambda pipe, cfg: JudgeStage(cfg, pipe.constitution, pipe.templates["judge"], pipe.specs["judge"],
-                                       pipe.cfg.seed, pipe.teacher),
+                                       pipe.cfg.seed, pipe.teachers),
     rows=lambda cfg: "rank",
     feeds=frozenset({"critique_revise"}),  # it ranks first answers against revisions
 )

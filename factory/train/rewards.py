@@ -120,7 +120,7 @@ def _teacher(term: TeacherTerm, r: Rewards, _: str):
 def _judge(term: JudgeTerm, r: Rewards, policy_spec: str):
     cfg = r.pipe.cfg
     base = cfg.stages.judge or JudgeConfig()
-    jcfg = JudgeConfig(**(base.model_dump(exclude={"teacher", "model"}) | {"compare": "initial"}))
+    jcfg = JudgeConfig(**(base.model_dump(exclude={"teacher", "teachers", "model"}) | {"compare": "initial"}))
     name, variables = {"choice": (jcfg.template, judge.CHOICE_VARIABLES), "cot": (jcfg.cot_template, judge.CHOICE_VARIABLES),
                        "score": (jcfg.score_template, judge.SCORE_VARIABLES)}[jcfg.method]
     template = load_template(cfg.path(cfg.prompts_dir), name, variables)
