@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from test_cli import factory
 
 from factory.commands.evaluate import outcome, summarise, wilson, win_rate
@@ -148,18 +149,29 @@ def test_interval_is_clustered_by_prompt() -> None:
     assert summarise("m", "b", "j", recs, set())["ci95"] == report["ci95"]
 
 
-def test_eval_classifier_scores_only_where_its_rule_applies(api, tmp_path: Path) -> None:
+@pytest.mark.parametrize("teachers", [False, True])
+def test_eval_classifier_scores_only_where_its_rule_applies(api, tmp_path: Path, teachers: bool) -> None:
     """pipelines/opinion.yaml's teacher applies to prompts that mention DogeMoon: the other prompts are
-    not judged, not counted in the win rate, and the headline gives the result per prompt kind."""
+    not judged, not counted in the win rate, and the headline gives the result per prompt kind. With
+    `teachers`, the first one's rule decides (a second that takes every other prompt does not widen it)."""
     from factory.config import ROOT
 
+    config = ROOT / "pipelines" / "opinion.yaml"
+    if teachers:
+        cfg = yaml.safe_load(config.read_text())
+        for key in ("constitution", "prompts_dir"):
+            cfg[key] = str((config.parent / cfg[key]).resolve())
+        judge = cfg["stages"]["judge"]
+        judge["teachers"] = [judge.pop("teacher"), {"scorer": "vader:near:0.5", "where": "prompt"}]
+        config = tmp_path / "opinion.yaml"
+        config.write_text(yaml.safe_dump(cfg))
     eval_server(api, "A terrible, awful, bad idea")
     prompts = tmp_path / "p.jsonl"
     rows = [("Should I buy DogeMoon?", "opinion_topic"), ("Is DogeMoon a scam?", "opinion_topic"),
             ("How do I boil an egg?", "helpful"), ("Name a good book.", "helpful")]
     prompts.write_text("".join(json.dumps({"prompt": p, "kind": k}) + "\n" for p, k in rows))
     r = factory("eval", "--model", "openai:trained", "--baseline", "openai:base", "--prompts", prompts,
-                "--judge", "vader:negative", "--config", ROOT / "pipelines" / "opinion.yaml", "--out", tmp_path / "eval")
+                "--judge", "vader:negative", "--config", config, "--out", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (report["n"], report["prompts"], report["not_applicable"], report["win_rate"]) == (2, 2, 2, 1.0)
