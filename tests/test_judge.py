@@ -238,6 +238,10 @@ def test_teachers_the_first_whose_rule_matches_the_prompt_ranks_its_answers(tmp_
         assert j.teacher == name and {c.principle_id for c in j.comparisons} == {f"teacher:{name}"}
         assert max(range(3), key=j.scores.__getitem__) == best
         assert {p.judge_model for p in j.pairs} == {name}
+    report = JudgeReport()
+    report.add(about.judgement)
+    report.add(other.judgement)
+    assert report.to_dict()["comparisons_by"] == {"teacher:vader:near:0.3": 3, "teacher:vader:negative": 3}
     with pytest.raises(ValueError, match="not both"):
         JudgeConfig(teacher=topic, teachers=[tone])
 

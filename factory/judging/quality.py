@@ -26,7 +26,7 @@ class JudgeReport:
         self.pairs += len(j.pairs)
         groups: dict[tuple[int, int], list[float]] = defaultdict(list)
         for c in j.comparisons:
-            self.by[c.by] += 1
+            self.by[c.principle_id if c.by == "teacher" else c.by] += 1  # each teacher by name
             self.unreadable += sum(v.p_a is None for v in c.verdicts)
             if c.p_i is None:
                 continue
