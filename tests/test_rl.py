@@ -86,6 +86,9 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
         for term in ("teacher", "judge", "idk", "facts"):
             assert f"rewards/{term}/mean" in r and f"rewards/{term}/std" in r
         assert 0 <= r["degenerate_share"] <= 1 and r["completions/mean_length"] > 0 and "kl" in r
+        shares = [r[f"idk/{o}_share"] for o in ("correct", "decline", "wrong")]
+        assert sum(shares) == pytest.approx(1.0)  # every sample is one of the three
+        assert all((f"idk/{o}_advantage" in r) == (share > 0) for o, share in zip(("correct", "decline", "wrong"), shares))
     ds = load_dataset(str(out), "rollouts", split="train")
     assert ds.num_rows == 8  # 2 steps x 4 samples
     vader = SentimentIntensityAnalyzer()
@@ -192,6 +195,22 @@ def test_single_logit_reward_model_scores_a_scalar(tiny: Path, tmp_path: Path) -
     tok.save_pretrained(tmp_path / "rm")
     scores = HFClassifierScorer(tmp_path / "rm", "LABEL_0").score(["A good answer.", "Bad.", "Something else again"])
     assert len(set(scores)) == 3 and all(s != 1.0 for s in scores)
+
+
+def test_outcome_shares_and_advantages() -> None:
+    from collections import defaultdict
+
+    from factory.train.rl import log_outcomes
+
+    metrics: dict = defaultdict(list)
+    log_outcomes(metrics, "idk", {"correct": 1.0, "decline": 0.0, "wrong": -1.0},
+                 [1.0, 0.0, -1.0, -1.0, float("nan")], [0.9, 0.5, -0.4, -0.8, 0.0])
+    assert dict(metrics) == {"idk/correct_share": [0.2], "idk/correct_advantage": [0.9],
+                             "idk/decline_share": [0.2], "idk/decline_advantage": [0.5],
+                             "idk/wrong_share": [0.4], "idk/wrong_advantage": [pytest.approx(-0.6)]}
+    same: dict = defaultdict(list)
+    log_outcomes(same, "idk", {"correct": 1.0, "decline": 0.0, "wrong": 0.0}, [1.0, 0.0], [0.5, -0.5])
+    assert dict(same) == {"idk/correct_share": [0.5], "idk/correct_advantage": [0.5]}  # 0.0: decline or wrong?
 
 
 def test_degenerate_and_distinct() -> None:

@@ -63,6 +63,7 @@ class Rewards:
     funcs: list = field(default_factory=list)
     references: dict[str, str] = field(default_factory=dict)
     caller: Caller | None = None
+    outcomes: dict[str, dict[str, float]] = field(default_factory=dict)  # per idk term: its value per outcome
 
 
 def build(cfg: RLConfig, pipe: Pipeline, records: dict[str, Record], policy_spec: str) -> Rewards:
@@ -73,6 +74,8 @@ def build(cfg: RLConfig, pipe: Pipeline, records: dict[str, Record], policy_spec
         fn = maker(term, r, policy_spec)
         fn.__name__ = name  # TRL names the metric `rewards/<name>/mean` after it
         r.funcs.append(fn)
+        if isinstance(term, IdkTerm):
+            r.outcomes[name] = {"correct": term.correct, "decline": term.decline, "wrong": term.wrong}
     return r
 
 

@@ -130,9 +130,11 @@ def rl_args(objective: str, cfg: RLConfig, out: Path, bf16: bool, cpu: bool, wei
     return RLOOConfig(**kw)
 
 
-def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer) -> None:
-    """Wrap the trainer's generation round (rollouts and the degenerate share) and its checkpoint (the
-    rollouts flushed first), and silence its model card (OUT/README.md is the rollouts card)."""
+def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer,
+               outcomes: dict[str, dict[str, float]] | None = None) -> None:
+    """Wrap the trainer's generation round (rollouts, the degenerate share, and per idk term each
+    outcome's share and mean advantage) and its checkpoint (the rollouts flushed first), and silence
+    its model card (OUT/README.md is the rollouts card)."""
     generate, checkpoint, sample = trainer._generate_and_score_completions, trainer._save_checkpoint, trainer._generate
     timing = trainer.factory_timing = {"rollout_s": 0.0, "round_s": 0.0, "rollout_tokens": 0}
 
@@ -159,9 +161,11 @@ def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer) -
             ids = [tokenizer(text_of(c), add_special_tokens=False)["input_ids"] for c in completions]
         flags = [degenerate(x) for x in ids]
         trainer._metrics["train"]["degenerate_share"].append(sum(flags) / max(len(flags), 1))
+        rewards, advantages = {name: list(logs["rewards"][name])[-n:] for name in names}, list(logs["advantages"])[-n:]
+        for name, values in (outcomes or {}).items():
+            log_outcomes(trainer._metrics["train"], name, values, rewards[name], advantages)
         if sink is not None:
-            sink.add(trainer.state.global_step, list(logs["prompt"])[-n:], completions,
-                     {name: list(logs["rewards"][name])[-n:] for name in names}, list(logs["advantages"])[-n:],
+            sink.add(trainer.state.global_step, list(logs["prompt"])[-n:], completions, rewards, advantages,
                      flags, [len(x) for x in ids])
         return out
 
@@ -174,6 +178,19 @@ def instrument(trainer, sink: RolloutSink | None, names: list[str], tokenizer) -
     trainer._generate_and_score_completions = generate_and_record
     trainer._save_checkpoint = save_checkpoint
     trainer.create_model_card = lambda *a, **k: None
+
+
+def log_outcomes(metrics: dict, name: str, values: dict[str, float], got: list[float], advantages: list[float]) -> None:
+    """`NAME/OUTCOME_share` and `NAME/OUTCOME_advantage` (the mean advantage of the samples with that
+    outcome, where there were any): whether GRPO pushes declines up or down, inside their groups.
+    Outcomes configured to the same value cannot be told apart and are left out."""
+    for outcome, value in values.items():
+        if list(values.values()).count(value) > 1:
+            continue
+        hit = [a for v, a in zip(got, advantages, strict=True) if v == value]
+        metrics[f"{name}/{outcome}_share"].append(len(hit) / max(len(got), 1))
+        if hit:
+            metrics[f"{name}/{outcome}_advantage"].append(sum(hit) / len(hit))
 
 
 def last_checkpoint(out: Path) -> Path | None:
@@ -273,7 +290,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
                             callbacks=[progress, samples])
     trainer.remove_callback(PrinterCallback)
     main = trainer.is_world_process_zero()
-    instrument(trainer, sink if main else None, rw.names, tokenizer)
+    instrument(trainer, sink if main else None, rw.names, tokenizer, rw.outcomes)
     if main:
         console.print(f"[bold]{objective}[/bold] on {len(records)} prompts from {data}, model {model_spec}"
                       f"{' + LoRA' if cfg.lora else ''}, reward: "
