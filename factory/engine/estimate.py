@@ -11,7 +11,8 @@ every model-written text at its longest, and counts:
   orders, `samples` times; the idk judge grades every answer; question generation makes its
   max_calls (3x the calls its expected_keep yield needs, unless configured) for the prompts --limit
   leaves room for. Only prompts a teacher's `where: prompt` rule matches skip the judge, as in the
-  run (a `where: answer` teacher listed before it may take the prompt and leave pairs to the judge). A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
+  run (a `where: answer` teacher listed before it may take the prompt and leave pairs to the judge).
+  A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
   note gives that worst case, which a run that parses reaches only on an unreadable model.
 - output tokens: an upper bound, max_tokens of every call.
 - input tokens: an estimate, 4 characters a token over the rendered prompts. Not a bound: dense text

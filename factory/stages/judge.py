@@ -5,8 +5,8 @@ compared under principles drawn per comparison from the constitution's `judge` t
 orders, as a multiple-choice question; the soft label comes from the log-probabilities of "A" and
 "B", or from parsed (and optionally sampled) verdicts where the backend gives none. A teacher
 (classifier) replaces the judge for pairs it applies to; with several, the first whose rule matches a
-prompt decides (one for the topic, another holding the tone everywhere else). The pairwise results rank the options
-(Bradley-Terry or win counts) and give the pairs. Everything lands in `record.judgement`.
+prompt decides (say, one for a topic and another for every other prompt). The pairwise results rank
+the options (Bradley-Terry or win counts) and give the pairs. Everything lands in `record.judgement`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class JudgeStage(Stage):
         """`teachers`: the scorers of `cfg.all_teachers`, in order."""
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
         self.teachers = list(zip(cfg.all_teachers, teachers, strict=True))
+        self.rules = [AppliesWhen(mentions=t.mentions, regex=t.regex) for t in cfg.all_teachers]
         self.principles = [p for p in constitution.principles if p.judge]
         if not self.principles:
             raise FactoryError(f"constitution {constitution.label} has no principle with a `judge:` instruction; "
@@ -74,8 +75,7 @@ class JudgeStage(Stage):
     def _teach(self, record: Record, texts: list[str]) -> tuple[int, list[float | None]] | None:
         """The first teacher that applies and its scores: with `where: prompt`, one whose rule matches the
         prompt scores every answer; with `where: answer`, one scores the answers its rule matches."""
-        for k, (t, scorer) in enumerate(self.teachers):
-            when = AppliesWhen(mentions=t.mentions, regex=t.regex)
+        for k, ((t, scorer), when) in enumerate(zip(self.teachers, self.rules, strict=True)):
             if t.where == "prompt" and when.applies(record.prompt):
                 return k, score_where(scorer, texts)
             if t.where == "answer":
