@@ -170,6 +170,10 @@ class JudgeConfig(Sampling):
     def all_teachers(self) -> list[TeacherConfig]:
         return [self.teacher] if self.teacher is not None else list(self.teachers)
 
+    def without_teachers(self, **update: object) -> JudgeConfig:
+        """These settings for the model judge alone (every pair to the model), with `update`, checked again."""
+        return JudgeConfig.model_validate(self.model_dump(exclude={"teacher", "teachers"}) | update)
+
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
         if self.teacher is not None and self.teachers:

@@ -244,6 +244,10 @@ def test_teachers_the_first_whose_rule_matches_the_prompt_ranks_its_answers(tmp_
     assert report.to_dict()["comparisons_by"] == {"teacher:vader:near:0.3": 3, "teacher:vader:negative": 3}
     with pytest.raises(ValueError, match="not both"):
         JudgeConfig(teacher=topic, teachers=[tone])
+    alone = JudgeConfig(teachers=[topic, tone], principles=2).without_teachers(compare="initial")
+    assert (alone.all_teachers, alone.compare, alone.principles) == ([], "initial", 2)
+    with pytest.raises(ValueError, match="temperature"):
+        alone.without_teachers(samples=2)  # checked again: greedy votes are all the same
 
 
 def _judged(tmp_path: Path, **cfg) -> Record:

@@ -186,9 +186,8 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     teacher = load_scorer(judge) if judge.startswith(SCORER_PREFIXES) else None
     rules = cfg.stages.judge.all_teachers if cfg.stages.judge else []
     rule = classifier_rule(rules[0] if rules else None) if teacher else None
-    jcfg = JudgeConfig(**((cfg.stages.judge.model_dump(exclude={"teacher", "teachers", "model"}) if cfg.stages.judge else {})
-                          | {"compare": "initial"}),
-                       teacher=TeacherConfig(scorer=judge) if teacher else None)
+    jcfg = (cfg.stages.judge or JudgeConfig()).without_teachers(
+        compare="initial", model=None, teacher=TeacherConfig(scorer=judge) if teacher else None)
     template = judge_stage.template_for(cfg.path(cfg.prompts_dir), jcfg)
     judge_model = baseline if teacher else judge  # a teacher applies to every answer: no model call is made
     for spec in {model, baseline, judge_model}:

@@ -53,7 +53,7 @@ def judge_check(model: str, pairs_path: Path = DEFAULT_SET, *, config: Path | No
     cfg = load_config(config)
     pipe = Pipeline.prepare(cfg, Overrides(model=model), needs_seeds=False)
     base = pipe.cfg.stages.judge or JudgeConfig()
-    update: dict = {"compare": "initial", "teacher": None, "teachers": []}
+    update: dict = {"compare": "initial"}
     if method:
         update["method"] = method
         if method == "cot" and base.max_tokens < 64:
@@ -62,7 +62,7 @@ def judge_check(model: str, pairs_path: Path = DEFAULT_SET, *, config: Path | No
         update["samples"] = samples
         if samples > 1 and base.temperature == 0:
             update["temperature"] = 1.0
-    jcfg = JudgeConfig.model_validate(base.model_dump() | update)
+    jcfg = base.without_teachers(**update)
     template = judge_stage.template_for(pipe.cfg.path(pipe.cfg.prompts_dir), jcfg)
     pipe.load_models()
     criteria = sorted({p.criterion for p in pairs})

@@ -107,7 +107,7 @@ def records(pairs: list[PrefPair]) -> list[Record]:
 async def judge_all(candidates: list[Candidate], pairs: list[PrefPair], caller: Caller, cfg: JudgeConfig,
                     template: Template, model: str, seed: int) -> list[list[Record]]:
     """Every candidate over every held-out pair, all calls in flight together (the endpoint limits them)."""
-    cfg = cfg.model_copy(update={"compare": "initial", "teacher": None, "teachers": [], "principles": 1})
+    cfg = cfg.without_teachers(compare="initial", principles=1)
     stages = [JudgeStage(cfg, judge_constitution(c), template, model, seed) for c in candidates]
     judged = [records(pairs) for _ in candidates]
 

@@ -25,7 +25,6 @@ from factory.hygiene.clean import REFUSAL
 from factory.judging import AppliesWhen, load_scorer
 from factory.judging.facts import metric_of
 from factory.models import load_model
-from factory.prompts import load_template
 from factory.records import Candidate, Record
 from factory.stages import factcheck, idk, judge
 from factory.stages.answer import AnswerStage
@@ -123,10 +122,8 @@ def _teacher(term: TeacherTerm, r: Rewards, _: str):
 def _judge(term: JudgeTerm, r: Rewards, policy_spec: str):
     cfg = r.pipe.cfg
     base = cfg.stages.judge or JudgeConfig()
-    jcfg = JudgeConfig(**(base.model_dump(exclude={"teacher", "teachers", "model"}) | {"compare": "initial"}))
-    name, variables = {"choice": (jcfg.template, judge.CHOICE_VARIABLES), "cot": (jcfg.cot_template, judge.CHOICE_VARIABLES),
-                       "score": (jcfg.score_template, judge.SCORE_VARIABLES)}[jcfg.method]
-    template = load_template(cfg.path(cfg.prompts_dir), name, variables)
+    jcfg = base.without_teachers(compare="initial", model=None)
+    template = judge.template_for(cfg.path(cfg.prompts_dir), jcfg)
     judge_spec = _model(r, term.model or (cfg.model_for(cfg.stages.judge) if cfg.stages.judge else cfg.model))
     stage = JudgeStage(jcfg, r.pipe.constitution, template, judge_spec, cfg.seed)
     answer_cfg = cfg.stages.answer.model_copy(update={"candidates": 1})
