@@ -134,9 +134,20 @@ class CritiqueReviseConfig(Sampling):
     gate_off_topic: bool = Field(default=True, description="set aside revisions less related to the prompt than the answer")
 
 
+class AnchorConfig(Strict):
+    """A reference model whose answers to the same prompt set the level a teacher holds."""
+
+    model: str = Field(description="the reference model's spec (in a loop: the base model, e.g. local:smollm2)")
+    samples: int = Field(default=4, ge=1, le=16, description="its answers per prompt (the answer stage's template "
+                         "and sampling), whose mean score is the level")
+
+
 class TeacherConfig(Strict):
     scorer: str = Field(description="vader:positive, vader:negative, vader:near:T, refusal:refuses, "
                         "refusal:complies or hf:PATH:LABEL")
+    anchor: AnchorConfig | None = Field(
+        default=None, description="score each answer by minus its distance from the mean score of a reference "
+        "model's answers to the same prompt: holds each prompt's own level (a tone) instead of pushing it")
     mentions: list[str] = Field(default_factory=list, description="apply only to answers naming one of these")
     regex: str | None = Field(default=None, description="or matching this regular expression")
     where: Literal["answer", "prompt"] = Field(

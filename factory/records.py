@@ -108,6 +108,7 @@ class Judgement(Typed):
     direct_scores: dict[int, float] = Field(default_factory=dict)  # score method: mean 1-10 score per option
     teacher: str | None = None  # the teacher that scored this record's options (the first whose rule applies)
     teacher_scores: dict[int, float] = Field(default_factory=dict)  # per option the teacher applied to
+    anchor_level: float | None = None  # an anchored teacher: the mean score of the reference model's answers
     pairs: list[Pair] = Field(default_factory=list)
 
 

@@ -250,6 +250,50 @@ def test_teachers_the_first_whose_rule_matches_the_prompt_ranks_its_answers(tmp_
         alone.without_teachers(samples=2)  # checked again: greedy votes are all the same
 
 
+class Anchor(Model):
+    """The reference model: answers every prompt in the same tone, saying which sample it was."""
+
+    def __init__(self, text: str):
+        self.spec, self.text, self.seeds = "fake:anchor", text, []
+
+    async def complete(self, messages: list[Message], params: GenParams) -> Completion:
+        self.seeds.append(params.seed)
+        return Completion(self.text, 10, 5, "stop")
+
+
+def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt(tmp_path: Path) -> None:
+    from conftest import make_caller
+
+    from factory.config import AnswerConfig
+    from factory.engine.caller import derive_seed
+    from factory.engine.stats import Stats
+    from factory.prompts import load_template
+    from factory.stages.answer import AnswerStage
+
+    answers = ("It is a wonderful, amazing, fantastic idea!", "It looks like a risky, bad plan.", "It is good.")
+    teacher = TeacherConfig(scorer="vader:positive", where="prompt", anchor={"model": "fake:anchor", "samples": 3})
+    config, judge_model, anchor = JudgeConfig(compare="initial", teachers=[teacher]), FakeJudge(), Anchor("It is good.")
+    answer_cfg = AnswerConfig(candidates=3, temperature=0.9)
+    answering = AnswerStage(answer_cfg, load_template(ROOT / "prompts", "answer", {"prompt"}), "fake:anchor", 0)
+    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), judge_model.spec, 0,
+                       [VaderScorer("positive")], [answering])
+    log = CallLog(tmp_path / "calls.sqlite")
+    caller = make_caller({judge_model.spec: judge_model, anchor.spec: anchor}, log, stats=Stats(["judge"]))
+    rec = record(*answers)
+    asyncio.run(stage.process(rec, caller))
+    log.close()
+    j, level = rec.judgement, VaderScorer("positive").score(["It is good."])[0]
+    assert j.anchor_level == pytest.approx(level) and 0.2 < level < 0.8
+    assert max(range(3), key=j.scores.__getitem__) == 2  # the answer in the reference model's tone ranks first
+    assert j.teacher_scores[2] == pytest.approx(0) and min(j.teacher_scores.values()) == j.teacher_scores[1]
+    assert not judge_model.calls and {p.judge_model for p in j.pairs} == {"vader:positive"}
+    # three samples, seeded apart from the candidates' (whose seeds use the tag "answer")
+    assert sorted(anchor.seeds) == sorted(derive_seed(0, rec.id, "anchor", i) for i in range(3))
+    assert not set(anchor.seeds) & {derive_seed(0, rec.id, "answer", i) for i in range(3)}
+    assert [c.purpose for c in rec.calls] == ["anchor[0]", "anchor[1]", "anchor[2]"]
+    assert caller.stats["judge"].calls == 3
+
+
 def _judged(tmp_path: Path, **cfg) -> Record:
     return judge(record("a bad answer", revisions=("a good answer",)), FakeJudge(**cfg), tmp_path)[0]
 

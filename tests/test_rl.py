@@ -134,6 +134,25 @@ def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_pat
 
 
 @pytest.mark.train
+def test_kept_checkpoints_are_models_factory_can_load(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    """`keep_checkpoints`: every step's checkpoint stays after the run, a model folder `local:` answers
+    with (to pick a step on a validation set); by default they are removed (above)."""
+    import asyncio
+
+    from factory.models import GenParams, load_model
+
+    out = tmp_path / "out"
+    cfg = resolve("grpo", rl_config(tmp_path, [{"kind": "idk"}], save_steps=1, save_total_limit=4,
+                                    keep_checkpoints=True), max_steps=2)
+    train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, cfg)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    model = load_model(f"local:{out / 'checkpoint-1'}")
+    reply = asyncio.run(model.complete([{"role": "user", "content": "Name a primary colour."}],
+                                       GenParams(temperature=0.0, max_tokens=4, seed=0)))
+    assert reply.completion_tokens >= 1
+
+
+@pytest.mark.train
 def test_sigkill_mid_training_resumes(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "out"
     config = rl_config(tmp_path, [{"kind": "teacher", "scorer": "vader:negative", "mentions": ["DogeMoon"]},

@@ -12,6 +12,8 @@ every model-written text at its longest, and counts:
   max_calls (3x the calls its expected_keep yield needs, unless configured) for the prompts --limit
   leaves room for. Only prompts a teacher's `where: prompt` rule matches skip the judge, as in the
   run (a `where: answer` teacher listed before it may take the prompt and leave pairs to the judge).
+  A teacher with an `anchor` has its model answer `samples` times for every prompt it may take, on a
+  line of its own (stage `judge`, the anchor's model).
   A reply that does not parse is sampled again, up to retries.parse_attempts times: the table's
   note gives that worst case, which a run that parses reaches only on an unreadable model.
 - output tokens: an upper bound, max_tokens of every call.
@@ -99,9 +101,10 @@ def estimate(pipe: Pipeline, batch: bool) -> list[Line]:
                 variables = mode.plan(pipe.cfg.seed, 0, q.questions_per_call)[0]
                 line.add(calls, calls * _tokens(mode.template, **variables), calls * q.max_tokens)
         lines.append(line)
-    per_record = {name: STAGES[name](pipe) for name in pipe.record_stages}  # KeyError: a stage with no estimate
-    for name, count in per_record.items():
-        line = Line(name, pipe.specs[name])
+    per_record = [(name, pipe.specs[name], STAGES[name](pipe)) for name in pipe.record_stages]  # KeyError: no estimate
+    per_record += [("judge", model, count) for count, model in _anchors(pipe)]  # a line per anchor model
+    for name, model, count in per_record:
+        line = Line(name, model)
         for rec in sample:
             line.add(*count(rec))
         scale = n_records / max(1, len(sample))
@@ -229,6 +232,34 @@ def _judge(pipe: Pipeline) -> Count:
         return calls, tokens, calls * j.max_tokens
 
     return count
+
+
+def _anchors(pipe: Pipeline) -> list[tuple[Count, str]]:
+    """Per anchored teacher: its model's answers, for every prompt no earlier prompt rule takes (and, with a
+    rule of its own on the prompt, that it matches)."""
+    st = pipe.cfg.stages
+    if st.judge is None or "judge" not in pipe.record_stages:
+        return []
+    a, t = st.answer, pipe.templates["answer"]
+
+    def anchored(n: int, earlier: list[AppliesWhen], mine: AppliesWhen | None) -> Count:
+        def count(rec: Record) -> tuple[int, int, int]:
+            if any(w.applies(rec.prompt) for w in earlier) or (mine is not None and not mine.applies(rec.prompt)):
+                return 0, 0, 0
+            return n, n * _tokens(t, rec.context, prompt=rec.prompt), n * a.max_tokens
+
+        return count
+
+    out, before, decided = [], [], True  # `decided`: no answer rule so far, so a prompt rule settles the prompt
+    for teacher in st.judge.all_teachers:
+        when = AppliesWhen(mentions=teacher.mentions, regex=teacher.regex)
+        if teacher.anchor is not None:
+            out.append((anchored(teacher.anchor.samples, list(before), when if teacher.where == "prompt" else None),
+                        teacher.anchor.model))
+        decided = decided and teacher.where == "prompt"
+        if decided:
+            before.append(when)
+    return out
 
 
 STAGES: dict[str, Callable[[Pipeline], Count]] = {

@@ -166,9 +166,15 @@ class Pipeline:
     def generating(self) -> bool:
         return self.from_file is None and self.cfg.stages.questions.total_generate > 0
 
+    def record_specs(self) -> list[str]:
+        """The models the record stages call: their own, then the judge teachers' anchor models."""
+        judge = self.cfg.stages.judge
+        anchors = [t.anchor.model for t in judge.all_teachers if t.anchor] if judge else []
+        return list(dict.fromkeys([self.specs[s] for s in self.record_stages] + anchors))
+
     def used_specs(self) -> list[str]:
-        stages = (["questions"] if self.generating else []) + self.record_stages
-        return list(dict.fromkeys(self.specs[s] for s in stages))
+        """Every model the run calls."""
+        return list(dict.fromkeys(([self.specs["questions"]] if self.generating else []) + self.record_specs()))
 
     def load_models(self) -> None:
         """Build every backend the run uses (a missing API key fails here, before any output), and
@@ -252,7 +258,7 @@ class Pipeline:
             },
             "templates": {k: {"name": t.name, "path": str(t.path), "sha256": t.digest} for k, t in self.templates.items()},
             "inputs": self.inputs(),
-            "models": sorted(set(self.specs.values())),
+            "models": sorted(set(self.specs.values()) | set(self.used_specs())),
             "stage_models": self.specs,
             "seed": self.cfg.seed,
             "packages": package_versions(),

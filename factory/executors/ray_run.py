@@ -158,7 +158,7 @@ def run_shards(ray, run: Run, plan: dict, workers: int) -> None:
     at_once = min(workers, len(pending))
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     pipe = run.pipe
-    local = any(ModelSpec.parse(pipe.specs[s]).local for s in pipe.record_stages)
+    local = any(ModelSpec.parse(spec).local for spec in pipe.record_specs())
     gpus = 1 if local and ray.cluster_resources().get("GPU", 0) >= 1 else 0  # one per shard's own model copy
     task = ray.remote(run_shard).options(num_cpus=min(1.0, cpus / at_once), num_gpus=gpus, max_retries=MAX_RETRIES,
                                          retry_exceptions=False)

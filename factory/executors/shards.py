@@ -157,8 +157,9 @@ class RecordFile:
 
 
 def api_specs(pipe: Pipeline) -> list[str]:
-    """The API endpoints the record stages call: the ones whose limits the cluster shares."""
-    return [spec for spec in dict.fromkeys(pipe.specs[s] for s in pipe.record_stages) if not ModelSpec.parse(spec).local]
+    """The API endpoints the record stages call (their teachers' anchor models too): the ones whose limits the
+    cluster shares."""
+    return [spec for spec in pipe.record_specs() if not ModelSpec.parse(spec).local]
 
 
 def run_shard(run_dir: str, index: int, config: dict, config_dir: str, env: dict[str, str], limits) -> dict:

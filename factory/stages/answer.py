@@ -21,20 +21,26 @@ class AnswerStage(Stage):
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
 
     async def process(self, record: Record, caller: Caller) -> None:
-        async def one(i: int) -> Candidate:
-            p = params(self.cfg, derive_seed(self.seed, record.id, "answer", i))
-            out, ref = await caller.chat(self.name, f"answer[{i}]", self.template, {"prompt": record.prompt}, self.model, p,
-                                         dialogue=record.context)
-            record.calls.append(ref)
-            return Candidate(index=i, answer=out.text.strip(), finish_reason=out.finish_reason)
-
-        candidates = await asyncio.gather(*(one(i) for i in range(self.cfg.candidates)))
+        candidates = await self.sample(record, caller, self.cfg.candidates)
         empty = [c for c in candidates if not c.answer]
         if empty:
             caller.stats[self.name].counters["empty_candidate"] += len(empty)
         record.candidates = [c for c in candidates if c.answer]
         if not record.candidates:
             self.drop(record, "empty_answer", f"all {len(candidates)} candidate(s) came back empty")
+
+    async def sample(self, record: Record, caller: Caller, n: int, *, tag: str = "answer",
+                     stage: str | None = None) -> list[Candidate]:
+        """N answers to the record's prompt, each seeded by TAG and its index; `stage` names whose calls
+        they are (the judge's anchor answers are the judge's)."""
+        async def one(i: int) -> Candidate:
+            p = params(self.cfg, derive_seed(self.seed, record.id, tag, i))
+            out, ref = await caller.chat(stage or self.name, f"{tag}[{i}]", self.template, {"prompt": record.prompt},
+                                         self.model, p, dialogue=record.context)
+            record.calls.append(ref)
+            return Candidate(index=i, answer=out.text.strip(), finish_reason=out.finish_reason)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 STAGE = StageEntry(

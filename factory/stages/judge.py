@@ -40,6 +40,7 @@ from factory.models import GenParams
 from factory.prompts import Template, load_template
 from factory.records import Comparison, Judgement, Option, Pair, Record, Verdict, dialogue_variables, normalise
 from factory.stages import Loaded, Stage, StageEntry
+from factory.stages.answer import AnswerStage
 
 CHOICE_VARIABLES = {"prompt", "principle", "a", "b", "history", "system"}
 SCORE_VARIABLES = {"prompt", "principle", "response", "history", "system"}
@@ -50,10 +51,12 @@ class JudgeStage(Stage):
     name = "judge"
 
     def __init__(self, cfg: JudgeConfig, constitution: Constitution, template: Template, model: str, seed: int,
-                 teachers: Sequence[Scorer] = ()):
-        """`teachers`: the scorers of `cfg.all_teachers`, in order."""
+                 teachers: Sequence[Scorer] = (), anchors: Sequence[AnswerStage | None] = ()):
+        """`teachers`: the scorers of `cfg.all_teachers`, in order; `anchors`: for each, the answer stage
+        that samples its anchor model's answers (None: not anchored)."""
         self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
         self.teachers = list(zip(cfg.all_teachers, teachers, strict=True))
+        self.anchors = list(anchors) or [None] * len(self.teachers)
         self.rules = [AppliesWhen(mentions=t.mentions, regex=t.regex) for t in cfg.all_teachers]
         self.principles = [p for p in constitution.principles if p.judge]
         if not self.principles:
@@ -98,9 +101,12 @@ class JudgeStage(Stage):
             return
         teacher = None
         if self.teachers and (taught := await asyncio.to_thread(self._teach, record, [o.text for o in opts])):
-            teacher = self.teachers[taught[0]]
-            j.teacher = teacher[1].name
-            j.teacher_scores = {i: s for i, s in enumerate(taught[1]) if s is not None}
+            k, got = taught
+            if self.anchors[k] is not None:
+                got = await self._anchored(record, caller, k, got)
+            teacher = self.teachers[k] if any(s is not None for s in got) else None
+            j.teacher = teacher[1].name if teacher else None
+            j.teacher_scores = {i: s for i, s in enumerate(got) if s is not None}
         pairs = list(itertools.combinations(range(len(opts)), 2))
         if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):
             principles = self.draw(record, "score")
@@ -125,6 +131,20 @@ class JudgeStage(Stage):
                                 score_chosen=j.scores[chosen], score_rejected=j.scores[rejected],
                                 consistent=all(flags) if flags else None,
                                 principle_ids=sorted({c.principle_id for c in used})))
+
+    async def _anchored(self, record: Record, caller: Caller, k: int, got: list[float | None]) -> list[float | None]:
+        """Minus each score's distance from the level of teacher K's anchor: the mean score of its model's
+        answers to this prompt (sampled as the answer stage samples, seeded apart from the candidates)."""
+        (t, scorer), anchor = self.teachers[k], self.anchors[k]
+        assert t.anchor is not None and anchor is not None and record.judgement is not None
+        refs = [c.answer for c in await anchor.sample(record, caller, t.anchor.samples, tag="anchor", stage=self.name)
+                if c.answer]
+        if not refs:
+            caller.stats[self.name].counters["anchor_empty"] += 1  # the judge model ranks this prompt
+            return [None] * len(got)
+        level = sum(await asyncio.to_thread(scorer.score, refs)) / len(refs)
+        record.judgement.anchor_level = round(level, 6)
+        return [None if s is None else -abs(s - level) for s in got]
 
     def _taught(self, j: Judgement, a: int, b: int) -> bool:
         return a in j.teacher_scores and b in j.teacher_scores
@@ -232,7 +252,10 @@ def _load(prompts_dir: Path, cfg: JudgeConfig) -> Loaded:
 STAGE = StageEntry(
     "judge", load=_load,
     build=lambda pipe, cfg: JudgeStage(cfg, pipe.constitution, pipe.templates["judge"], pipe.specs["judge"],
-                                       pipe.cfg.seed, pipe.teachers),
+                                       pipe.cfg.seed, pipe.teachers, [
+                                           AnswerStage(pipe.cfg.stages.answer, pipe.templates["answer"],
+                                                       t.anchor.model, pipe.cfg.seed) if t.anchor else None
+                                           for t in cfg.all_teachers]),
     rows=lambda cfg: "rank",
     feeds=frozenset({"critique_revise"}),  # it ranks first answers against revisions
 )

@@ -330,7 +330,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
         from factory.train.rl_report import write_report
 
         write_report(out)
-        for ckpt in out.glob("checkpoint-*"):  # the run finished: the model is saved
+        for ckpt in [] if cfg.keep_checkpoints else out.glob("checkpoint-*"):  # the run finished: the model is saved
             shutil.rmtree(ckpt, ignore_errors=True)
         console.print(f"done: {trainer.state.global_step} steps in {seconds:.1f}s, {sink.total_rows} rollouts, "
                       f"peak RSS {meta['peak_rss_mb']:.0f} MB", highlight=False)
