@@ -286,7 +286,7 @@ def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt
     assert j.anchor_level == pytest.approx(level) and 0.2 < level < 0.8
     assert max(range(3), key=j.scores.__getitem__) == 2  # the answer in the reference model's tone ranks first
     assert j.teacher_scores[2] == pytest.approx(0) and min(j.teacher_scores.values()) == j.teacher_scores[1]
-    assert not judge_model.calls and {p.judge_model for p in j.pairs} == {"vader:positive"}
+    assert not judge_model.calls and {p.judge_model for p in j.pairs} == {"vader:positive@fake:anchor"}
     # three samples, seeded apart from the candidates' (whose seeds use the tag "answer")
     assert sorted(anchor.seeds) == sorted(derive_seed(0, rec.id, "anchor", i) for i in range(3))
     assert not set(anchor.seeds) & {derive_seed(0, rec.id, "answer", i) for i in range(3)}

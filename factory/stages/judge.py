@@ -105,7 +105,7 @@ class JudgeStage(Stage):
             if self.anchors[k] is not None:
                 got = await self._anchored(record, caller, k, got)
             teacher = self.teachers[k] if any(s is not None for s in got) else None
-            j.teacher = teacher[1].name if teacher else None
+            j.teacher = teacher_name(*teacher) if teacher else None
             j.teacher_scores = {i: s for i, s in enumerate(got) if s is not None}
         pairs = list(itertools.combinations(range(len(opts)), 2))
         if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):
@@ -155,7 +155,7 @@ class JudgeStage(Stage):
         assert j is not None
         if teacher is not None and self._taught(j, a, b):
             p = sigmoid(teacher[0].scale * (j.teacher_scores[a] - j.teacher_scores[b]))
-            return [Comparison(i=a, j=b, principle_id=f"teacher:{teacher[1].name}", p_i=round(p, 6),
+            return [Comparison(i=a, j=b, principle_id=f"teacher:{teacher_name(*teacher)}", p_i=round(p, 6),
                                consistent=None, by="teacher")]
         if self.cfg.method == "score":
             if a not in j.direct_scores or b not in j.direct_scores:
@@ -235,6 +235,11 @@ class JudgeStage(Stage):
             st.counters["verdict_retry"] += 1
         st.counters["unparseable_score"] += 1
         return None
+
+
+def teacher_name(t: TeacherConfig, scorer: Scorer) -> str:
+    """The scorer's name; an anchored one's with its anchor model (`vader:positive@local:smollm2`)."""
+    return f"{scorer.name}@{t.anchor.model}" if t.anchor else scorer.name
 
 
 def template_for(prompts_dir: Path, cfg: JudgeConfig) -> Template:
