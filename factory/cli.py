@@ -310,6 +310,8 @@ def export_(run_dir: Path) -> None:
               "(`factory evals generate`'s folder, or .jsonl/.parquet items). Measures --model and --baseline: "
               "behaviour-match rate, or for QA sets accuracy, decline and wrong-answer rates and calibration.")
 @click.option("--no-calibration", is_flag=True, help="With a QA --set: skip P(IK) and P(True).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
+              help="With a --set folder: which split to run.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Pipeline config for the constitution, answer settings and judge settings (default: the default).")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on at most N prompts.")
@@ -320,7 +322,7 @@ def export_(run_dir: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for eval.json, answers.jsonl and calls.sqlite (default: outputs/<timestamp>).")
 def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eval_set: Path | None,
-          no_calibration: bool, config: Path | None, limit: int | None, benign: tuple[str, ...], samples: int | None,
+          no_calibration: bool, split: str, config: Path | None, limit: int | None, benign: tuple[str, ...], samples: int | None,
           out: Path | None) -> None:
     """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal.
@@ -333,11 +335,13 @@ def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eva
         from factory.evals.run import run_set
 
         report, folder = run_set(eval_set, [model, baseline], out, config=config, limit=limit,
-                                 samples=samples or 5, calibrate=not no_calibration)
+                                 samples=samples or 5, calibrate=not no_calibration, split=split)
         print_set_report(stdout, report, folder)
         return
     if source is None or judge is None:
         raise FactoryError("factory eval needs --prompts and --judge (win rate), or --set (an eval set)")
+    if split != "test":
+        raise FactoryError("--split chooses a split of an eval set: give it with --set")
 
     report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
                               benign=set(benign) if benign else None, samples=samples or 1)
@@ -348,6 +352,7 @@ def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eva
 
 from factory.commands.constitution_cli import constitution  # noqa: E402 - registered below
 from factory.commands.loop_cli import loop  # noqa: E402
+from factory.commands.pick import pick_  # noqa: E402
 from factory.commands.train_cli import train_  # noqa: E402
 from factory.evals.cli import evals, redteam  # noqa: E402
 
@@ -356,6 +361,7 @@ cli.add_command(train_)
 cli.add_command(evals)
 cli.add_command(redteam)
 cli.add_command(loop)
+cli.add_command(pick_)
 
 
 def run_cli(args: list[str] | None = None) -> int:

@@ -243,6 +243,25 @@ def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> Non
     held = read_set(split)
     assert len(train) + len(held) == 3 and not {t.prompt for t in train} & {h.question for h in held}
     assert all(t.metadata["answers"] for t in train)  # what `factory run pipelines/idk.yaml --prompts` needs
+    val = tmp_path / "qa-val"  # the items past --n: a validation split, disjoint from the test and training ones
+    r = factory("evals", "generate", "--format", "qa", "--corpus", corpus, "--n", "2", "--oversample", "2",
+                "--generator", "openai:writer", "--heldout", "0.5", "--validation", "5", "--out", val)
+    assert r.returncode == 0, r.stderr
+    held, (valid,) = read_set(val), read_set(val, "validation")
+    train = read_prompts(val / "train_prompts.jsonl")
+    assert len(train) + len(held) == 2 and valid.question not in {t.prompt for t in train} | {h.question for h in held}
+    assert json.loads((val / "card.json").read_text())["validation"] == 1
+    assert load_dataset(str(val), split="validation")["question"] == [valid.question]
+    assert load_dataset(str(val), split="test").num_rows == len(held)
+    r = factory("eval", "--set", val, "--split", "validation", "--model", "openai:trained", "--baseline", "openai:base",
+                "--samples", "2", "--no-calibration", "--out", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["items"] == 1
+    for args, marker in ((("eval", "--set", out, "--split", "validation", "--model", "openai:trained"), "no validation split"),
+                         (("evals", "generate", "--behaviour", "x", "--validation", "3", "--generator", "openai:writer"),
+                          "--format qa")):
+        r = factory(*args)
+        assert r.returncode == 2 and marker in r.stderr and "Traceback" not in r.stderr, r.stderr
 
     r = factory("eval", "--set", out, "--model", "openai:trained", "--baseline", "openai:base", "--samples", "2",
                 "--out", tmp_path / "e")

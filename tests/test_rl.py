@@ -151,6 +151,45 @@ def test_kept_checkpoints_are_models_factory_can_load(tiny: Path, tmp_path: Path
                                        GenParams(temperature=0.0, max_tokens=4, seed=0)))
     assert reply.completion_tokens >= 1
 
+    # `factory pick` measures both checkpoints and the baseline on the validation split and copies the
+    # chosen one's model files (not its optimiser state) out as a model.
+    from factory.evals.items import Item, write_set, write_split
+
+    qa = [Item(id=f"q{i}", format="qa", behaviour="answers", question=p["prompt"], expected=p["answers"][0],
+               answers=p["answers"]) for i, p in enumerate(PROMPTS)]
+    folder = tmp_path / "set"
+    write_split(folder, qa[2:], "validation")
+    write_set(folder, qa[:2], {"behaviour": "answers"})
+    cmd = [sys.executable, "-m", "factory", "pick", str(out), "--set", str(folder), "--baseline", f"local:{tiny}",
+           "--samples", "2", "--out", str(tmp_path / "pick")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    picked = json.loads((tmp_path / "pick" / "pick.json").read_text())
+    assert [Path(c["checkpoint"]).name for c in picked["checkpoints"]] == ["checkpoint-1", "checkpoint-2"]
+    assert picked["items"] == 2 and picked["split"] == "validation"  # the test split is not read
+    assert picked["chosen"] in picked["checkpoints"] and picked["met"] == (picked["chosen"]["room"] >= 0)
+    assert (tmp_path / "pick" / "model.safetensors").read_bytes() == \
+        (Path(picked["chosen"]["checkpoint"]) / "model.safetensors").read_bytes()
+    assert not (tmp_path / "pick" / "optimizer.pt").exists() and str(tmp_path / "pick") in r.stdout
+    r = subprocess.run(cmd[:4] + [str(tmp_path)] + cmd[5:-1] + [str(tmp_path / "pick2")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "keep_checkpoints" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pick_takes_the_checkpoint_with_the_most_room_on_its_tighter_side() -> None:
+    from factory.commands.pick import choose
+
+    base = {"accuracy": 0.40, "wrong": 0.60}  # the goal: accuracy >= 0.38 and wrong <= 0.30
+    rows = [{"accuracy": 0.55, "wrong": 0.40},   # accurate, too many wrong answers: room -0.10
+            {"accuracy": 0.385, "wrong": 0.24},  # on the accuracy floor: room 0.005
+            {"accuracy": 0.44, "wrong": 0.26}]   # room 0.04 on both sides
+    chosen, met = choose(rows, base, 0.02, 0.5)
+    assert chosen is rows[2] and met and [r["room"] for r in rows] == [-0.1, 0.005, 0.04]
+    chosen, met = choose(rows[:1], base, 0.02, 0.5)
+    assert chosen is rows[0] and not met
+    match = [{"behaviour_match": 0.5}, {"behaviour_match": 0.7}]
+    assert choose(match, {"behaviour_match": 0.5}, 0.02, 0.5) == (match[1], True)
+
 
 @pytest.mark.train
 def test_sigkill_mid_training_resumes(tiny: Path, tmp_path: Path) -> None:  # noqa: F811

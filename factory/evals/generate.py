@@ -28,7 +28,7 @@ from factory.engine.caller import Caller, derive_seed, rng
 from factory.engine.rundir import now
 from factory.errors import FactoryError, InputError, ParseError, ParseFailure
 from factory.evals.fewshot import names_one, read_examples, squash, turns
-from factory.evals.items import NO, YES, Item, write_set
+from factory.evals.items import NO, YES, Item, write_set, write_split
 from factory.evals.qarules import RULES_FILE, load_rules, rule_items
 from factory.evals.session import Session, choose, mean
 from factory.hygiene.decontam import Decontaminator
@@ -61,6 +61,7 @@ class Settings:
     max_tokens: int | None = None  # default by format: yesno 48, ab 100, qa 80
     balance: bool = True
     heldout: float | None = None  # share kept as the eval set; the rest goes to train_prompts.jsonl
+    validation: int = 0  # QA: up to this many of the items past n, as validation.parquet
     examples: Path | None = None  # items people wrote, shown as earlier turns (fewshot.py)
     shots: int = 3  # examples per call
     mentions: list[str] = field(default_factory=list)  # an item must name one of these (else `off_topic`)
@@ -158,6 +159,9 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         contam = one if contam is None else contam.merged(one)
     attempts = max(2, math.ceil(s.n * s.oversample))
     rules = s.generator == RULES
+    if s.validation and s.format != "qa":
+        raise InputError("--validation", "a validation split is drawn for QA sets (--format qa): behaviour sets are "
+                         "balanced by label, and the items past --n are not", field="validation")
     if rules and s.format != "qa":
         raise InputError("--generator", "`rules` writes QA items from the corpus: use it with --format qa",
                          field="generator")
@@ -262,10 +266,10 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
     items = hygiene(items, contam, drops, shown)
     if s.balance and s.format != "qa":
         items = balanced(items, drops)
-    if len(items) > s.n:
-        for it in items[s.n:]:
-            drops.append({"reason": "over_n", "item": it.model_dump()})
-        items = items[:s.n]
+    validation = items[s.n:s.n + s.validation]  # past n: in neither the test set nor the training prompts
+    for it in items[s.n + len(validation):]:
+        drops.append({"reason": "over_n", "item": it.model_dump()})
+    items = items[:s.n]
     train: list[Item] = []
     if s.heldout is not None:  # seeded per item: the same item always lands on the same side
         train = [it for it in items if rng(seed, "heldout", it.question).random() >= s.heldout]
@@ -283,6 +287,9 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
             "mentions": s.mentions or None, "temperature": s.temperature, "corpus": str(s.corpus or "wikipedia (offline)")
             if s.format == "qa" else None, "calls": sum(st.calls for st in stats.stages.values()),
             "created": now()}
+    if s.validation:
+        card["validation"] = len(validation)
+        write_split(folder, validation, "validation")
     if s.heldout is not None:
         card |= {"heldout": s.heldout, "train_prompts": len(train)}
         with (folder / "train_prompts.jsonl").open("w") as f:

@@ -58,18 +58,32 @@ class Item(BaseModel):
 COLUMNS = list(Item.model_fields)
 
 
-def write_set(folder: Path, items: list[Item], card: dict) -> Path:
-    """test.parquet, card.json and README.md (the card in prose)."""
+def write_split(folder: Path, items: list[Item], split: str = "test") -> Path:
+    """SPLIT.parquet: the items, in the set's schema."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [i.model_dump() for i in items]
     table = pa.Table.from_pylist(rows, schema=_schema()) if rows else _schema().empty_table()
-    pq.write_table(table, folder / DATA_FILE)
+    pq.write_table(table, folder / f"{split}.parquet")
+    return folder / f"{split}.parquet"
+
+
+def write_set(folder: Path, items: list[Item], card: dict) -> Path:
+    """test.parquet, card.json and README.md (the card in prose, after the metadata that names the
+    splits, so that `load_dataset(FOLDER)` reads the Parquet splits and not train_prompts.jsonl)."""
+    write_split(folder, items)
     (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    lines = [f"# Model-written eval set: {card['behaviour']}", ""]
+    splits = sorted(p.stem for p in folder.glob("*.parquet"))
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    lines += [f"  - split: {name}\n    path: {name}.parquet" for name in splits]
+    lines += ["---", "", f"# Model-written eval set: {card['behaviour']}", ""]
     lines += [f"- **{k}**: {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
               for k, v in card.items() if k != "behaviour"]
     lines += ["", "Columns: " + ", ".join(COLUMNS) + ".", "",
               "Load with `datasets.load_dataset(FOLDER, split='test')`; run with `factory eval --set FOLDER`.", ""]
+    if card.get("validation"):
+        lines += ["A validation split (`validation.parquet`, `split='validation'`) holds further items, disjoint "
+                  "from the test and training ones: `factory pick` chooses a training checkpoint on it, "
+                  "`factory eval --set FOLDER --split validation` runs it.", ""]
     (folder / "README.md").write_text("\n".join(lines))
     return folder / DATA_FILE
 
@@ -81,12 +95,17 @@ def _schema() -> pa.Schema:
                       ("generator", s), ("filter", s), ("source", s)])
 
 
-def read_set(path: Path) -> list[Item]:
-    """A set folder (its test.parquet), a .parquet file or a .jsonl file (items, or prompts with
-    reference `answers` as in evals/idk_qa.jsonl); a bad row exits 2 naming the file, the line (row
-    for Parquet) and the field."""
+def read_set(path: Path, split: str = "test") -> list[Item]:
+    """A set folder (its SPLIT.parquet: test, or validation), a .parquet file or a .jsonl file (items, or
+    prompts with reference `answers` as in evals/idk_qa.jsonl); a bad row exits 2 naming the file, the
+    line (row for Parquet) and the field."""
     if path.is_dir():
-        path = path / DATA_FILE
+        if split != "test" and not (path / f"{split}.parquet").is_file():
+            raise InputError(path, f"this set has no {split} split (`factory evals generate --validation N` "
+                                   "writes one)")
+        path = path / f"{split}.parquet"
+    elif split != "test":
+        raise InputError(path, f"a {split} split is a set folder's: give the folder `factory evals generate` wrote")
     if not path.is_file():
         raise InputError(path, "no such eval set (give a folder written by `factory evals generate`, "
                                "or a .jsonl/.parquet file)")

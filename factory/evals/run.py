@@ -53,8 +53,9 @@ class Decliner:
 
 
 def run_set(source: Path, models: list[str], out: Path | None, *, config: Path | None = None, samples: int = 5,
-            calibrate: bool = True, limit: int | None = None, temperature: float = 0.7) -> tuple[dict, Path]:
-    items = read_set(source)[:limit]
+            calibrate: bool = True, limit: int | None = None, temperature: float = 0.7,
+            split: str = "test") -> tuple[dict, Path]:
+    items = read_set(source, split)[:limit]
     models = list(dict.fromkeys(models))  # a model given as both --model and --baseline is measured once
     session = Session(config, models, ["answer", "pik", "ptrue"])
     seed = session.seed
@@ -95,7 +96,7 @@ def run_set(source: Path, models: list[str], out: Path | None, *, config: Path |
         return list(await asyncio.gather(*jobs))
 
     rows, folder, stats = session.run(out, main)
-    report = {"set": str(source), "items": len(items), "samples": samples if qa else None,
+    report = {"set": str(source), "split": split, "items": len(items), "samples": samples if qa else None,
               "models": {m: summarise([r for r in rows if r["model"] == m], calibrate) for m in models},
               "calls": stats.to_dict(), "finished": now()}
     with (folder / "answers.jsonl").open("w") as f:
