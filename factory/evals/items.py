@@ -68,22 +68,20 @@ def write_split(folder: Path, items: list[Item], split: str = "test") -> Path:
 
 
 def write_set(folder: Path, items: list[Item], card: dict) -> Path:
-    """test.parquet, card.json and README.md (the card in prose, after the metadata that names the
-    splits, so that `load_dataset(FOLDER)` reads the Parquet splits and not train_prompts.jsonl)."""
+    """test.parquet, card.json and README.md (the card in prose). No `configs:` metadata naming the
+    splits: `datasets` then caches by the folder's name and those relative paths alone, so two sets in
+    folders of the same name would load as one (measured); the splits are named by their files."""
     write_split(folder, items)
     (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    splits = sorted(p.stem for p in folder.glob("*.parquet"))
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    lines += [f"  - split: {name}\n    path: {name}.parquet" for name in splits]
-    lines += ["---", "", f"# Model-written eval set: {card['behaviour']}", ""]
+    lines = [f"# Model-written eval set: {card['behaviour']}", ""]
     lines += [f"- **{k}**: {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
               for k, v in card.items() if k != "behaviour"]
     lines += ["", "Columns: " + ", ".join(COLUMNS) + ".", "",
               "Load with `datasets.load_dataset(FOLDER, split='test')`; run with `factory eval --set FOLDER`.", ""]
     if card.get("validation"):
-        lines += ["A validation split (`validation.parquet`, `split='validation'`) holds further items, disjoint "
-                  "from the test and training ones: `factory pick` chooses a training checkpoint on it, "
-                  "`factory eval --set FOLDER --split validation` runs it.", ""]
+        lines += ["A validation split (`validation.parquet`: `load_dataset('parquet', data_files=...)`) holds "
+                  "further items, disjoint from the test and training ones: `factory pick` chooses a training "
+                  "checkpoint on it, `factory eval --set FOLDER --split validation` runs it.", ""]
     (folder / "README.md").write_text("\n".join(lines))
     return folder / DATA_FILE
 
