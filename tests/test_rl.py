@@ -135,14 +135,15 @@ def test_the_judge_reward_stops_before_passing_max_cost(api, tiny: Path, tmp_pat
 
 @pytest.mark.train
 def test_kept_checkpoints_are_models_factory_can_load(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
-    """`keep_checkpoints`: every step's checkpoint stays after the run, a model folder `local:` answers
-    with (to pick a step on a validation set); by default they are removed (above)."""
+    """`keep_checkpoints`: every step's checkpoint stays, during the run whatever save_total_limit says and
+    after it, a model folder `local:` answers with (to pick a step on a validation set); by default they
+    are removed (above)."""
     import asyncio
 
     from factory.models import GenParams, load_model
 
     out = tmp_path / "out"
-    cfg = resolve("grpo", rl_config(tmp_path, [{"kind": "idk"}], save_steps=1, save_total_limit=4,
+    cfg = resolve("grpo", rl_config(tmp_path, [{"kind": "idk"}], save_steps=1, save_total_limit=1,
                                     keep_checkpoints=True), max_steps=2)
     train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, cfg)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]

@@ -31,11 +31,6 @@ RATES = {"accuracy": "accuracy", "decline": "decline_rate", "wrong": "wrong_answ
          "behaviour_match": "behaviour_match"}
 
 
-def step(checkpoint: Path) -> int:
-    tail = checkpoint.name.split("-")[-1]
-    return int(tail) if tail.isdigit() else -1
-
-
 def figures(measured: dict) -> dict:
     return {name: measured[key]["rate"] for name, key in RATES.items() if key in measured}
 
@@ -55,25 +50,25 @@ def pick(runs: list[Path], eval_set: Path, out: Path, *, baseline: str, split: s
          max_drop: float = 0.02, wrong_ratio: float = 0.5, config: Path | None = None) -> dict:
     from factory.engine.rundir import now, write_json
     from factory.evals.run import run_set
+    from factory.train.rl import checkpoint_step, checkpoints
 
-    checkpoints = []
+    found: list[Path] = []
     for run in runs:
-        found = sorted(run.glob("checkpoint-*"), key=step)
-        if not found:
+        if not (mine := checkpoints(run)):
             raise InputError(run, "no checkpoint-* folders: train with `keep_checkpoints: true` (grpo, rloo) to "
                                   "keep them")
-        checkpoints += found
-    for c in checkpoints:
+        found += mine
+    for c in found:
         if not (c / "config.json").is_file():
             raise InputError(c, "not a model checkpoint (no config.json): an interrupted save? remove it")
     if out.exists() and any(out.iterdir()):
         raise FactoryError(f"{out}: already exists and is not empty; choose another --out")
-    specs = [f"local:{c}" for c in checkpoints]
+    specs = [f"local:{c}" for c in found]
     report, _ = run_set(eval_set, specs + [baseline], out / "eval", config=config, samples=samples,
                         calibrate=False, split=split)
     base = figures(report["models"][baseline])
-    rows = [{"checkpoint": str(c), "step": step(c), **figures(report["models"][s])}
-            for c, s in zip(checkpoints, specs, strict=True)]
+    rows = [{"checkpoint": str(c), "step": checkpoint_step(c), **figures(report["models"][s])}
+            for c, s in zip(found, specs, strict=True)]
     chosen, met = choose(rows, base, max_drop, wrong_ratio)
     for f in Path(chosen["checkpoint"]).iterdir():
         if f.is_file() and f.name not in TRAINING_STATE and not f.name.startswith("rng_state"):
@@ -116,7 +111,8 @@ def pick_(runs: tuple[Path, ...], eval_set: Path, split: str, baseline: str, max
     stdout.print("\t".join(["model", *names]), markup=False)
     for row in [{"checkpoint": baseline, **result["baseline"]}, *result["checkpoints"]]:
         mark = " (chosen)" if row["checkpoint"] == result["chosen"]["checkpoint"] else ""
-        stdout.print("\t".join([row["checkpoint"] + mark, *(f"{row.get(k, 0):.3f}" for k in names)]), markup=False)
+        cells = [f"{row[k]:.3f}" if k in row else "-" for k in names]  # the baseline has no room
+        stdout.print("\t".join([row["checkpoint"] + mark, *cells]), markup=False)
     if not result["met"]:
         stderr.print("no checkpoint met both sides of the goal on this split: chose the one nearest to it",
                      markup=False)

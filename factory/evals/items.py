@@ -15,7 +15,6 @@ from factory.errors import InputError
 
 # Named for its split, with no `configs:` header in the card: `datasets` then keys its cache on the
 # resolved file, not on the header (identical headers of two sets in same-named folders shared one cache).
-DATA_FILE = "test.parquet"
 YES, NO = "Yes", "No"
 
 
@@ -71,7 +70,7 @@ def write_set(folder: Path, items: list[Item], card: dict) -> Path:
     """test.parquet, card.json and README.md (the card in prose). No `configs:` metadata naming the
     splits: `datasets` then caches by the folder's name and those relative paths alone, so two sets in
     folders of the same name would load as one (measured); the splits are named by their files."""
-    write_split(folder, items)
+    path = write_split(folder, items)
     (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     lines = [f"# Model-written eval set: {card['behaviour']}", ""]
     lines += [f"- **{k}**: {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
@@ -83,7 +82,7 @@ def write_set(folder: Path, items: list[Item], card: dict) -> Path:
                   "further items, disjoint from the test and training ones: `factory pick` chooses a training "
                   "checkpoint on it, `factory eval --set FOLDER --split validation` runs it.", ""]
     (folder / "README.md").write_text("\n".join(lines))
-    return folder / DATA_FILE
+    return path
 
 
 def _schema() -> pa.Schema:

@@ -115,7 +115,7 @@ def rl_args(objective: str, cfg: RLConfig, out: Path, bf16: bool, cpu: bool, wei
         "warmup_steps": cfg.warmup, "lr_scheduler_type": cfg.scheduler, "weight_decay": cfg.weight_decay,
         "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed, "data_seed": cfg.seed, "bf16": bf16, "use_cpu": cpu,
         "logging_steps": cfg.logging_steps, "logging_first_step": True, "report_to": [], "disable_tqdm": True,
-        "save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": cfg.save_total_limit,
+        "save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": None if cfg.keep_checkpoints else cfg.save_total_limit,
         "num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "beta": cfg.beta, "log_completions": False,
         "use_vllm": cfg.use_vllm, "vllm_mode": cfg.vllm_mode, "reward_weights": weights,
@@ -193,12 +193,21 @@ def log_outcomes(metrics: dict, name: str, values: dict[str, float], got: list[f
             metrics[f"{name}/{outcome}_advantage"].append(sum(hit) / len(hit))
 
 
+def checkpoint_step(path: Path) -> int:
+    """N of a checkpoint-N folder (-1 for a name that holds none)."""
+    tail = path.name.split("-")[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """OUT's checkpoint-N folders, by step."""
+    return sorted(out.glob("checkpoint-*"), key=checkpoint_step)
+
+
 def last_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint (trainer_state.json is written last); incomplete ones removed."""
-    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit()
-                   else -1)
     good = None
-    for ckpt in found:
+    for ckpt in checkpoints(out):
         try:
             json.loads((ckpt / "trainer_state.json").read_text())
             good = ckpt
@@ -330,8 +339,9 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
         from factory.train.rl_report import write_report
 
         write_report(out)
-        for ckpt in [] if cfg.keep_checkpoints else out.glob("checkpoint-*"):  # the run finished: the model is saved
-            shutil.rmtree(ckpt, ignore_errors=True)
+        if not cfg.keep_checkpoints:  # the run finished: the model is saved
+            for ckpt in checkpoints(out):
+                shutil.rmtree(ckpt, ignore_errors=True)
         console.print(f"done: {trainer.state.global_step} steps in {seconds:.1f}s, {sink.total_rows} rollouts, "
                       f"peak RSS {meta['peak_rss_mb']:.0f} MB", highlight=False)
     return meta

@@ -94,9 +94,10 @@ class RLConfig(TrainConfig):
     scale_rewards: Literal["group", "batch", "none"] | None = Field(default=None, description="GRPO: normalise "
                                                                     "advantages by the group's std (default)")
     save_steps: int = Field(default=10, ge=1, description="checkpoint every N steps (a kill loses at most N)")
-    save_total_limit: int = Field(default=2, ge=1, description="checkpoints kept")
-    keep_checkpoints: bool = Field(default=False, description="keep OUT/checkpoint-N after the run (to pick a "
-                                   "step on a validation set: `factory eval --model local:OUT/checkpoint-N`)")
+    save_total_limit: int = Field(default=2, ge=1, description="checkpoints kept during the run")
+    keep_checkpoints: bool = Field(default=False, description="keep every OUT/checkpoint-N, during the run and after "
+                                   "it (save_total_limit then unused), for `factory pick` to choose one on a "
+                                   "validation set")
     use_vllm: bool = Field(default=False, description="generate with vLLM (GPU; `vllm_mode: colocate`)")
     vllm_mode: Literal["colocate", "server"] = "colocate"
     pipeline: str | None = Field(default=None, description="pipeline YAML for the constitution, templates, judge, "
