@@ -62,9 +62,9 @@ idk-demo: install
 		outputs/idk-demo-eval
 	$(BIN)/factory evals generate --format qa --n 300 --heldout 0.5 --validation 120 --generator $(IDK_GENERATOR) \
 		--out outputs/idk-demo-set
-	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo-label
+	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/prompts.jsonl --out outputs/idk-demo-label
 	$(BIN)/factory train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft
-	$(BIN)/factory train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml \
+	$(BIN)/factory train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml \
 		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo
 	$(BIN)/factory pick outputs/idk-demo-grpo --set outputs/idk-demo-set --out outputs/idk-demo-pick
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-pick --baseline local:smollm2 \
@@ -75,7 +75,7 @@ idk-demo: install
 idk-demo-dpo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo outputs/idk-demo-dpo outputs/idk-demo-dpo-eval
 	$(BIN)/factory evals generate --format qa --n 300 --heldout 0.5 --generator $(IDK_GENERATOR) --out outputs/idk-demo-set
-	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/train_prompts.jsonl --out outputs/idk-demo
+	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/prompts.jsonl --out outputs/idk-demo
 	$(BIN)/factory train dpo outputs/idk-demo --config pipelines/idk_train.yaml --out outputs/idk-demo-dpo
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-dpo --baseline local:smollm2 \
 		--samples 5 --out outputs/idk-demo-dpo-eval

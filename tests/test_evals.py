@@ -239,7 +239,7 @@ def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     from factory.inputs import read_prompts
 
-    train = read_prompts(split / "train_prompts.jsonl")
+    train = read_prompts(split / "prompts.jsonl")
     held = read_set(split)
     assert len(train) + len(held) == 3 and not {t.prompt for t in train} & {h.question for h in held}
     assert all(t.metadata["answers"] for t in train)  # what `factory run pipelines/idk.yaml --prompts` needs
@@ -248,13 +248,15 @@ def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> Non
                 "--generator", "openai:writer", "--heldout", "0.5", "--validation", "5", "--out", val)
     assert r.returncode == 0, r.stderr
     held, (valid,) = read_set(val), read_set(val, "validation")
-    train = read_prompts(val / "train_prompts.jsonl")
+    train = read_prompts(val / "prompts.jsonl")
     assert len(train) + len(held) == 2 and valid.question not in {t.prompt for t in train} | {h.question for h in held}
     assert json.loads((val / "card.json").read_text())["validation"] == 1
     from datasets import load_dataset as hf_load
 
     rows = hf_load("parquet", data_files=str(val / "validation.parquet"), split="train")
     assert rows["question"] == [valid.question]
+    whole = hf_load(str(val))  # the training prompts file is not taken for a split
+    assert sorted(whole) == ["test", "validation"] and whole["validation"]["question"] == [valid.question]
     r = factory("eval", "--set", val, "--split", "validation", "--model", "openai:trained", "--baseline", "openai:base",
                 "--samples", "2", "--no-calibration", "--out", tmp_path / "ev")
     assert r.returncode == 0, r.stderr
@@ -459,7 +461,7 @@ def test_idk_recipe_configs_validate() -> None:
     assert [type(t) for t in rl.rewards] == [IdkTerm] and rl.pipeline.endswith("idk.yaml")
     assert resolve("dpo", ROOT / "pipelines" / "idk_train.yaml").learning_rate == 3e-5
     make = (ROOT / "Makefile").read_text()
-    assert "train grpo outputs/idk-demo-set/train_prompts.jsonl --config pipelines/idk_rl.yaml" in make
+    assert "train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml" in make
     sft = resolve("sft", ROOT / "pipelines" / "idk_sft.yaml")
     assert sft.epochs == 6 and sft.max_steps == -1  # the SFT warm start GRPO begins from
     assert "train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft" in make

@@ -40,7 +40,7 @@ def evals() -> None:
 @click.option("--corpus", type=click.Path(path_type=Path), help="QA: a .jsonl/.parquet of title/text or a folder "
               "(default: the offline Wikipedia summaries).")
 @click.option("--heldout", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Keep this share as the "
-              "eval set and write the rest as train_prompts.jsonl (for `factory run --prompts`).")
+              "eval set and write the rest as prompts.jsonl (training prompts, for `factory run --prompts`).")
 @click.option("--validation", type=click.IntRange(min=0), default=0, help="QA: also keep up to N items past --n "
               "as a validation split (validation.parquet), for `factory pick`.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Pipeline config (seed, limits).")

@@ -60,7 +60,7 @@ class Settings:
     temperature: float = 1.0
     max_tokens: int | None = None  # default by format: yesno 48, ab 100, qa 80
     balance: bool = True
-    heldout: float | None = None  # share kept as the eval set; the rest goes to train_prompts.jsonl
+    heldout: float | None = None  # share kept as the eval set; the rest goes to prompts.jsonl
     validation: int = 0  # QA: up to this many of the items past n, as validation.parquet
     examples: Path | None = None  # items people wrote, shown as earlier turns (fewshot.py)
     shots: int = 3  # examples per call
@@ -291,8 +291,10 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
         card["validation"] = len(validation)
         write_split(folder, validation, "validation")
     if s.heldout is not None:
-        card |= {"heldout": s.heldout, "train_prompts": len(train)}
-        with (folder / "train_prompts.jsonl").open("w") as f:
+        card |= {"heldout": s.heldout, "prompts": len(train)}
+        # Not "train_prompts": `datasets` would take a file named train* for a JSON train split beside
+        # the Parquet ones and refuse to load the folder.
+        with (folder / "prompts.jsonl").open("w") as f:
             for it in train:
                 if it.format != "qa":
                     row = {"prompt": it.question, "options": it.options, "expected": it.expected}
