@@ -170,6 +170,16 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     good.write_text("batch_size: 3\nbeta: 0.2\n")
     cfg = resolve("kto", good, beta=0.5, max_steps=None)  # defaults, then the file, then the flags given
     assert (cfg.batch_size, cfg.beta, cfg.learning_rate, cfg.max_steps) == (3, 0.5, 1e-6, -1)
+    (tmp_path / "sub").mkdir()
+    variant = tmp_path / "sub" / "variant.yaml"  # a base's keys, then the variant's (paths from each file)
+    variant.write_text("extends: ../good.yaml\nbeta: 0.3\n")
+    assert (resolve("kto", variant).batch_size, resolve("kto", variant).beta) == (3, 0.3)
+    good.write_text("extends: sub/variant.yaml\n")
+    with pytest.raises(InputError, match=r"variant.yaml: field 'extends': makes a cycle through good.yaml"):
+        resolve("kto", good)
+    variant.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(InputError, match=r"variant.yaml: field 'extends': nowhere.yaml is not a file"):
+        resolve("kto", variant)
     with pytest.raises(FactoryError, match="kto needs a batch size of at least 2"):
         resolve("kto", batch_size=1)
 

@@ -18,6 +18,8 @@ DATA_CONFIG = {"sft": "sft", "dpo": "prefs", "reward": "reward", "kto": "kto"}
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    extends: str | None = Field(default=None, description="another training YAML (relative to this one) whose "
+                                "keys this file starts from; a key set here replaces the base's whole value")
     learning_rate: float = Field(default=2e-5, gt=0, description="peak learning rate (default per objective, "
                                  "and 10x or more with LoRA)")
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per device per step")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, InputError
 from factory.train.config import DEFAULTS, LEARNING_RATES, OBJECTIVES, RL_OBJECTIVES, TrainConfig
 from factory.train.rl_config import RLConfig
 from factory.yamlfile import load_yaml
@@ -16,15 +16,23 @@ def config_class(objective: str) -> type[TrainConfig]:
     return RLConfig if objective in RL_OBJECTIVES else TrainConfig
 
 
-def load_train_file(path: str | Path, objective: str = "sft") -> dict:
-    """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field).
-    Relative paths in an RL file (`pipeline`) resolve against the file's folder."""
+def load_train_file(path: str | Path, objective: str = "sft", _seen: tuple[Path, ...] = ()) -> dict:
+    """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field),
+    on top of those of the file it `extends`. Relative paths in an RL file (`pipeline`) resolve against the
+    folder of the file that names them."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise InputError(_seen[-1], f"makes a cycle through {path.name}: remove one of them", field="extends")
     cfg = load_yaml(path, config_class(objective))
     values = cfg.model_dump(include=cfg.model_fields_set)
     if values.get("pipeline"):
-        values["pipeline"] = str((Path(path).parent / values["pipeline"]).resolve())
+        values["pipeline"] = str((path.parent / values["pipeline"]).resolve())
     if "rewards" in values:
         values["rewards"] = cfg.rewards  # typed terms, as validated (and located) here
+    if base := values.pop("extends", None):
+        if not (path.parent / base).is_file():
+            raise InputError(path, f"{base} is not a file (paths are relative to this file's folder)", field="extends")
+        values = load_train_file(path.parent / base, objective, (*_seen, path)) | values
     return values
 
 
