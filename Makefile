@@ -50,23 +50,28 @@ opinion-demo-dpo: install
 # prompts/qa_rules.yaml's patterns (nationalities, capitals; each reference found again by search),
 # half held out, and 120 more as a validation split. The IDK stage labels the training questions from
 # 5 samples each (pipelines/idk.yaml); SFT on its targets (a correct sample, or a decline where none was
-# right: pipelines/idk_sft.yaml) starts the policy; GRPO from there with the `idk` reward term (correct
-# +1, decline +0.375, wrong -1; pipelines/idk_rl.yaml), keeping every 10th step; `factory pick` chooses
-# the step on the validation split; then base and picked model on the held-out questions: accuracy,
-# decline and wrong-answer rates, P(IK) and P(True) calibration (outputs/idk-demo-eval/report.html).
+# right: pipelines/idk_sft.yaml) starts the policy; two GRPO runs from there with the `idk` reward term
+# (correct +1, wrong -1, a decline +0.375 in pipelines/idk_rl.yaml and +0.5 in idk_rl_decline05.yaml),
+# each keeping every 10th step; `factory pick` chooses one of the 8 steps on the validation split; then
+# base and picked model on the held-out questions: accuracy, decline and wrong-answer rates, P(IK) and
+# P(True) calibration (outputs/idk-demo-eval/report.html). IDK_SEED=N draws other questions.
 # IDK_GENERATOR=openai:MODEL has a model write the questions from passages instead (the embedded model
 # kept 0 of 300 it wrote: it seldom writes the Question/Answer form, and its answers are seldom in the passage).
 IDK_GENERATOR ?= rules
+IDK_SEED ?= 0
 idk-demo: install
-	rm -rf outputs/idk-demo-set outputs/idk-demo-label outputs/idk-demo-sft outputs/idk-demo-grpo outputs/idk-demo-pick \
-		outputs/idk-demo-eval
+	rm -rf outputs/idk-demo-set outputs/idk-demo-label outputs/idk-demo-sft outputs/idk-demo-grpo \
+		outputs/idk-demo-grpo-decline05 outputs/idk-demo-pick outputs/idk-demo-eval
 	$(BIN)/factory evals generate --format qa --n 300 --heldout 0.5 --validation 120 --generator $(IDK_GENERATOR) \
-		--out outputs/idk-demo-set
+		--seed $(IDK_SEED) --out outputs/idk-demo-set
 	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/prompts.jsonl --out outputs/idk-demo-label
 	$(BIN)/factory train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft
 	$(BIN)/factory train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml \
 		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo
-	$(BIN)/factory pick outputs/idk-demo-grpo --set outputs/idk-demo-set --out outputs/idk-demo-pick
+	$(BIN)/factory train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl_decline05.yaml \
+		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo-decline05
+	$(BIN)/factory pick outputs/idk-demo-grpo outputs/idk-demo-grpo-decline05 --set outputs/idk-demo-set \
+		--out outputs/idk-demo-pick
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-pick --baseline local:smollm2 \
 		--samples 5 --out outputs/idk-demo-eval
 

@@ -308,6 +308,13 @@ def test_rules_write_a_qa_set_from_the_corpus_without_a_model(tmp_path: Path) ->
     assert factory("evals", "generate", "--format", "qa", "--generator", "rules", "--corpus", corpus, "--n", "10",
                    "--out", again).returncode == 0
     assert (again / "test.parquet").read_bytes() == (out / "test.parquet").read_bytes()  # no sampling: the same set
+    firsts = set()  # --seed draws another set from the same corpus
+    for seed in ("0", "1", "2"):
+        assert factory("evals", "generate", "--format", "qa", "--generator", "rules", "--corpus", corpus, "--n", "1",
+                       "--seed", seed, "--out", tmp_path / f"s{seed}").returncode == 0
+        assert json.loads((tmp_path / f"s{seed}" / "card.json").read_text())["seed"] == int(seed)
+        firsts |= set(load_dataset(str(tmp_path / f"s{seed}"), split="test")["question"])
+    assert len(firsts) > 1
     r = factory("evals", "generate", "--generator", "rules", "--behaviour", "x", "--out", tmp_path / "no")
     assert r.returncode == 2 and "--format qa" in r.stderr and not (tmp_path / "no").exists()
 
@@ -467,7 +474,11 @@ def test_idk_recipe_configs_validate() -> None:
     assert "train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft" in make
     assert "--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo" in make
     assert rl.keep_checkpoints and rl.loss_type == "grpo"  # every checkpoint survives, for the pick
-    assert "--validation 120" in make and "pick outputs/idk-demo-grpo --set outputs/idk-demo-set" in make
+    second = resolve("grpo", ROOT / "pipelines" / "idk_rl_decline05.yaml")  # idk_rl.yaml, the decline at +0.5
+    assert second.model_dump(exclude={"rewards"}) == rl.model_dump(exclude={"rewards"})
+    assert (rl.rewards[0].decline, second.rewards[0].decline) == (0.375, 0.5)
+    assert "--config pipelines/idk_rl_decline05.yaml" in make and "--seed $(IDK_SEED)" in make
+    assert "--validation 120" in make and "pick outputs/idk-demo-grpo outputs/idk-demo-grpo-decline05 --set" in make
     assert "--model local:outputs/idk-demo-pick --baseline local:smollm2" in make
 
 

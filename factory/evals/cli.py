@@ -43,12 +43,14 @@ def evals() -> None:
               "eval set and write the rest as prompts.jsonl (training prompts, for `factory run --prompts`).")
 @click.option("--validation", type=click.IntRange(min=0), default=0, help="QA: also keep up to N items past --n "
               "as a validation split (validation.parquet), for `factory pick`.")
+@click.option("--seed", type=int, help="Seed of the draw and the writer's sampling (default: the config's, 0): "
+              "another seed, another set.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Pipeline config (seed, limits).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The set's folder (default: outputs/<timestamp>).")
 def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: int, oversample: float, generator: str,
              filt: str | None, min_confidence: float, train_prompts: tuple[Path, ...], examples: Path | None,
              shots: int, mentions: tuple[str, ...], temperature: float, corpus: Path | None,
-             heldout: float | None, validation: int, config: Path | None, out: Path | None) -> int:
+             heldout: float | None, validation: int, seed: int | None, config: Path | None, out: Path | None) -> int:
     """A model writes test items for a behaviour; a judge keeps the ones whose label it agrees with.
     Prints the counts and the folder (a dataset: test.parquet, README.md card, drops.jsonl). Exit code
     1 when no item was kept (drops.jsonl says why)."""
@@ -58,7 +60,8 @@ def generate(behaviour: str | None, behaviour_file: Path | None, fmt: str, n: in
     text = read_behaviour_file(behaviour_file) if behaviour_file else (behaviour or "")
     s = Settings(behaviour=text, format=fmt, n=n, oversample=oversample, generator=generator, filter=filt,
                  min_confidence=min_confidence, train_prompts=list(train_prompts), corpus=corpus,
-                 heldout=heldout, validation=validation, examples=examples, shots=shots, mentions=list(mentions), temperature=temperature)
+                 heldout=heldout, validation=validation, examples=examples, shots=shots, mentions=list(mentions), temperature=temperature,
+                 seed=seed)
     card, folder = generate(s, out, config)
     stdout.print(f"{card['items']} items kept of {card['attempts']} written; label directions "
                  f"{card['label_directions']}; dropped {card['dropped']}", markup=False, soft_wrap=True)

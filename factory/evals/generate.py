@@ -65,6 +65,7 @@ class Settings:
     examples: Path | None = None  # items people wrote, shown as earlier turns (fewshot.py)
     shots: int = 3  # examples per call
     mentions: list[str] = field(default_factory=list)  # an item must name one of these (else `off_topic`)
+    seed: int | None = None  # default: the pipeline config's seed
 
 
 def check_behaviour(s: Settings, source: str = "--behaviour") -> None:
@@ -174,7 +175,7 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
              for q, opts in (parse(x) for texts in examples.values() for x in texts)]
     specs = [] if rules else [s.generator] + ([] if classifier or s.format == "qa" else [filt])
     session = Session(config, specs, ["write", "filter", "search"])
-    seed = session.seed
+    seed = session.seed if s.seed is None else s.seed
     docs = qa_sources(s, session.prompts_dir, seed, attempts) if s.format == "qa" else []
     if s.format == "qa":
         attempts = len(docs)  # one question per drawn passage (fewer when the corpus is small)
@@ -286,7 +287,7 @@ def generate(s: Settings, out: Path | None, config: Path | None = None) -> tuple
                                                           "shown_as": "earlier turns"},
             "mentions": s.mentions or None, "temperature": s.temperature, "corpus": str(s.corpus or "wikipedia (offline)")
             if s.format == "qa" else None, "calls": sum(st.calls for st in stats.stages.values()),
-            "created": now()}
+            "seed": seed, "created": now()}
     if s.validation:
         card["validation"] = len(validation)
         write_split(folder, validation, "validation")
