@@ -248,6 +248,8 @@ class IdkConfig(Sampling):
     wrong_field: str = Field(default="wrong_answers", description="the prompts file field holding known wrong "
                              "answers of the same kind (optional): an answer naming one is wrong")
     pairs: Literal["each", "one"] = Field(default="each", description="the target over each wrong answer, or one")
+    decline_max_correct: int = Field(default=0, ge=0, description="the target is a decline when at most this many of "
+                                     "the K samples were right (0: only when none was)")
     declines: str = Field(default="idk_declines", description="YAML file in prompts_dir with `declines:` phrasings")
     template: str = "idk_judge"
     temperature: float = Field(default=0.0, ge=0, le=2)

@@ -122,6 +122,13 @@ def test_one_correct_becomes_the_target(tmp_path: Path) -> None:
     by, _ = export_rows(rec)
     assert by["sft"][0]["messages"][-1]["content"] == "Paris, of course."
     assert len(by["prefs"]) == 4 and {p["chosen"][0]["content"] for p in by["prefs"]} == {"Paris, of course."}
+    once, _ = label(tmp_path, ["Lyon.", "Marseille.", "Paris, of course.", "Nice.", "Lille."],
+                    cfg=IdkConfig(decline_max_correct=1))  # one right in 5 is still a decline here
+    assert (once.idk.label, once.idk.p_ik, once.idk.rejected) == ("decline", 0.2, [0, 1, 3, 4])
+    assert once.idk.target in DECLINES
+    twice, _ = label(tmp_path, ["Lyon.", "Paris.", "Paris, of course.", "Nice.", "Lille."],
+                     cfg=IdkConfig(decline_max_correct=1))
+    assert (twice.idk.label, twice.idk.target) == ("answer", "Paris.")
 
 
 def test_all_correct_gives_no_pairs(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@ answers (the prompts file's `answers` field); each sample is judged correct or n
 match (SQuAD-style: lowercase, no punctuation or articles; correct when a reference equals the
 answer or appears in it as whole words, and none of the prompt's known wrong answers, its optional
 `wrong_answers` field, does) or by the judge model given the references. The fraction correct is
-the P(IK) estimate. None correct: the SFT target is a decline drawn (seeded per question) from a
-file of phrasings, and the pairs are decline > wrong answer. Some correct: the target is the
-shortest correct sample and the pairs are correct > wrong. All lands in `record.idk`."""
+the P(IK) estimate. None correct (or at most `decline_max_correct`): the SFT target is a decline
+drawn (seeded per question) from a file of phrasings, and the pairs are decline > wrong answer. More
+correct: the target is the shortest correct sample and the pairs are correct > wrong. All lands in
+`record.idk`."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ class IdkStage(Stage):
         right = [s.candidate for s in samples if s.correct]
         wrong = [s.candidate for s in samples if not s.correct]
         text = {c.index: c.answer for c in record.candidates}
-        if right:
+        if len(right) > self.cfg.decline_max_correct:
             best = min(right, key=lambda i: (len(text[i]), i))  # the most direct: least room for extra claims
             label, target, decline = "answer", text[best], None
         else:
