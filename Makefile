@@ -49,8 +49,8 @@ opinion-demo-dpo: install
 # "I don't know" learned by reward, on CPU: 300 questions drawn from the offline Wikipedia summaries by
 # prompts/qa_rules.yaml's patterns (nationalities, capitals; each reference found again by search),
 # half held out, and 120 more as a validation split. The IDK stage labels the training questions from
-# 5 samples each (pipelines/idk.yaml); SFT on its targets (a correct sample, or a decline where none was
-# right: pipelines/idk_sft.yaml) starts the policy; two GRPO runs from there with the `idk` reward term
+# 5 samples each (pipelines/idk.yaml); SFT on its targets (a correct sample, or a decline where at most 1 of 5
+# was right: pipelines/idk_sft.yaml) starts the policy; two GRPO runs from there with the `idk` reward term
 # (correct +1, wrong -1, a decline +0.375 in pipelines/idk_rl.yaml and +0.5 in idk_rl_decline05.yaml),
 # each keeping every 10th step; `factory pick` chooses one of the 8 steps on the validation split; then
 # base and picked model on the held-out questions: accuracy, decline and wrong-answer rates, P(IK) and
