@@ -257,6 +257,7 @@ def test_qa_set_accuracy_declines_and_calibration(server, tmp_path: Path) -> Non
     assert rows["question"] == [valid.question]
     whole = hf_load(str(val))  # the training prompts file is not taken for a split
     assert sorted(whole) == ["test", "validation"] and whole["validation"]["question"] == [valid.question]
+    assert "load_dataset(FOLDER, split='validation')" in (val / "README.md").read_text()
     r = factory("eval", "--set", val, "--split", "validation", "--model", "openai:trained", "--baseline", "openai:base",
                 "--samples", "2", "--no-calibration", "--out", tmp_path / "ev")
     assert r.returncode == 0, r.stderr

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from factory.errors import InputError
 
-# Named for its split, with no `configs:` header in the card: `datasets` then keys its cache on the
-# resolved file, not on the header (identical headers of two sets in same-named folders shared one cache).
 YES, NO = "Yes", "No"
 
 
@@ -78,7 +76,7 @@ def write_set(folder: Path, items: list[Item], card: dict) -> Path:
     lines += ["", "Columns: " + ", ".join(COLUMNS) + ".", "",
               "Load with `datasets.load_dataset(FOLDER, split='test')`; run with `factory eval --set FOLDER`.", ""]
     if card.get("validation"):
-        lines += ["A validation split (`validation.parquet`: `load_dataset('parquet', data_files=...)`) holds "
+        lines += ["A validation split (`validation.parquet`: `load_dataset(FOLDER, split='validation')`) holds "
                   "further items, disjoint from the test and training ones: `factory pick` chooses a training "
                   "checkpoint on it, `factory eval --set FOLDER --split validation` runs it.", ""]
     (folder / "README.md").write_text("\n".join(lines))

@@ -21,7 +21,7 @@ def load_train_file(path: str | Path, objective: str = "sft", _seen: tuple[Path,
     on top of those of the file it `extends`. Relative paths in an RL file (`pipeline`) resolve against the
     folder of the file that names them."""
     path = Path(path)
-    if path.resolve() in _seen:
+    if path.resolve() in {p.resolve() for p in _seen}:
         raise InputError(_seen[-1], f"makes a cycle through {path.name}: remove one of them", field="extends")
     cfg = load_yaml(path, config_class(objective))
     values = cfg.model_dump(include=cfg.model_fields_set)
@@ -32,7 +32,7 @@ def load_train_file(path: str | Path, objective: str = "sft", _seen: tuple[Path,
     if base := values.pop("extends", None):
         if not (path.parent / base).is_file():
             raise InputError(path, f"{base} is not a file (paths are relative to this file's folder)", field="extends")
-        values = load_train_file(path.parent / base, objective, (*_seen, path.resolve())) | values
+        values = load_train_file(path.parent / base, objective, (*_seen, path)) | values
     return values
 
 
