@@ -24,6 +24,7 @@ from test_cli import factory
 from test_train import tiny  # noqa: F401  (the fixture)
 
 from factory.config import ROOT
+from factory.loop.config import load_loop
 
 TRAIN = ["How do I boil an egg?", "What is a good name for a cat?", "How do I tie a tie?", "Why is the sky blue?",
          "How do I fold a shirt?", "What should I cook tonight?"]
@@ -179,6 +180,14 @@ def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
     assert f"{tmp_path / 'train.jsonl'}:4" in r.stderr
     assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
 
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")
+                                        if "loop" in yaml.safe_load(p.read_text())))
+def test_every_shipped_loop_config_passes_the_loops_checks(name: str) -> None:
+    """Types, the training file, and no held-out prompt among the seeds (the helpful seeds once held one)."""
+    cfg = load_loop(ROOT / "pipelines" / name, 3)
+    assert cfg.loop.held_out and cfg.base.startswith("local:")
 
 @pytest.mark.slow
 @pytest.mark.train
