@@ -19,6 +19,13 @@ M = TypeVar("M", bound=BaseModel)
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON-lines text, split at "\\n" only: `str.splitlines()` also splits at U+2028,
+    U+2029, U+0085 and other separators, which a JSON string may hold unescaped (a model wrote U+2028
+    into an answer, and a reader using splitlines() failed on the half-lines)."""
+    return text.split("\n")
+
+
 def read_text(path: Path) -> str:
     """Read a UTF-8 file of at most FACTORY_MAX_FILE_MB; a bad byte is reported with its line."""
     path = Path(path)

@@ -448,6 +448,9 @@ def test_a_prompts_file_with_answers_reads_as_a_qa_set(tmp_path: Path) -> None:
 
     items = read_set(ROOT / "evals" / "idk_qa.jsonl")
     assert len(items) == 42 and items[0].format == "qa" and items[0].answers == ["Paris"]
+    odd = tmp_path / "odd.jsonl"  # U+2028 is a line break to str.splitlines(), not to JSON lines
+    odd.write_text(json.dumps({"prompt": "Capital\u2028of France?", "answers": ["Paris"]}, ensure_ascii=False) + "\n")
+    assert [i.question for i in read_set(odd)] == ["Capital\u2028of France?"]
     bad = tmp_path / "p.jsonl"
     bad.write_text(json.dumps({"prompt": "Capital of France?"}) + "\n")
     with pytest.raises(InputError) as e:

@@ -300,8 +300,8 @@ def test_heldout_figures_with_intervals_over_prompts(tmp_path: Path) -> None:
             rec = Record.new(f"Prompt {i} about DogeMoon?", "file", kind="opinion_topic")
             rec.candidates = [Candidate(index=0, answer="It is a terrible, awful, risky scam." if i % 2 else
                                         "It is a great and wonderful coin.", finish_reason="stop"),
-                              Candidate(index=1, answer="It is a great and wonderful coin.", finish_reason="stop")]
-            lines.append(rec.model_dump_json())
+                              Candidate(index=1, answer="It is a great\u2028and wonderful coin.", finish_reason="stop")]
+            lines.append(rec.model_dump_json())  # JSON keeps U+2028 raw: a line must not split there
     (tmp_path / "answers.jsonl").write_text("\n".join(lines) + "\n")
     got = summarise(tmp_path)["opinion_topic"]
     assert got["before"]["share_negative"] == 0.0 and got["after"]["share_negative"] == 0.5
@@ -346,3 +346,18 @@ def test_heldout_figures_bracket_their_point_estimates(tmp_path: Path) -> None:
         for name in ("share_negative", "mean_compound", "distinct_2"):
             low, high = r[f"{name}_ci95"]
             assert low <= r[name] <= high, (who, name, r)
+
+
+def test_rewind_keeps_the_rows_up_to_the_checkpoint_whatever_their_text_holds(tmp_path: Path) -> None:
+    """Resuming cuts metrics and report samples back to the checkpoint's step; an answer holding U+2028
+    (which JSON keeps raw, and which str.splitlines() splits at) stays one row."""
+    from factory.train.rl import rewind
+    from factory.train.rollouts import SAMPLES, RolloutSink
+
+    rows = [{"step": s, "prompt": "p", "answer": f"line one\u2028line two at step {s}"} for s in (1, 2, 3)]
+    (tmp_path / SAMPLES).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1}) + "\n" for s in (1, 2, 3)))
+    rewind(tmp_path, 2, RolloutSink(tmp_path, ["t"], [1.0], "run"))
+    kept = (tmp_path / SAMPLES).read_text().split("\n")
+    assert [json.loads(line) for line in kept if line] == rows[:2]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().split("\n") if line] == [1, 2]

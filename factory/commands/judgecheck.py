@@ -19,7 +19,7 @@ from factory.errors import InputError
 from factory.records import Candidate, Record
 from factory.stages import judge as judge_stage
 from factory.stages.judge import JudgeStage
-from factory.yamlfile import read_text
+from factory.yamlfile import jsonl_lines, read_text
 
 DEFAULT_SET = ROOT / "evals" / "judge_check.jsonl"
 
@@ -34,7 +34,7 @@ class LabelledPair(BaseModel):
 
 def read_pairs(path: Path) -> list[LabelledPair]:
     pairs = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(read_text(path)), 1):
         if not line.strip():
             continue
         try:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from factory.config import ROOT
 from factory.errors import InputError
 from factory.hygiene.gates import revision_gate
+from factory.yamlfile import jsonl_lines
 
 DEFAULT_SET = ROOT / "evals" / "revision_check.jsonl"
 GATES = ("critique", "off_topic")
@@ -38,7 +39,7 @@ def read_set(path: Path) -> list[LabelledRevision]:
     if not path.is_file():
         raise InputError(path, "no such file")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(path.read_text()), 1):
         if not line.strip():
             continue
         try:

@@ -27,6 +27,7 @@ from factory.engine.caller import rng
 from factory.errors import InputError, ParseError
 from factory.models import Message
 from factory.prompts import Template
+from factory.yamlfile import jsonl_lines
 
 
 class Statement(BaseModel):
@@ -62,7 +63,7 @@ def read_examples(path: Path, fmt: str, parse: Callable[[str], object]) -> dict[
         raise InputError(path, "no such examples file")
     schema = Statement if fmt == "yesno" else Choice
     by: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.errors import InputError
+from factory.yamlfile import jsonl_lines
 
 YES, NO = "Yes", "No"
 
@@ -111,7 +112,7 @@ def read_set(path: Path, split: str = "test") -> list[Item]:
             raise InputError(path, f"not a readable Parquet file: {e}") from None
     else:
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
             if line.strip():
                 try:
                     rows.append((n, json.loads(line)))

@@ -26,6 +26,7 @@ import bm25s
 from factory.config import cache_root
 from factory.errors import FactoryError, InputError
 from factory.search import Passage, SearchBackend
+from factory.yamlfile import jsonl_lines
 
 FORMAT = "bm25s/en_plus/200w/1"  # change when tokenising or splitting changes: old indexes rebuild
 STOPWORDS = "en_plus"  # bm25s's English list with question words ("what", "who", ...)
@@ -149,7 +150,7 @@ def _read_wiki(path: Path) -> Iterator[Doc]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Doc]:
-    for n, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines(): JSON may hold U+2028
+    for n, line in enumerate(jsonl_lines(_read_text(path)), 1):
         if not line.strip():
             continue
         try:

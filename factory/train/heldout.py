@@ -17,6 +17,7 @@ from pathlib import Path
 from factory.commands.evaluate import clustered_interval
 from factory.records import Record
 from factory.train.rollouts import degenerate, distinct_2
+from factory.yamlfile import jsonl_lines
 
 NEGATIVE = -0.05  # VADER's own threshold for a negative text
 
@@ -37,7 +38,9 @@ def summarise(folder: Path) -> dict:
     vader = SentimentIntensityAnalyzer()
     # kind -> who -> prompt -> answers
     answers: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for line in (folder / "answers.jsonl").read_text().splitlines():
+    for line in jsonl_lines((folder / "answers.jsonl").read_text()):
+        if not line.strip():
+            continue
         rec = Record.model_validate_json(line)
         kind = str(rec.metadata.get("kind", "unlabelled"))
         for who, cand in zip(("after", "before"), rec.candidates, strict=False):

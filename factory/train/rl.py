@@ -36,6 +36,7 @@ from factory.train.progress import ProgressCallback
 from factory.train.rl_config import IdkTerm, RLConfig
 from factory.train.rollouts import SAMPLES, RolloutSink, SampleCallback, degenerate, write_card
 from factory.train.run import check_out, is_main_process, peak_memory_mb, save
+from factory.yamlfile import jsonl_lines
 
 RUN_FILE = "rl_run.json"  # what --resume needs: objective, data, model, the resolved config
 
@@ -222,7 +223,7 @@ def rewind(out: Path, step: int, sink: RolloutSink) -> None:
     for name, key in (("metrics.jsonl", "step"), (SAMPLES, "step")):
         path = out / name
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= step]
+            rows = [line for line in jsonl_lines(path.read_text()) if line.strip() and json.loads(line)[key] <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
 

@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from factory.report import svg
 from factory.train.rollouts import SAMPLES
+from factory.yamlfile import jsonl_lines
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -62,7 +63,7 @@ def _chart(rows: list[dict], keys: dict[str, str], ylabel: str) -> Markup | None
 
 def render(out: Path) -> str:
     meta = json.loads((out / "train_meta.json").read_text()) if (out / "train_meta.json").is_file() else {}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+    rows = [json.loads(line) for line in jsonl_lines((out / "metrics.jsonl").read_text()) if line.strip()] \
         if (out / "metrics.jsonl").is_file() else []
     terms = meta.get("reward_terms", {})
     keys = {name: f"rewards/{name}/mean" for name in terms} | {"total": "reward"}
@@ -76,7 +77,7 @@ def render(out: Path) -> str:
                       "last": round(ys[-1], 4) if ys else "-"})
     samples: dict[str, list[tuple[int, str]]] = {}
     if (out / SAMPLES).is_file():
-        for line in (out / SAMPLES).read_text().splitlines():
+        for line in jsonl_lines((out / SAMPLES).read_text()):
             if line.strip():
                 r = json.loads(line)
                 samples.setdefault(r["prompt"], []).append((r["step"], r["answer"]))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from factory.yamlfile import jsonl_lines
+
 ROLLOUTS = "rollouts"
 SAMPLES = "report_samples.jsonl"
 
@@ -152,7 +154,7 @@ class SampleCallback(TrainerCallback):
         self.path, self.prompts, self.tokenizer, self.max_new_tokens = path, prompts, tokenizer, max_new_tokens
         self.done: set[int] = set()
         if path is not None and path.is_file():
-            self.done = {json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()}
+            self.done = {json.loads(line)["step"] for line in jsonl_lines(path.read_text()) if line.strip()}
 
     def _sample(self, model, step: int) -> None:
         if self.path is None or not self.prompts or step in self.done:
