@@ -181,13 +181,13 @@ def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
     assert not any((tmp_path / x).exists() for x in "abcd")  # nothing written, no model loaded
 
 
-
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")
                                         if "loop" in yaml.safe_load(p.read_text())))
 def test_every_shipped_loop_config_passes_the_loops_checks(name: str) -> None:
-    """Types, the training file, and no held-out prompt among the seeds (the helpful seeds once held one)."""
-    cfg = load_loop(ROOT / "pipelines" / name, 3)
-    assert cfg.loop.held_out and cfg.base.startswith("local:")
+    """Types, the training file, and no held-out prompt among the seeds (the helpful seeds once held one):
+    load_loop raises an InputError on any of them."""
+    load_loop(ROOT / "pipelines" / name, 3)
+
 
 @pytest.mark.slow
 @pytest.mark.train
