@@ -1,6 +1,7 @@
 """Pipeline config: a YAML file naming the constitution, the models and each stage's parameters.
 
-Relative paths in a config resolve against the config file's folder.
+Relative paths in a config resolve against the config file's folder. A config may start from another
+in the same folder (`extends: NAME.yaml`): its keys on top of that one's, mappings merged key by key.
 """
 
 from __future__ import annotations
@@ -381,4 +382,4 @@ class PipelineConfig(Strict):
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     path = Path(path) if path else DEFAULT_CONFIG
-    return load_yaml(path, PipelineConfig).based_at(path.resolve().parent)
+    return load_yaml(path, PipelineConfig, extends=True).based_at(path.resolve().parent)

@@ -188,7 +188,31 @@ def field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def first_error(path: Path, err: ValidationError, node: yaml.Node | None) -> InputError:
+def holds(node: yaml.Node | None, loc: tuple) -> bool:
+    """Whether the file's node graph sets every key on the error's path."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if key_name(k) == str(part)), None)
+            if node is None:
+                return False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return False
+    return True
+
+
+Layers = list[tuple[Path, "yaml.Node | None"]]
+
+
+def locate(layers: Layers, loc: tuple) -> tuple[Path, int | None]:
+    """The file (a config and those it extends, nearest first) that sets the field, and its line; a
+    field none sets (a missing key) is the first file's."""
+    path, node = next(((p, n) for p, n in layers if holds(n, loc)), layers[0])
+    return path, line_of(node, loc)
+
+
+def first_error(layers: Layers, err: ValidationError) -> InputError:
     """The most telling error first: a misspelt key explains the 'missing' one next to it."""
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     e = errors[0]
@@ -198,14 +222,12 @@ def first_error(path: Path, err: ValidationError, node: yaml.Node | None) -> Inp
         missing = [str(m["loc"][-1]) for m in errors if m["type"] == "missing" and tuple(m["loc"][:-1]) == loc[:-1]]
         close = difflib.get_close_matches(str(loc[-1]), missing, n=1)
         msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else " (not allowed here)")
-    line = line_of(node, loc)
+    path, line = locate(layers, loc)
     more = f" ({len(errors) - 1} more error(s) after fixing this one)" if len(errors) > 1 else ""
     return InputError(path, msg + more, line=line, field=field_name(loc))
 
 
-def load_yaml(path: str | Path, model: type[M]) -> M:
-    """Parse `path` as YAML and validate it as `model` (which should forbid unknown keys)."""
-    path = Path(path)
+def _read_mapping(path: Path) -> tuple[yaml.Node | None, dict]:
     text = read_text(path)
     node = _compose(path, text)
     data = None if node is None else _construct(path, text, node)
@@ -213,7 +235,61 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
         raise InputError(path, "file is empty")
     if not isinstance(data, dict):
         raise InputError(path, f"expected a mapping at the top level, got {type(data).__name__}", line=1)
+    return node, data
+
+
+def _merge(base: object, over: object) -> object:
+    """`over` on top of `base`: mappings key by key, all the way down; anything else (a list too) replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return base | {k: _merge(base[k], v) if k in base else v for k, v in over.items()}
+    return over
+
+
+def read_layers(path: Path) -> tuple[Layers, dict]:
+    """The file and those it `extends` (nearest first), and their keys merged. The base must sit in the
+    same folder, so that every relative path in either resolves against that one folder."""
+    layers: Layers = []
+    merged: list[dict] = []
+    while True:
+        node, data = _read_mapping(path)
+        layers.append((path, node))
+        base = data.pop("extends", None)
+        merged.append(data)
+        if base is None:
+            break
+        line = line_of(node, ("extends",))
+        if not isinstance(base, str) or Path(base).name != base or base in (".", ".."):
+            raise InputError(path, "must name a YAML file in this file's folder (relative paths in both "
+                                   "resolve against that one folder)", line=line, field="extends")
+        nxt = path.parent / base
+        if nxt.resolve() in {p.resolve() for p, _ in layers}:
+            raise InputError(path, f"makes a cycle through {base}: remove one of the extends", line=line,
+                             field="extends")
+        if not nxt.is_file():
+            raise InputError(path, f"{base}: no such file in {path.parent}", line=line, field="extends")
+        path = nxt
+    data: object = {}
+    for layer in reversed(merged):
+        data = _merge(data, layer)
+    return layers, data
+
+
+def extends_chain(path: str | Path) -> list[Path]:
+    """A config file and the files it extends, nearest first (what a digest of the config must cover)."""
+    return [p for p, _ in read_layers(Path(path))[0]]
+
+
+def load_yaml(path: str | Path, model: type[M], *, extends: bool = False) -> M:
+    """Parse `path` as YAML and validate it as `model` (which should forbid unknown keys). With `extends`,
+    the file may start from another (`extends: NAME.yaml`): its keys on top of that file's, mappings
+    merged key by key, lists and other values replaced."""
+    path = Path(path)
+    if extends:
+        layers, data = read_layers(path)
+    else:
+        node, data = _read_mapping(path)
+        layers = [(path, node)]
     try:
         return model.model_validate(data, context={"path": path})
     except ValidationError as err:
-        raise first_error(path, err, node) from None
+        raise first_error(layers, err) from None

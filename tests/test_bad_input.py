@@ -106,6 +106,44 @@ def test_missing_config_file(tmp_path):
     fails(tmp_path, tmp_path / "nope.yaml", expect="nope.yaml: file not found")
 
 
+def test_a_config_extends_another_in_its_folder(tmp_path):
+    """Mappings merge key by key, lists and values are replaced, null clears; relative paths resolve
+    against the one folder."""
+    from factory.config import load_config
+
+    base = config(tmp_path)
+    base.write_text(base.read_text().replace(str(ROOT / "prompts" / "seeds" / "helpful.jsonl"), "seeds.jsonl"))
+    (tmp_path / "seeds.jsonl").write_text('{"prompt": "Name a colour."}\n')
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: pipeline.yaml\nconcurrency: 3\nstages:\n  answer:\n    candidates: 3\n"
+                     "  critique_revise: null\n")
+    cfg, parent = load_config(child), load_config(base)
+    assert (cfg.concurrency, cfg.stages.answer.candidates, cfg.stages.critique_revise) == (3, 3, None)
+    assert parent.stages.critique_revise is not None and parent.concurrency != 3
+    assert cfg.stages.answer.temperature == parent.stages.answer.temperature  # the rest of `answer` kept
+    assert cfg.path(cfg.stages.questions.seeds[0]) == tmp_path / "seeds.jsonl"
+    grand = tmp_path / "grand.yaml"
+    grand.write_text("extends: child.yaml\nstages:\n  questions:\n    seeds: [a.jsonl, b.jsonl]\n")
+    cfg = load_config(grand)
+    assert cfg.stages.questions.seeds == ["a.jsonl", "b.jsonl"] and cfg.concurrency == 3
+
+
+def test_a_bad_extends_names_the_file_that_has_the_error(tmp_path):
+    base = config(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: pipeline.yaml\nstages:\n  answer:\n    candiates: 3\n")
+    fails(tmp_path, child, expect=f"{child}:4: field 'stages.answer.candiates': unknown key")
+    child.write_text("extends: pipeline.yaml\nconcurrency: 4\n")
+    base.write_text(base.read_text().replace("seed: 0\n", "seed: zero\n"))
+    line = base.read_text().splitlines().index("seed: zero") + 1
+    fails(tmp_path, child, expect=f"{base}:{line}: field 'seed'")  # the base's own line, not the child's
+    for target, expect in [("../pipeline.yaml", "must name a YAML file in this file's folder"),
+                           ("nope.yaml", f"nope.yaml: no such file in {tmp_path}"),
+                           ("child.yaml", "makes a cycle through child.yaml")]:
+        child.write_text(f"extends: {target}\nconcurrency: 4\n")
+        fails(tmp_path, child, expect=f"{child}:1: field 'extends': {expect}")
+
+
 def test_bad_limit(tmp_path):
     fails(tmp_path, "--limit", "0", expect="--limit must be at least 1")
 

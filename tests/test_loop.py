@@ -25,6 +25,7 @@ from test_train import tiny  # noqa: F401  (the fixture)
 
 from factory.config import ROOT
 from factory.loop.config import load_loop
+from factory.yamlfile import read_layers
 
 TRAIN = ["How do I boil an egg?", "What is a good name for a cat?", "How do I tie a tie?", "Why is the sky blue?",
          "How do I fold a shirt?", "What should I cook tonight?"]
@@ -182,11 +183,35 @@ def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")
-                                        if "loop" in yaml.safe_load(p.read_text())))
+                                        if "loop" in read_layers(p)[1]))
 def test_every_shipped_loop_config_passes_the_loops_checks(name: str) -> None:
     """Types, the training file, and no held-out prompt among the seeds (the helpful seeds once held one):
     load_loop raises an InputError on any of them."""
     load_loop(ROOT / "pipelines" / name, 3)
+
+
+def test_a_loop_config_that_extends_another_is_recorded_whole_and_resumes_only_unchanged(tmp_path: Path) -> None:
+    """Its error lines are the base file's where the base sets the field; loop.json's digest covers both
+    files, so resuming after the base changed is refused; config.yaml holds both merged."""
+    from factory.loop.steps import _record, config_digest
+
+    base = loop_config(tmp_path, tmp_path / "no-model-here")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: loop.yaml\nloop:\n  mix: 0.5\n")
+    cfg = load_loop(child, 2)
+    assert cfg.loop.mix == 0.5 and cfg.loop.eval_judge == "openai:m"
+    err = cfg.error("loop.eval_judge", "x")
+    assert err.path == str(base) and err.line == base.read_text().splitlines().index("  eval_judge: openai:m") + 1
+    out = tmp_path / "out"
+    out.mkdir()
+    _record(child, out / "config.yaml")
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["loop"]["mix"] == 0.5 and recorded["name"] == "loop-test" and "extends" not in recorded
+    (out / "loop.json").write_text(json.dumps({"config": str(child), "config_sha256": config_digest(child),
+                                               "rounds": 2, "steps": {}}))
+    base.write_text(base.read_text().replace("concurrency: 8", "concurrency: 9"))
+    r = factory("loop", "--resume", out)
+    assert r.returncode == 2 and f"{child} changed (or is gone) since the loop started" in r.stderr
 
 
 @pytest.mark.slow

@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field
 
 from factory.config import PipelineConfig, Strict
 from factory.errors import InputError
 from factory.inputs import PromptFile
 from factory.records import prompt_id
-from factory.yamlfile import line_of, load_yaml, read_text
+from factory.yamlfile import Layers, load_yaml, locate, read_layers
 
 OBJECTIVES = ("dpo", "kto", "sft", "grpo", "rloo")
 
@@ -39,11 +38,13 @@ class LoopFile(PipelineConfig):
 class LoopConfig:
     """The validated loop: the pipeline (as `factory run` would read it) and the loop section."""
 
-    def __init__(self, path: Path, pipeline: PipelineConfig, loop: LoopSection, node: yaml.Node):
-        self.path, self.pipeline, self.loop, self._node = path, pipeline, loop, node
+    def __init__(self, path: Path, pipeline: PipelineConfig, loop: LoopSection, layers: Layers):
+        self.path, self.pipeline, self.loop, self._layers = path, pipeline, loop, layers
 
     def error(self, field: str, message: str) -> InputError:
-        return InputError(self.path, message, line=line_of(self._node, tuple(field.split("."))), field=field)
+        """An error at FIELD, named in the file that sets it (this one or one it extends)."""
+        where, line = locate(self._layers, tuple(field.split(".")))
+        return InputError(where, message, line=line, field=field)
 
     @property
     def base(self) -> str:
@@ -64,11 +65,11 @@ def load_loop(path: Path, rounds: int) -> LoopConfig:
     path = Path(path)
     if rounds < 1:
         raise InputError("--rounds", f"must be at least 1, got {rounds}")
-    parsed = load_yaml(path, LoopFile)
-    node = yaml.compose(read_text(path), Loader=yaml.SafeLoader)
+    parsed = load_yaml(path, LoopFile, extends=True)
+    layers, _ = read_layers(path)
     pipeline = PipelineConfig.model_validate(parsed.model_dump(exclude={"loop"}))
     pipeline._base_dir = path.resolve().parent
-    cfg = LoopConfig(path, pipeline, parsed.loop, node)
+    cfg = LoopConfig(path, pipeline, parsed.loop, layers)
     _check(cfg)
     return cfg
 

@@ -11,12 +11,14 @@ through one shared cache (DIR/cache), so nothing is paid for twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from factory.config import PipelineConfig
@@ -25,6 +27,7 @@ from factory.engine.rundir import now, write_json
 from factory.engine.state import lock_run_dir
 from factory.errors import FactoryError, StoppedAtBudget
 from factory.loop.config import LoopConfig, load_loop
+from factory.yamlfile import read_layers
 
 MANIFEST = "loop.json"
 
@@ -70,7 +73,7 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
             raise FactoryError("--resume continues the loop exactly as it started; drop CONFIG and --rounds")
         manifest = _read_manifest(out)
         config = Path(manifest["config"])
-        if not config.is_file() or file_digest(config) != manifest["config_sha256"]:
+        if not config.is_file() or config_digest(config) != manifest["config_sha256"]:
             raise FactoryError(f"{config} changed (or is gone) since the loop started, so resuming would mix two "
                                f"configs. Restore it (a copy is in {out / 'config.yaml'}), or start a new loop")
         cfg = load_loop(config, manifest["rounds"])
@@ -83,8 +86,8 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
             raise FactoryError(f"{out}: already exists and is not empty; choose another --out (or --resume {out})")
         out.mkdir(parents=True, exist_ok=True)
         lock = lock_run_dir(out)
-        shutil.copyfile(config, out / "config.yaml")  # for the record
-        manifest = {"config": str(Path(config).resolve()), "config_sha256": file_digest(config), "rounds": rounds,
+        _record(Path(config), out / "config.yaml")
+        manifest = {"config": str(Path(config).resolve()), "config_sha256": config_digest(config), "rounds": rounds,
                     "base": cfg.base, "loop": cfg.loop.model_dump(), "started": now(), "status": "running", "steps": {}}
         write_json(out / MANIFEST, manifest)
     if max_cost is not None:
@@ -122,6 +125,25 @@ def run_loop(config: Path | None, rounds: int | None, out: Path, console: Consol
     write_loop_report(out)
     lock.close()
     return manifest
+
+
+def config_digest(config: Path) -> str:
+    """The config file's digest; one that `extends` others: a digest of every file's, nearest first."""
+    chain = [p for p, _ in read_layers(Path(config))[0]]
+    if len(chain) == 1:
+        return file_digest(chain[0])
+    return hashlib.sha256("\n".join(file_digest(p) for p in chain).encode()).hexdigest()
+
+
+def _record(config: Path, target: Path) -> None:
+    """The config, for the record: the file itself, or (one that `extends` others) all of them merged."""
+    layers, data = read_layers(config)
+    if len(layers) == 1:
+        shutil.copyfile(config, target)
+        return
+    names = ", ".join(p.name for p, _ in layers[1:])
+    target.write_text(f"# {config.resolve()} merged with what it extends ({names}); relative paths resolve "
+                      f"against {config.resolve().parent}\n" + yaml.safe_dump(data, sort_keys=False))
 
 
 def _read_manifest(out: Path) -> dict:
