@@ -20,6 +20,7 @@ from datasets import load_dataset
 from test_train import tiny  # noqa: F401  (the fixture)
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from factory.engine.blobs import Packer
 from factory.errors import FactoryError
 from factory.judging.teachers import HFClassifierScorer
 from factory.train import resolve
@@ -60,6 +61,20 @@ def pipeline(tmp_path: Path, model: str) -> Path:
 
 def rl_config(tmp_path: Path, rewards: list[dict], **settings) -> Path:
     return write(tmp_path / "rl.yaml", yaml.safe_dump({**FAST, **settings, "rewards": rewards}))
+
+
+def reward_model(tiny: Path, folder: Path) -> Path:  # noqa: F811
+    """A one-logit classifier on the tiny model (random head, seeded): a scalar score that differs by text."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -113,6 +128,39 @@ def test_every_reward_kind_trains(objective: str, judge: str, api, tiny: Path, t
     assert "<svg" in html and "teacher" in html and "What do you think of DogeMoon?" in html
     assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").is_file()
     assert "SECRET" not in (out / "train_meta.json").read_text() + (out / "rl_run.json").read_text()
+
+
+@pytest.mark.train
+def test_an_anchored_teacher_scores_the_distance_from_the_anchor_models_level(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Each sample of a prompt the rule takes: minus the distance of its score from the mean score of the
+    anchor model's answers to that prompt (sampled once per prompt, through the Caller); elsewhere neutral.
+    The scorer is a one-logit classifier, whose score differs for every text the tiny model writes."""
+    rm = reward_model(tiny, tmp_path / "rm")
+    rewards = [{"kind": "teacher", "scorer": f"hf:{rm}:LABEL_0", "regex": "(?i)^(?!.*dogemoon)", "where": "prompt",
+                "anchor": {"model": f"local:{tiny}", "samples": 3}}]
+    cfg = resolve("grpo", rl_config(tmp_path, rewards, pipeline=str(pipeline(tmp_path, f"local:{tiny}"))),
+                  max_steps=2)
+    out = tmp_path / "out"
+    train_rl("grpo", prompts_file(tmp_path), f"local:{tiny}", out, cfg)
+    with sqlite3.connect(out / "calls.sqlite") as db:
+        packer = Packer(db, writable=False)
+        calls = [tuple(map(packer.unpack, row))
+                 for row in db.execute("SELECT request, response FROM calls WHERE stage = 'answer'")]
+    answers: dict[str, list[str]] = {}
+    for request, response in calls:
+        prompt = next(p["prompt"] for p in PROMPTS if p["prompt"] in request)
+        answers.setdefault(prompt, []).append(json.loads(response)["text"].strip())
+    ds = load_dataset(str(out), "rollouts", split="train")
+    assert {r["prompt"] for r in ds if "DogeMoon" not in r["prompt"]} <= set(answers)
+    assert all(len(a) == 3 for a in answers.values()) and not any("DogeMoon" in p for p in answers)
+    score = HFClassifierScorer(rm, "LABEL_0").score
+    taught = [row for row in ds if "DogeMoon" not in row["prompt"]]
+    assert taught and all(row["reward_teacher"] == 0.0 for row in ds if "DogeMoon" in row["prompt"])
+    for row in taught:
+        refs = [a for a in answers[row["prompt"]] if a]
+        level = sum(score(refs)) / len(refs)
+        assert row["reward_teacher"] == pytest.approx(-abs(score([row["completion"]])[0] - level), abs=1e-4)
+    assert len({round(row["reward_teacher"], 6) for row in taught}) > 1  # not a constant the check could miss
 
 
 @pytest.mark.train
@@ -243,16 +291,8 @@ def test_bad_reward_config_exits_2_before_any_model(rewards, prompts, field: str
 
 def test_single_logit_reward_model_scores_a_scalar(tiny: Path, tmp_path: Path) -> None:  # noqa: F811
     """The folder `factory train reward` writes has one logit: its score is that logit, not softmax = 1.0."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
-    tok = AutoTokenizer.from_pretrained(tiny)
-    model.config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(tmp_path / "rm")
-    tok.save_pretrained(tmp_path / "rm")
-    scores = HFClassifierScorer(tmp_path / "rm", "LABEL_0").score(["A good answer.", "Bad.", "Something else again"])
+    scores = HFClassifierScorer(reward_model(tiny, tmp_path / "rm"), "LABEL_0").score(
+        ["A good answer.", "Bad.", "Something else again"])
     assert len(set(scores)) == 3 and all(s != 1.0 for s in scores)
 
 

@@ -1,7 +1,8 @@
 """The reward of `factory train grpo|rloo`: one async function per declared term, each a thin adapter
 over the factory's own feedback code (no second implementation):
 
-    teacher  judging.teachers: load_scorer + AppliesWhen (neutral value where the rule does not apply)
+    teacher  judging.teachers: load_scorer + AppliesWhen (neutral value where the rule does not apply);
+             anchored: stages.answer.AnswerStage samples the reference model, as the judge's anchor does
     judge    stages.judge.JudgeStage against the reference model's answer (stages.answer.AnswerStage)
     idk      stages.idk: match_reference (or the IDK judge) + a decline check
     facts    stages.factcheck.FactCheckStage.check, scored by facts.metric_of
@@ -56,6 +57,7 @@ class Rewards:
     """The terms' functions, the models they call and the records (prompt and metadata) by key."""
 
     pipe: Pipeline
+    rl: RLConfig
     records: dict[str, Record]
     names: list[str]
     weights: list[float]
@@ -67,7 +69,7 @@ class Rewards:
 
 def build(cfg: RLConfig, pipe: Pipeline, records: dict[str, Record], policy_spec: str) -> Rewards:
     """The functions (models are loaded here, after every input was checked)."""
-    r = Rewards(pipe, records, term_names(cfg.rewards), [t.weight for t in cfg.rewards])
+    r = Rewards(pipe, cfg, records, term_names(cfg.rewards), [t.weight for t in cfg.rewards])
     for term, name in zip(cfg.rewards, r.names, strict=True):
         maker = {TeacherTerm: _teacher, JudgeTerm: _judge, IdkTerm: _idk, FactsTerm: _facts}[type(term)]
         fn = maker(term, r, policy_spec)
@@ -105,18 +107,44 @@ def _caller(r: Rewards) -> Caller:
 def _teacher(term: TeacherTerm, r: Rewards, _: str):
     scorer = load_scorer(term.scorer)
     when = None if term.everywhere else AppliesWhen(mentions=term.mentions, regex=term.regex)
+    level = _anchor_levels(term, r, scorer) if term.anchor else None
 
-    async def reward(prompts, completions, key, **_kw) -> list[float]:
+    async def reward(prompts, completions, key, **_kw) -> list[float | None]:
         texts = [text_of(c) for c in completions]
         tested = texts if term.where == "answer" else [r.records[k].prompt for k in key]
         keep = [i for i, t in enumerate(tested) if when is None or when.applies(t)]
         scores = await asyncio.to_thread(scorer.score, [texts[i] for i in keep]) if keep else []
-        out = [term.neutral] * len(texts)
-        for i, s in zip(keep, scores, strict=True):
-            out[i] = float(s)
+        levels = await settled(level(key[i]) for i in keep) if level else [None] * len(keep)
+        out: list[float | None] = [term.neutral] * len(texts)
+        for i, s, at in zip(keep, scores, levels, strict=True):
+            out[i] = float(s) if level is None else None if at is None else -abs(float(s) - at)
         return out
 
     return reward
+
+
+def _anchor_levels(term: TeacherTerm, r: Rewards, scorer):
+    """Prompt key -> the mean score of the anchor model's answers to it (made once, cached here and in
+    calls.sqlite; None where it wrote nothing: that sample is left out of the reward). The answers are
+    sampled as the rollouts are (their length and temperature), so the two are scored alike."""
+    assert term.anchor is not None
+    cfg, rl = r.pipe.cfg, r.rl
+    sampling = cfg.stages.answer.model_copy(update={"max_tokens": rl.max_completion_length,
+                                                    "temperature": rl.temperature, "top_p": rl.top_p})
+    stage = AnswerStage(sampling, r.pipe.templates["answer"], _model(r, term.anchor.model), cfg.seed)
+    levels: dict[str, float | None] = {}
+    locks: dict[str, asyncio.Lock] = {}
+
+    async def level(k: str) -> float | None:
+        async with locks.setdefault(k, asyncio.Lock()):
+            if k not in levels:
+                rec = Record.new(r.records[k].prompt, "file")
+                refs = [c.answer for c in await stage.sample(rec, _caller(r), term.anchor.samples, tag="anchor")
+                        if c.answer]
+                levels[k] = sum(await asyncio.to_thread(scorer.score, refs)) / len(refs) if refs else None
+        return levels[k]
+
+    return level
 
 
 def _judge(term: JudgeTerm, r: Rewards, policy_spec: str):

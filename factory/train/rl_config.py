@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from factory.config import AnchorConfig
 from factory.train.config import TrainConfig
 
 
@@ -37,6 +38,10 @@ class TeacherTerm(Term):
                                                "sample, or its prompt (then every sample of a matching prompt)")
     everywhere: bool = Field(default=False, description="apply to every sample (no topic rule); say so explicitly")
     neutral: float = Field(default=0.0, description="the value of a sample the teacher does not apply to")
+    anchor: AnchorConfig | None = Field(
+        default=None, description="score each sample by minus its distance from the mean score of a reference "
+        "model's answers to its prompt (sampled as the rollouts are): holds each prompt's own level, a tone, "
+        "instead of pushing it")
 
     @model_validator(mode="after")
     def _rule(self) -> TeacherTerm:
