@@ -274,11 +274,6 @@ def read_layers(path: Path) -> tuple[Layers, dict]:
     return layers, data
 
 
-def extends_chain(path: str | Path) -> list[Path]:
-    """A config file and the files it extends, nearest first (what a digest of the config must cover)."""
-    return [p for p, _ in read_layers(Path(path))[0]]
-
-
 def load_yaml(path: str | Path, model: type[M], *, extends: bool = False) -> M:
     """Parse `path` as YAML and validate it as `model` (which should forbid unknown keys). With `extends`,
     the file may start from another (`extends: NAME.yaml`): its keys on top of that file's, mappings
