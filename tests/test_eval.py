@@ -114,6 +114,28 @@ def test_eval_with_a_classifier_judge(api, tmp_path: Path) -> None:
     assert "before" in r.stdout and "after" in r.stdout
 
 
+def test_a_shared_cache_answers_the_baseline_once(api, tmp_path: Path) -> None:
+    """Two evaluations against the same baseline through --cache-dir: the second samples only its model."""
+    eval_server(api, "Wonderful")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Thoughts on tea {i}?"}) + "\n" for i in range(3)))
+
+    def run(model: str, out: str) -> dict[str, int]:
+        before = len(api.requests)
+        r = factory("eval", "--model", model, "--baseline", "openai:base", "--prompts", prompts, "--judge",
+                    "vader:positive", "--samples", "2", "--cache-dir", tmp_path / "cache", "--out", tmp_path / out)
+        assert r.returncode == 0, r.stderr
+        models = [b["body"]["model"] for b in api.requests[before:]]
+        return {m: models.count(m) for m in set(models)}
+
+    assert run("openai:trained", "a") == {"trained": 6, "base": 6}
+    assert run("openai:other", "b") == {"other": 6}  # the baseline's 6 answers came from the cache
+    report = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert report["n"] == 6 and (tmp_path / "cache" / "calls.sqlite").is_file()
+    r = factory("eval", "--model", "openai:x", "--set", prompts, "--cache-dir", tmp_path / "cache")
+    assert r.returncode == 2 and "--cache-dir goes with --prompts" in r.stderr
+
+
 def test_eval_on_a_run_directory_uses_its_test_split(api, tmp_path: Path) -> None:
     from test_clean import PROMPTS, cli_run
 

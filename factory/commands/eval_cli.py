@@ -30,11 +30,14 @@ from factory.errors import FactoryError
               "over-refusal rate (default: the config's export.clean.benign_kinds).")
 @click.option("--samples", type=click.IntRange(1, 32), help="Answers per prompt from each model (sample k of one is "
               "judged against sample k of the other; default 1). With a QA --set: K answers per question (default 5).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --prompts: a shared call cache (as `factory run --cache-dir`): answers and verdicts any "
+              "earlier evaluation made there are reused, so a baseline measured once is not sampled again.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for eval.json, answers.jsonl and calls.sqlite (default: outputs/<timestamp>).")
 def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eval_set: Path | None,
           no_calibration: bool, split: str, config: Path | None, limit: int | None, benign: tuple[str, ...],
-          samples: int | None, out: Path | None) -> None:
+          samples: int | None, cache_dir: Path | None, out: Path | None) -> None:
     """Did training move the model? Both models answer held-out prompts; the judge compares the answers in
     both orders. Prints the win rate with a 95% interval, per-principle results and over-refusal.
     With --set: each model's behaviour-match rate (or QA accuracy and calibration) on an eval set."""
@@ -42,6 +45,8 @@ def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eva
     from factory.commands.show import eval_tables
 
     if eval_set is not None:
+        if cache_dir is not None:
+            raise FactoryError("--cache-dir goes with --prompts; an eval set's calls are cached in its --out folder")
         from factory.evals.cli import print_set_report
         from factory.evals.run import run_set
 
@@ -54,7 +59,7 @@ def eval_(model: str, baseline: str, source: Path | None, judge: str | None, eva
                            "--split chooses)")
 
     report, folder = evaluate(model, baseline, source, judge, out, config=config, limit=limit,
-                              benign=set(benign) if benign else None, samples=samples or 1)
+                              benign=set(benign) if benign else None, samples=samples or 1, cache_dir=cache_dir)
     for table in eval_tables(report, model, baseline, judge):
         stdout.print(table)
     stdout.print(str(folder / "eval.json"), markup=False, highlight=False)

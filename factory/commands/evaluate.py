@@ -198,6 +198,8 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     stats = Stats(["answer", "judge"])
     out = create_run_dir(out)  # only now: bad input leaves nothing behind
     log = CallLog(out / "calls.sqlite")
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
     shared = CallLog(Path(cache_dir) / "calls.sqlite") if cache_dir is not None else None
 
     async def one(rec: Record, caller) -> list[Record]:
