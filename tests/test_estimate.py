@@ -20,10 +20,11 @@ from test_cli import ROOT, factory
 from factory.config import load_config
 from factory.engine.estimate import estimate
 from factory.engine.pipeline import Overrides, Pipeline
+from factory.yamlfile import read_layers
 
 MODEL = "openai:gpt-4o-mini"
-PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")
-                   if "constitution" in (cfg := yaml.safe_load(p.read_text())) and "loop" not in cfg)  # loops: factory loop
+PIPELINES = sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")  # those that extend another too
+                   if "constitution" in (cfg := read_layers(p)[1]) and "loop" not in cfg)  # loops: factory loop
 LIMITS = {"api.yaml": 3, "default.yaml": 10, "idk.yaml": 6}  # default: 8 seeds + 2 generated under --limit
 
 
