@@ -198,9 +198,10 @@ def evaluate(model: str, baseline: str, source: Path, judge: str, out: Path | No
     stats = Stats(["answer", "judge"])
     out = create_run_dir(out)  # only now: bad input leaves nothing behind
     log = CallLog(out / "calls.sqlite")
+    shared = None
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    shared = CallLog(Path(cache_dir) / "calls.sqlite") if cache_dir is not None else None
+        shared = CallLog(Path(cache_dir) / "calls.sqlite")
 
     async def one(rec: Record, caller) -> list[Record]:
         """Sample k of the model's answers is judged against sample k of the baseline's (same seed)."""
