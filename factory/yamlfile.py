@@ -19,11 +19,12 @@ M = TypeVar("M", bound=BaseModel)
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def jsonl_lines(text: str) -> list[str]:
-    """The lines of a JSON-lines text, split at "\\n" only: `str.splitlines()` also splits at U+2028,
-    U+2029, U+0085 and other separators, which a JSON string may hold unescaped (a model wrote U+2028
-    into an answer, and a reader using splitlines() failed on the half-lines)."""
-    return text.split("\n")
+def jsonl_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a JSON-lines text with their line numbers (from 1), split at "\\n" only:
+    `str.splitlines()` also splits at U+2028, U+2029, U+0085 and other separators, which a JSON string
+    may hold unescaped (a model wrote U+2028 into an answer, and a reader using splitlines() failed on
+    the half-lines)."""
+    return [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def read_text(path: Path) -> str:
@@ -166,40 +167,32 @@ def _children(node: yaml.Node) -> list[tuple[yaml.Node, str]]:
     return []
 
 
-def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The line of the deepest node on the error's path (the key itself for unknown keys)."""
+def _walk(node: yaml.Node | None, loc: tuple) -> tuple[int | None, bool]:
+    """Follow the error's path through the node graph: the line of the deepest node reached (the key
+    itself for a mapping entry), and whether the whole path was there."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             match = [(k, v) for k, v in node.value if key_name(k) == str(part)]
             if not match:
-                return line
+                return line, False
             key, node = match[0]
             line = key.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:
-            return line
-    return line
+            return line, False
+    return line, True
+
+
+def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The line of the deepest node on the error's path (the key itself for unknown keys)."""
+    return _walk(node, loc)[0]
 
 
 def field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def holds(node: yaml.Node | None, loc: tuple) -> bool:
-    """Whether the file's node graph sets every key on the error's path."""
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if key_name(k) == str(part)), None)
-            if node is None:
-                return False
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return False
-    return True
 
 
 Layers = list[tuple[Path, "yaml.Node | None"]]
@@ -208,8 +201,11 @@ Layers = list[tuple[Path, "yaml.Node | None"]]
 def locate(layers: Layers, loc: tuple) -> tuple[Path, int | None]:
     """The file (a config and those it extends, nearest first) that sets the field, and its line; a
     field none sets (a missing key) is the first file's."""
-    path, node = next(((p, n) for p, n in layers if holds(n, loc)), layers[0])
-    return path, line_of(node, loc)
+    for path, node in layers:
+        line, whole = _walk(node, loc)
+        if whole:
+            return path, line
+    return layers[0][0], line_of(layers[0][1], loc)
 
 
 def first_error(layers: Layers, err: ValidationError) -> InputError:
@@ -280,10 +276,18 @@ def load_yaml(path: str | Path, model: type[M], *, extends: bool = False) -> M:
     merged key by key, lists and other values replaced."""
     path = Path(path)
     if extends:
-        layers, data = read_layers(path)
-    else:
-        node, data = _read_mapping(path)
-        layers = [(path, node)]
+        return load_layered(path, model)[0]
+    node, data = _read_mapping(path)
+    return _validate(path, model, [(path, node)], data)
+
+
+def load_layered(path: Path, model: type[M]) -> tuple[M, Layers]:
+    """`load_yaml(path, model, extends=True)`, and the files it read (for locating later errors)."""
+    layers, data = read_layers(path)
+    return _validate(path, model, layers, data), layers
+
+
+def _validate(path: Path, model: type[M], layers: Layers, data: dict) -> M:
     try:
         return model.model_validate(data, context={"path": path})
     except ValidationError as err:

@@ -34,9 +34,7 @@ class LabelledPair(BaseModel):
 
 def read_pairs(path: Path) -> list[LabelledPair]:
     pairs = []
-    for n, line in enumerate(jsonl_lines(read_text(path)), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(read_text(path)):
         try:
             pairs.append(LabelledPair.model_validate_json(line))
         except ValueError as e:

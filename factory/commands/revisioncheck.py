@@ -39,9 +39,7 @@ def read_set(path: Path) -> list[LabelledRevision]:
     if not path.is_file():
         raise InputError(path, "no such file")
     items = []
-    for n, line in enumerate(jsonl_lines(path.read_text()), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(path.read_text()):
         try:
             items.append(LabelledRevision.model_validate_json(line))
         except ValueError as e:

@@ -63,9 +63,7 @@ def read_examples(path: Path, fmt: str, parse: Callable[[str], object]) -> dict[
         raise InputError(path, "no such examples file")
     schema = Statement if fmt == "yesno" else Choice
     by: dict[str, list[str]] = {}
-    for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             row = schema.model_validate(json.loads(line))
         except json.JSONDecodeError as e:

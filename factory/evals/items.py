@@ -112,12 +112,11 @@ def read_set(path: Path, split: str = "test") -> list[Item]:
             raise InputError(path, f"not a readable Parquet file: {e}") from None
     else:
         rows = []
-        for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise InputError(path, f"not valid JSON ({e.msg})", line=n) from None
+        for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"not valid JSON ({e.msg})", line=n) from None
     items = []
     for n, row in rows:
         if not isinstance(row, dict):

@@ -12,7 +12,7 @@ from factory.config import PipelineConfig, Strict
 from factory.errors import InputError
 from factory.inputs import PromptFile
 from factory.records import prompt_id
-from factory.yamlfile import Layers, load_yaml, locate, read_layers
+from factory.yamlfile import Layers, load_layered, locate
 
 OBJECTIVES = ("dpo", "kto", "sft", "grpo", "rloo")
 
@@ -65,8 +65,7 @@ def load_loop(path: Path, rounds: int) -> LoopConfig:
     path = Path(path)
     if rounds < 1:
         raise InputError("--rounds", f"must be at least 1, got {rounds}")
-    parsed = load_yaml(path, LoopFile, extends=True)
-    layers, _ = read_layers(path)
+    parsed, layers = load_layered(path, LoopFile)
     pipeline = PipelineConfig.model_validate(parsed.model_dump(exclude={"loop"}))
     pipeline._base_dir = path.resolve().parent
     cfg = LoopConfig(path, pipeline, parsed.loop, layers)

@@ -150,9 +150,7 @@ def _read_wiki(path: Path) -> Iterator[Doc]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Doc]:
-    for n, line in enumerate(jsonl_lines(_read_text(path)), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(_read_text(path)):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:

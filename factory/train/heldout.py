@@ -38,9 +38,7 @@ def summarise(folder: Path) -> dict:
     vader = SentimentIntensityAnalyzer()
     # kind -> who -> prompt -> answers
     answers: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for line in jsonl_lines((folder / "answers.jsonl").read_text()):
-        if not line.strip():
-            continue
+    for _, line in jsonl_lines((folder / "answers.jsonl").read_text()):
         rec = Record.model_validate_json(line)
         kind = str(rec.metadata.get("kind", "unlabelled"))
         for who, cand in zip(("after", "before"), rec.candidates, strict=False):

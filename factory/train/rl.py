@@ -223,7 +223,7 @@ def rewind(out: Path, step: int, sink: RolloutSink) -> None:
     for name, key in (("metrics.jsonl", "step"), (SAMPLES, "step")):
         path = out / name
         if path.is_file():
-            rows = [line for line in jsonl_lines(path.read_text()) if line.strip() and json.loads(line)[key] <= step]
+            rows = [line for _, line in jsonl_lines(path.read_text()) if json.loads(line)[key] <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
 

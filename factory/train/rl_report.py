@@ -63,7 +63,7 @@ def _chart(rows: list[dict], keys: dict[str, str], ylabel: str) -> Markup | None
 
 def render(out: Path) -> str:
     meta = json.loads((out / "train_meta.json").read_text()) if (out / "train_meta.json").is_file() else {}
-    rows = [json.loads(line) for line in jsonl_lines((out / "metrics.jsonl").read_text()) if line.strip()] \
+    rows = [json.loads(line) for _, line in jsonl_lines((out / "metrics.jsonl").read_text())] \
         if (out / "metrics.jsonl").is_file() else []
     terms = meta.get("reward_terms", {})
     keys = {name: f"rewards/{name}/mean" for name in terms} | {"total": "reward"}
@@ -77,10 +77,9 @@ def render(out: Path) -> str:
                       "last": round(ys[-1], 4) if ys else "-"})
     samples: dict[str, list[tuple[int, str]]] = {}
     if (out / SAMPLES).is_file():
-        for line in jsonl_lines((out / SAMPLES).read_text()):
-            if line.strip():
-                r = json.loads(line)
-                samples.setdefault(r["prompt"], []).append((r["step"], r["answer"]))
+        for _, line in jsonl_lines((out / SAMPLES).read_text()):
+            r = json.loads(line)
+            samples.setdefault(r["prompt"], []).append((r["step"], r["answer"]))
     css = files("factory.report").joinpath("template.html").read_text()
     style = css.split("<style>", 1)[1].split("</style>", 1)[0]
     env = Environment(autoescape=True, undefined=StrictUndefined)

@@ -154,7 +154,7 @@ class SampleCallback(TrainerCallback):
         self.path, self.prompts, self.tokenizer, self.max_new_tokens = path, prompts, tokenizer, max_new_tokens
         self.done: set[int] = set()
         if path is not None and path.is_file():
-            self.done = {json.loads(line)["step"] for line in jsonl_lines(path.read_text()) if line.strip()}
+            self.done = {json.loads(line)["step"] for _, line in jsonl_lines(path.read_text())}
 
     def _sample(self, model, step: int) -> None:
         if self.path is None or not self.prompts or step in self.done:
