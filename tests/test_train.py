@@ -182,6 +182,14 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
         resolve("kto", variant)
     with pytest.raises(FactoryError, match="kto needs a batch size of at least 2"):
         resolve("kto", batch_size=1)
+    rl = tmp_path / "rl.yaml"  # an RL variant need not repeat the reward of the file it extends
+    rl.write_text("beta: 0.1\nrewards:\n  - {kind: teacher, scorer: vader:negative, everywhere: true}\n")
+    (tmp_path / "sub" / "rl_variant.yaml").write_text("extends: ../rl.yaml\nlearning_rate: 1.0e-4\n")
+    cfg = resolve("grpo", tmp_path / "sub" / "rl_variant.yaml")
+    assert (cfg.beta, cfg.learning_rate, cfg.rewards[0].scorer) == (0.1, 1e-4, "vader:negative")
+    rl.write_text("beta: 0.1\n")
+    with pytest.raises(InputError, match=r"rl_variant.yaml: field 'rewards': declares no reward"):
+        resolve("grpo", tmp_path / "sub" / "rl_variant.yaml")
 
 
 def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:

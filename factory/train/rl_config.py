@@ -110,7 +110,8 @@ class RLConfig(TrainConfig):
     max_prompts: int | None = Field(default=None, ge=1, description="use at most this many prompts")
     report_prompts: int = Field(default=3, ge=0, description="fixed prompts answered at start, middle and end "
                                 "for report.html")
-    rewards: list[RewardTerm] = Field(min_length=1, description="the reward: weighted terms")
+    rewards: list[RewardTerm] = Field(default_factory=list, description="the reward: weighted terms (at least one, "
+                                      "here or in the file this one extends)")
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:

@@ -54,6 +54,9 @@ def resolve(objective: str, file: str | Path | None = None, **flags) -> TrainCon
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise FactoryError(f"training config: {where}: {err['msg']}") from None
+    if objective in RL_OBJECTIVES and not cfg.rewards:
+        raise InputError(file, "declares no reward: add `rewards:` with at least one term (kind: teacher, judge, "
+                         "idk or facts), here or in the file it extends", field="rewards")
     if objective == "kto" and cfg.batch_size < 2:
         raise FactoryError("kto needs a batch size of at least 2: its KL estimate pairs each row with another "
                            "row of the same batch")
