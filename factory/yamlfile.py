@@ -201,11 +201,8 @@ Layers = list[tuple[Path, "yaml.Node | None"]]
 def locate(layers: Layers, loc: tuple) -> tuple[Path, int | None]:
     """The file (a config and those it extends, nearest first) that sets the field, and its line; a
     field none sets (a missing key) is the first file's."""
-    for path, node in layers:
-        line, whole = _walk(node, loc)
-        if whole:
-            return path, line
-    return layers[0][0], line_of(layers[0][1], loc)
+    walks = [(path, *_walk(node, loc)) for path, node in layers]
+    return next(((path, line) for path, line, whole in walks if whole), walks[0][:2])
 
 
 def first_error(layers: Layers, err: ValidationError) -> InputError:

@@ -28,7 +28,8 @@ MODEL = "openai:gpt-4o-mini"
 def local_anchor(cfg: dict) -> bool:
     """A teacher anchored to the embedded model: its answers would come from that model, not the test server
     (the anchored estimate is checked by the VARIANTS below, with the anchor on the server)."""
-    teachers = ((cfg.get("stages") or {}).get("judge") or {}).get("teachers") or []
+    judge = (cfg.get("stages") or {}).get("judge") or {}
+    teachers = [judge["teacher"]] if judge.get("teacher") else judge.get("teachers") or []
     return any(str((t.get("anchor") or {}).get("model", "")).startswith("local:") for t in teachers)
 
 
