@@ -1,6 +1,6 @@
 """Local generation under pipeline load, beside a full static batch, in one run.
 
-    python bench/pipeline_throughput.py [--records 64] [--new-tokens 128] [--library]
+    python bench/pipeline_throughput.py [--records 64] [--new-tokens 128] [--concurrency N] [--library]
 
 1. Reference: 32 concurrent `complete()` calls of --new-tokens tokens each (bench/local_generation.py
    at batch 32), through the local backend.
@@ -13,7 +13,8 @@
    pipeline run made (same prompts, same max_tokens, sampling at the same temperature; it has no
    stop strings, so it may write more tokens per request).
 
-Prints one table: tokens/s per workload and each as a share of the reference; then where the
+Prints one table: tokens/s per workload and each as a share of the reference (measured before
+and after the run, the share of their mean); then where the
 model's thread spent its time in the reference and in the run (prefill and its prompt tokens; decode
 steps, mean rows per step and the mean length each step attended over), which is what sets the
 difference: a decode step's cost grows with its rows times that length, and prefill makes no
@@ -67,7 +68,7 @@ def stage_rates(run_dir: Path) -> dict[str, tuple[int, int, float]]:
     return out
 
 
-COUNTERS = ("prefill_seconds", "prefill_tokens", "decode_seconds", "steps_run", "decode_rows", "decode_positions")
+COUNTERS = ("prefill_seconds", "prefill_tokens", "prefill_slots", "decode_seconds", "steps_run", "decode_rows", "decode_positions")
 
 
 def snapshot(model: LocalModel) -> dict[str, float]:
@@ -78,7 +79,7 @@ def time_split(name: str, model: LocalModel, before: dict[str, float], wall: flo
     d = {k: getattr(model, k) - before[k] for k in COUNTERS}
     steps = max(d["steps_run"], 1)
     return (f"{name}: {wall:.0f} s; prefill {d['prefill_seconds']:.0f} s ({d['prefill_seconds'] / wall:.0%}, "
-            f"{d['prefill_tokens']} prompt tokens); decode {d['decode_seconds']:.0f} s ({d['decode_seconds'] / wall:.0%}, "
+            f"{d['prefill_tokens']} prompt tokens, {d['prefill_slots']} computed with padding); decode {d['decode_seconds']:.0f} s ({d['decode_seconds'] / wall:.0%}, "
             f"{d['steps_run']} steps, {d['decode_seconds'] / steps:.3f} s each, mean {d['decode_rows'] / steps:.1f} rows "
             f"attending over {d['decode_positions'] / max(d['decode_rows'], 1):.0f} positions)")
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, help="calls in flight in the run (default: the pipeline's)")
     parser.add_argument("--library", action="store_true", help="also transformers' continuous batching")
     args = parser.parse_args()
 
@@ -127,7 +129,7 @@ def main() -> None:
     cfg = load_config(None)
     q = cfg.stages.questions
     q.max_seeds, q.generate = args.records // 2, args.records - args.records // 2
-    pipe = Pipeline.prepare(cfg, Overrides())
+    pipe = Pipeline.prepare(cfg, Overrides(concurrency=args.concurrency))
     pipe.models["local:smollm2"] = model
     out = Path(tempfile.mkdtemp(prefix="pipeline-bench-")) / "run"
     requests = []
@@ -145,6 +147,8 @@ def main() -> None:
         prompt = stats["stages"][stage]["prompt_tokens"]
         table.append((f"pipeline {stage}: {calls} calls, {cached}/{prompt} prompt tokens from the prefix cache",
                       tokens, busy))
+    total = sum(tokens for _, tokens, _ in table[1:])
+    table.append(("pipeline run: every call, over the run's wall time", total, wall))
     if args.library:
         log = CallLog(out / "calls.sqlite")
         requests.extend(log.requests("critique_revise"))
@@ -156,6 +160,12 @@ def main() -> None:
         n, s = library(model, ids, max(r["params"]["max_tokens"] for r in requests))
         table.append(("critique_revise requests replayed at once (transformers generate_batch)", n, s))
         table.insert(1, lib_ref)
+    # The reference again (on a backend of its own: the run closed this one): this machine's speed
+    # drifts (up to 2x within an hour on a shared host), so shares are of the two references' mean.
+    again = LocalModel(model.spec, model.model, model.tokenizer)
+    seconds, counts = asyncio.run(through_batcher(again, prompts(32), args.new_tokens))
+    table.insert(1, ("reference again, after the run", sum(counts), seconds))
+    reference = (reference + sum(counts) / seconds) / 2
     print(f"\npipeline: {args.records} records in {wall:.0f} s ({out})")
     print(f"{'workload':<92} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'of ref':>7}")
     for name, tokens, secs in table:

@@ -173,6 +173,24 @@ def test_a_finished_row_leaves_and_a_waiting_request_joins(model: LocalModel) ->
 
 
 @pytest.mark.model
+def test_joiners_of_unlike_lengths_are_prefilled_apart(model: LocalModel) -> None:
+    """Two short prompts and a long one arrive together: padding the short ones to the long one's
+    length would cost more than a second forward, so the short ones go in one forward and the long
+    one in another, and each row's text is what it is alone."""
+    fresh = _twin(model)
+    run(fresh, (QUESTION, GenParams(max_tokens=1)))  # the chat template's system text, now cached
+    forwards, slots = fresh.batches_run, fresh.prefill_slots
+    long: list[Message] = [{"role": "user", "content": "Summarise this: " + "The lighthouse keeper rows out. " * 40}]
+    greedy = GenParams(temperature=0, max_tokens=6)
+    results = run(fresh, (QUESTION, GenParams(max_tokens=6, seed=1)), (long, greedy), (QUESTION, GenParams(max_tokens=6, seed=2)))
+    assert fresh.batches_run - forwards == 2
+    new = sorted(r.prompt_tokens - r.cached_tokens for r in results)
+    assert new[-1] > 5 * new[0]
+    assert fresh.prefill_slots - slots == sum(new)  # no row padded to another's length
+    assert results[1] == run(_twin(model), (long, greedy))[0]
+
+
+@pytest.mark.model
 def test_a_request_that_joins_a_running_batch_gets_its_own_text(model: LocalModel) -> None:
     params = GenParams(temperature=1.0, top_p=0.9, max_tokens=16, seed=11)
     alone = run(model, (QUESTION, params))[0]

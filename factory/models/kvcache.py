@@ -96,6 +96,15 @@ class PrefixCache:
             keys.append(h.copy().digest())
         return keys
 
+    def cached_length(self, tokens: list[int]) -> int:
+        """The prefix length `lookup` would copy, with no change to statistics or recency."""
+        n = 0
+        for key in self.keys(tokens[:-1]):
+            if key not in self._blocks:
+                break
+            n += BLOCK
+        return n
+
     def lookup(self, tokens: list[int]) -> tuple[int, torch.Tensor | None]:
         """(cached prefix length, its keys and values). At least the last token is left to compute,
         because its logits start the generation."""
