@@ -12,6 +12,7 @@ import torch
 
 from factory.errors import FactoryError
 from factory.models import Completion, GenParams, Message, load_model, smollm2
+from factory.models.kvcache import prefill_groups
 from factory.models.local import LocalModel
 
 QUESTION: list[Message] = [{"role": "user", "content": "Name three colours of the rainbow."}]
@@ -188,6 +189,13 @@ def test_joiners_of_unlike_lengths_are_prefilled_apart(model: LocalModel) -> Non
     assert new[-1] > 5 * new[0]
     assert fresh.prefill_slots - slots == sum(new)  # no row padded to another's length
     assert results[1] == run(_twin(model), (long, greedy))[0]
+
+
+def test_prefill_groups_cut_where_padding_costs_more_than_a_forward() -> None:
+    assert prefill_groups([300, 20, 25], forward_cost=48) == [[1, 2], [0]]  # 48 + 300 < 2 x 280 padded
+    assert prefill_groups([300, 280, 25], forward_cost=48) == [[2], [1, 0]]
+    assert prefill_groups([100, 90], forward_cost=48) == [[1, 0]]  # 10 padded: not worth a forward
+    assert prefill_groups([], forward_cost=48) == []
 
 
 @pytest.mark.model

@@ -4,7 +4,7 @@ shared-prefix KV cache.
 Concurrent `complete()` calls queue up. One driver, always on the model's own thread, keeps a batch
 of up to `max_batch` rows decoding one token per step: a row that finishes leaves at once (its
 future resolves) and a waiting request joins at the next step, its prompt prefilled in a forward of
-its own (several joiners together) into a free slot of the KV cache (`kvcache.SlotCache`). Prompt
+its own (joiners of like uncached length together) into a free slot of the KV cache (`kvcache.SlotCache`). Prompt
 blocks that an earlier call already computed (the system text and few-shot examples that critique
 and revision calls share) are copied from `kvcache.PrefixCache` instead of computed again. Always
 the same thread: torch keeps an intra-op thread pool per calling thread, and two pools spinning on
@@ -42,7 +42,7 @@ from factory.errors import FactoryError, ModelCallError
 from factory.liblog import transformers_imported
 from factory.models.base import Completion, GenParams, Message, Model
 from factory.models.identity import folder_identity
-from factory.models.kvcache import PrefixCache, SlotCache
+from factory.models.kvcache import PrefixCache, SlotCache, prefill_groups
 
 PREFILL_TOKENS = 4096  # prompt tokens prefilled in one forward at most (more joiners wait a step)
 # A forward's fixed cost (the weights read once, 30 layers of calls) in prompt tokens' worth of compute:
@@ -207,28 +207,10 @@ class LocalModel(Model):
                 self._prefill(joining[:1])
                 joining = joining[1:]
             else:
-                for group in self._groups(joining):
-                    self._prefill(group)
+                needs = [len(r.prompt) - self.prefix.cached_length(r.prompt) for r in joining]
+                for group in prefill_groups(needs, FORWARD_TOKENS):
+                    self._prefill([joining[i] for i in group])
                 joining = []
-
-    def _groups(self, joining: list[_Row]) -> list[list[_Row]]:
-        """Joiners split into prefill forwards at the least cost. A forward pads every row to its
-        longest uncached prompt (critique prompts of 60 and 300 new tokens: a quarter of a run's
-        prefill compute was padding), and each forward costs FORWARD_TOKENS more: so sort by
-        uncached length and cut the sorted list where it pays (dynamic programming, rows <= 64)."""
-        ranked = sorted((len(r.prompt) - self.prefix.cached_length(r.prompt), i) for i, r in enumerate(joining))
-        rows, need = [joining[i] for _, i in ranked], [n for n, _ in ranked]
-        best, cut = [0.0] + [float("inf")] * len(rows), [0] * (len(rows) + 1)
-        for end in range(1, len(rows) + 1):
-            for start in range(end):
-                cost = best[start] + FORWARD_TOKENS + (end - start) * need[end - 1]
-                if cost < best[end]:
-                    best[end], cut[end] = cost, start
-        groups, end = [], len(rows)
-        while end:
-            groups.append(rows[cut[end] : end])
-            end = cut[end]
-        return groups[::-1]
 
     def _take(self) -> list[_Row]:
         """Waiting requests for the free slots, up to PREFILL_TOKENS of prompt."""
