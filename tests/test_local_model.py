@@ -192,7 +192,7 @@ def test_joiners_of_unlike_lengths_are_prefilled_apart(model: LocalModel) -> Non
 
 
 def test_prefill_groups_cut_where_padding_costs_more_than_a_forward() -> None:
-    assert prefill_groups([300, 20, 25], forward_cost=48) == [[1, 2], [0]]  # 48 + 300 < 2 x 280 padded
+    assert prefill_groups([300, 20, 25], forward_cost=48) == [[1, 2], [0]]  # a forward (48) < padding two rows by ~278
     assert prefill_groups([300, 280, 25], forward_cost=48) == [[2], [1, 0]]
     assert prefill_groups([100, 90], forward_cost=48) == [[1, 0]]  # 10 padded: not worth a forward
     assert prefill_groups([], forward_cost=48) == []

@@ -116,29 +116,28 @@ class PrefixCache:
             keys.append(h.copy().digest())
         return keys
 
-    def cached_length(self, tokens: list[int]) -> int:
-        """The prefix length `lookup` would copy, with no change to statistics or recency."""
-        n = 0
+    def _hits(self, tokens: list[int]) -> list[bytes]:
+        """Keys of the leading blocks cached, all but the last token: its logits start the generation."""
+        hits = []
         for key in self.keys(tokens[:-1]):
             if key not in self._blocks:
                 break
-            n += BLOCK
-        return n
+            hits.append(key)
+        return hits
+
+    def cached_length(self, tokens: list[int]) -> int:
+        """The prefix length `lookup` would copy, with no change to statistics or recency."""
+        return len(self._hits(tokens)) * BLOCK
 
     def lookup(self, tokens: list[int]) -> tuple[int, torch.Tensor | None]:
-        """(cached prefix length, its keys and values). At least the last token is left to compute,
-        because its logits start the generation."""
-        found = []
-        for key in self.keys(tokens[:-1]):
-            block = self._blocks.get(key)
-            if block is None:
-                break
+        """(cached prefix length, its keys and values)."""
+        hits = self._hits(tokens)
+        for key in hits:
             self._blocks.move_to_end(key)
-            found.append(block)
-        n = len(found) * BLOCK
+        n = len(hits) * BLOCK
         self.hit_tokens += n
         self.miss_tokens += len(tokens) - n
-        return n, torch.cat(found, dim=3) if found else None
+        return n, torch.cat([self._blocks[k] for k in hits], dim=3) if hits else None
 
     def store(self, tokens: list[int], cache: SlotCache, slot: int) -> None:
         """Keep every full block of a prompt just prefilled into `slot`."""
