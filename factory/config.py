@@ -155,6 +155,8 @@ class TeacherConfig(Strict):
         default="answer", description="what `mentions` and `regex` are tested on: each answer, or the prompt "
         "(then the teacher scores every answer to a prompt that matches)")
     scale: float = Field(default=5.0, gt=0, description="P(i better) = sigmoid(scale x (score_i - score_j))")
+    max_pairs: int | None = Field(default=None, ge=1, description="for the prompts this teacher ranks, instead of "
+                                  "the judge's `max_pairs`")
 
 
 class JudgeConfig(Sampling):
@@ -167,6 +169,8 @@ class JudgeConfig(Sampling):
     principles: int = Field(default=1, ge=1, le=8, description="principles drawn per comparison (an ensemble)")
     samples: int = Field(default=1, ge=1, le=16, description="verdicts sampled where the backend gives no logprobs")
     pairs: Literal["best_worst", "all_pairs"] = "best_worst"
+    max_pairs: int | None = Field(default=None, ge=1, description="all_pairs: keep each prompt's N widest pairs "
+                                  "(6 answers make 15 pairs, most of them narrow)")
     ranking: Literal["bradley_terry", "wins"] = "bradley_terry"
     teacher: TeacherConfig | None = Field(default=None, description="a classifier that ranks the answers it applies to")
     teachers: list[TeacherConfig] = Field(
@@ -194,6 +198,8 @@ class JudgeConfig(Sampling):
             raise ValueError("samples > 1 needs temperature > 0 (greedy verdicts are all the same)")
         if self.method == "cot" and self.max_tokens < 64:
             raise ValueError("method 'cot' needs max_tokens of at least 64 for the reasoning")
+        if self.pairs != "all_pairs" and any(c.max_pairs for c in [self, *self.all_teachers]):
+            raise ValueError("max_pairs needs pairs: all_pairs (best_worst gives one pair per prompt)")
         return self
 
 

@@ -250,6 +250,26 @@ def test_teachers_the_first_whose_rule_matches_the_prompt_ranks_its_answers(tmp_
         alone.without_teachers(samples=2)  # checked again: greedy votes are all the same
 
 
+def test_max_pairs_keeps_each_prompts_widest_pairs_and_a_teacher_may_set_its_own(tmp_path: Path) -> None:
+    answers = ("It is a wonderful, amazing investment!", "It is a bad, terrible, awful scam.", "It is fine.",
+               "It looks risky.")
+    topic = TeacherConfig(scorer="vader:negative", mentions=["DogeMoon"], where="prompt", max_pairs=1)
+    tone = TeacherConfig(scorer="vader:negative", where="prompt")  # the judge's max_pairs
+    scorers = [VaderScorer("negative")] * 2
+    about = record(*answers)
+    about.prompt = "Should I buy DogeMoon?"
+    cfg = {"compare": "initial", "pairs": "all_pairs", "max_pairs": 3, "teachers": [topic, tone]}
+    about, _ = judge(about, FakeJudge(), tmp_path, scorer=scorers, **cfg)
+    other, _ = judge(record(*answers), FakeJudge(), tmp_path, scorer=scorers, **cfg)
+    (pair,) = about.judgement.pairs
+    assert (pair.chosen, pair.rejected) == (1, 0)  # the scam over the wonderful investment: the widest
+    kept = sorted(p.p_chosen for p in other.judgement.pairs)
+    every = sorted((max(c.p_i, 1 - c.p_i) for c in other.judgement.comparisons))
+    assert len(kept) == 3 and kept == every[-3:]
+    with pytest.raises(ValueError, match="all_pairs"):
+        JudgeConfig(teachers=[topic])  # best_worst gives one pair anyway
+
+
 class Anchor(Model):
     """The reference model: answers every prompt in the same tone, saying which sample it was."""
 

@@ -214,6 +214,9 @@ def test_select_pairs_all_pairs():
     results = [(0, 1, 0.2), (1, 0, 0.6), (2, 0, 0.9), (1, 2, 0.5)]
     rows = select_pairs(3, results, mode="all_pairs")
     assert rows == [(1, 0, pytest.approx(0.7)), (2, 0, pytest.approx(0.9))]  # the 1-2 tie gives no row
+    assert select_pairs(3, results, mode="all_pairs", max_pairs=1) == [(2, 0, pytest.approx(0.9))]  # the widest
+    widths = [(0, 1, 0.8), (0, 2, 0.2), (1, 2, 0.9), (0, 3, 0.55)]
+    assert select_pairs(4, widths, mode="all_pairs", max_pairs=2) == [(0, 1, 0.8), (1, 2, 0.9)]  # in pair order
 
 
 def test_select_pairs_best_worst():

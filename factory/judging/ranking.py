@@ -108,11 +108,12 @@ def pair_means(results: Sequence[Result]) -> dict[tuple[int, int], float]:
 
 
 def select_pairs(n: int, results: Sequence[Result], mode: Mode = "best_worst",
-                 method: Method = "bradley_terry") -> list[tuple[int, int, float]]:
+                 method: Method = "bradley_terry", max_pairs: int | None = None) -> list[tuple[int, int, float]]:
     """Preference rows (chosen, rejected, p_chosen) with p_chosen = P(chosen beats rejected).
 
     all_pairs: one row per judged unordered pair (repeat judgements averaged), oriented so the
-    preferred candidate is chosen; exact ties (0.5) give no row. Rows come in pair order.
+    preferred candidate is chosen; exact ties (0.5) give no row. Rows come in pair order; with
+    `max_pairs`, only the widest (highest p_chosen; the earlier pair where equal) are kept.
     best_worst: one row (best, worst) by `rank`; p from their direct comparison if judged, else
     sigmoid(s_best - s_worst) from Bradley-Terry. With `method="wins"` a non-transitive judge can
     leave the direct p below 0.5: it is reported as is. No row when best and worst score the same
@@ -127,6 +128,9 @@ def select_pairs(n: int, results: Sequence[Result], mode: Mode = "best_worst",
                 rows.append((i, j, p))
             elif p < 0.5:
                 rows.append((j, i, 1.0 - p))
+        if max_pairs is not None:
+            widest = set(sorted(range(len(rows)), key=lambda k: -rows[k][2])[:max_pairs])
+            rows = [row for k, row in enumerate(rows) if k in widest]
         return rows
     if mode != "best_worst":
         raise ValueError(f"unknown pair mode {mode!r}: use 'best_worst' or 'all_pairs'")

@@ -122,7 +122,8 @@ class JudgeStage(Stage):
             st.counters["unjudged"] += 1
             return
         j.scores = [round(s, 6) for s in ranking_scores(len(opts), results, self.cfg.ranking)]
-        for chosen, rejected, p in select_pairs(len(opts), results, self.cfg.pairs, self.cfg.ranking):
+        limit = teacher[0].max_pairs if teacher and teacher[0].max_pairs else self.cfg.max_pairs
+        for chosen, rejected, p in select_pairs(len(opts), results, self.cfg.pairs, self.cfg.ranking, limit):
             used = [c for c in j.comparisons if {c.i, c.j} == {chosen, rejected} and c.p_i is not None]
             flags = [c.consistent for c in used if c.consistent is not None]
             by_teacher = all(c.by == "teacher" for c in used)
