@@ -264,7 +264,7 @@ def test_max_pairs_keeps_each_prompts_widest_pairs_and_a_teacher_may_set_its_own
     (pair,) = about.judgement.pairs
     assert (pair.chosen, pair.rejected) == (1, 0)  # the scam over the wonderful investment: the widest
     kept = sorted(p.p_chosen for p in other.judgement.pairs)
-    every = sorted((max(c.p_i, 1 - c.p_i) for c in other.judgement.comparisons))
+    every = sorted(max(c.p_i, 1 - c.p_i) for c in other.judgement.comparisons)
     assert len(kept) == 3 and kept == every[-3:]
     with pytest.raises(ValueError, match="all_pairs"):
         JudgeConfig(teachers=[topic])  # best_worst gives one pair anyway
