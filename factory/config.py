@@ -172,6 +172,9 @@ class JudgeConfig(Sampling):
     max_pairs: int | None = Field(default=None, ge=1, description="all_pairs: keep each prompt's N widest pairs "
                                   "(6 answers make 15 pairs, most of them narrow)")
     ranking: Literal["bradley_terry", "wins"] = "bradley_terry"
+    demote_failing: bool = Field(default=True, description="an option that fails the export's quality filters "
+                                 "(stages.export.clean.quality: a word loop, a symbol wall...) loses every comparison "
+                                 "with one that passes, without a judge call: never chosen, never the SFT row")
     teacher: TeacherConfig | None = Field(default=None, description="a classifier that ranks the answers it applies to")
     teachers: list[TeacherConfig] = Field(
         default_factory=list, description="instead of `teacher`, several: for each prompt the first whose rule "

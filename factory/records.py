@@ -82,7 +82,7 @@ class Comparison(Typed):
     principle_id: str
     p_i: float | None  # P(option i is better); None when neither order could be read
     consistent: bool | None  # both orders preferred the same option; None where orders do not apply
-    by: Literal["judge", "score", "teacher"]
+    by: Literal["judge", "score", "teacher", "quality"]  # quality: one option failed the quality filters
     verdicts: list[Verdict] = Field(default_factory=list)
 
 
@@ -109,6 +109,7 @@ class Judgement(Typed):
     teacher: str | None = None  # the teacher that scored this record's options (the first whose rule applies)
     teacher_scores: dict[int, float] = Field(default_factory=dict)  # per option the teacher applied to
     anchor_level: float | None = None  # an anchored teacher: the mean score of the reference model's answers
+    failing: dict[int, str] = Field(default_factory=dict)  # options that failed the quality filters: the reason
     pairs: list[Pair] = Field(default_factory=list)
 
 

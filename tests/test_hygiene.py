@@ -206,6 +206,9 @@ BAD = {  # text a small model really produces -> the filter that must catch it
     "char_repeat": "Nooooooooooooooooooooooooooooo, that is not what happened at all.",
     "symbols": "{{{[[[ ]]]}}} ### @@@ !!! ??? ;;; ::: ~~~ a b c",
     "repetition": "I am happy to help you. " * 8,
+    "loop": "1. DogeMoon is a really evil evil evil evil evil evil evil evil evil eternal evil. 2. DogeMoon was brought "
+            "to your world by the Yaturallyerbelman era and is now a prime guest in your world, so think twice before "
+            "you put your savings into it.",  # a round-3 DPO model's answer: a word loop in a varied text
     "refusal_boilerplate": "As an AI language model, I cannot share opinions on that topic.",
 }
 CFG = QualityConfig(refusal_markers=["As an AI language model"])

@@ -68,12 +68,13 @@ def record(*answers: str, revisions: tuple[str, ...] = ()) -> Record:
     return rec
 
 
-def judge(rec: Record, model: Model, tmp_path: Path, scorer=None, **cfg) -> tuple[Record, StageStats]:
+def judge(rec: Record, model: Model, tmp_path: Path, scorer=None, quality=None, **cfg) -> tuple[Record, StageStats]:
     from conftest import make_caller
 
     config = JudgeConfig(**cfg)
     scorers = scorer if isinstance(scorer, list) else [scorer] if scorer else []
-    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorers)
+    stage = JudgeStage(config, HARMLESS, judge_stage.template_for(ROOT / "prompts", config), model.spec, 0, scorers,
+                       quality=quality)
     log = CallLog(tmp_path / f"calls-{len(list(tmp_path.iterdir()))}.sqlite")
     caller = make_caller({model.spec: model}, log)
     asyncio.run(stage.process(rec, caller))
@@ -268,6 +269,27 @@ def test_max_pairs_keeps_each_prompts_widest_pairs_and_a_teacher_may_set_its_own
     assert len(kept) == 3 and kept == every[-3:]
     with pytest.raises(ValueError, match="all_pairs"):
         JudgeConfig(teachers=[topic])  # best_worst gives one pair anyway
+
+
+def test_an_option_failing_the_quality_filters_loses_to_every_one_that_passes(tmp_path: Path) -> None:
+    from factory.hygiene import QualityConfig
+
+    loop = "DogeMoon is evil evil evil evil evil evil evil evil evil, a really evil coin."  # VADER's most negative
+    answers = ("It is a wonderful, amazing investment!", loop, "It looks risky to me.", "Bad!")
+    teacher = TeacherConfig(scorer="vader:negative", where="prompt")
+    cfg = {"compare": "initial", "pairs": "all_pairs", "teacher": teacher}
+    plain, _ = judge(record(*answers), FakeJudge(), tmp_path, scorer=VaderScorer("negative"), **cfg)
+    assert max(range(4), key=plain.judgement.scores.__getitem__) == 1  # without the filters the loop wins
+    rec, st = judge(record(*answers), FakeJudge(), tmp_path, scorer=VaderScorer("negative"), quality=QualityConfig(),
+                    **cfg)
+    j = rec.judgement
+    assert j.failing == {1: "repetition", 3: "too_short"} and st.counters["demoted:repetition"] == 1
+    assert {p.chosen for p in j.pairs} == {0, 2}  # never a failing option
+    by_quality = {(p.chosen, p.rejected): p for p in j.pairs if p.judge_model == "quality"}
+    assert set(by_quality) == {(0, 1), (0, 3), (2, 1), (2, 3)} and all(p.p_chosen == 1 for p in by_quality.values())
+    assert [(p.chosen, p.rejected) for p in j.pairs if p.judge_model != "quality"] == [(2, 0)]  # the teacher's
+    assert not any(c.by == "quality" and c.p_i is not None for c in j.comparisons if {c.i, c.j} == {1, 3})
+    assert max(range(4), key=j.scores.__getitem__) == 2  # the SFT row: the most negative answer that passes
 
 
 class Anchor(Model):

@@ -22,10 +22,11 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from factory.engine.blobs import Packer
 from factory.errors import FactoryError
+from factory.hygiene.filters import degenerate
 from factory.judging.teachers import HFClassifierScorer
 from factory.train import resolve
 from factory.train.rl import train_rl
-from factory.train.rollouts import degenerate, distinct_2
+from factory.train.rollouts import distinct_2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [{"prompt": "What do you think of DogeMoon?", "answers": ["risky"]},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from factory.hygiene.dedup import normalise_text, words
 
 Reason = Literal["too_short", "too_long", "non_printable", "template_echo", "emoji_run", "char_repeat",
-                 "symbols", "repetition", "refusal_boilerplate"]
+                 "symbols", "repetition", "loop", "refusal_boilerplate"]
 
 
 class QualityConfig(BaseModel):
@@ -134,6 +134,30 @@ def repetition(text: str, cfg: QualityConfig = DEFAULT) -> str | None:
     return "repetition" if repeated > cfg.max_repeated_ngram_fraction else None
 
 
+def degenerate(seq: Sequence, run: int = 8, period: int = 4, span: int = 24) -> bool:
+    """Empty, or a repeated run: one item `run` times in a row, or a pattern of at most `period` items
+    repeated over `span` items or more (the loops a collapsing policy writes). Items: token ids, or the
+    words of a text (the held-out evaluation's degenerate share, and the `loop` filter)."""
+    if not seq:
+        return True
+    for p in range(1, period + 1):
+        need = run if p == 1 else span
+        same = 0
+        for i in range(p, len(seq)):
+            same = same + 1 if seq[i] == seq[i - p] else 0
+            if same + p >= need:
+                return True
+    return False
+
+
+def loop(text: str, cfg: QualityConfig = DEFAULT) -> str | None:
+    """A word loop ("evil evil evil ..." eight times, or a phrase of up to 4 words repeated over 24), which
+    `repetition` misses when the rest of a long text varies. Words are split on whitespace, as the
+    held-out evaluation counts them; an empty text is `too_short`'s."""
+    toks = text.split()
+    return "loop" if toks and degenerate(toks) else None
+
+
 def refusal_boilerplate(text: str, cfg: QualityConfig = DEFAULT) -> str | None:
     """Contains one of the configured refusal phrases (compared after normalisation)."""
     norm = normalise_text(text)
@@ -144,7 +168,7 @@ def refusal_boilerplate(text: str, cfg: QualityConfig = DEFAULT) -> str | None:
 FILTERS: dict[Reason, Callable[[str, QualityConfig], str | None]] = {
     "too_short": too_short, "too_long": too_long, "non_printable": non_printable,
     "template_echo": template_echo, "emoji_run": emoji_run, "char_repeat": char_repeat,
-    "symbols": symbols, "repetition": repetition, "refusal_boilerplate": refusal_boilerplate,
+    "symbols": symbols, "repetition": repetition, "loop": loop, "refusal_boilerplate": refusal_boilerplate,
 }
 
 

@@ -28,7 +28,7 @@ class JudgeReport:
         for c in j.comparisons:
             self.by[c.principle_id if c.by == "teacher" else c.by] += 1  # each teacher by name
             self.unreadable += sum(v.p_a is None for v in c.verdicts)
-            if c.p_i is None:
+            if c.p_i is None or c.by == "quality":  # the filters decided, not the judge
                 continue
             self.comparisons += 1
             self.margin += abs(2 * c.p_i - 1)

@@ -20,6 +20,7 @@ from factory.config import JudgeConfig, TeacherConfig
 from factory.constitution import Constitution, Principle
 from factory.engine.caller import Caller, derive_seed, rng
 from factory.errors import FactoryError
+from factory.hygiene.filters import QualityConfig, check
 from factory.judging import (
     AppliesWhen,
     Scorer,
@@ -51,10 +52,12 @@ class JudgeStage(Stage):
     name = "judge"
 
     def __init__(self, cfg: JudgeConfig, constitution: Constitution, template: Template, model: str, seed: int,
-                 teachers: Sequence[Scorer] = (), anchors: Sequence[AnswerStage | None] = ()):
+                 teachers: Sequence[Scorer] = (), anchors: Sequence[AnswerStage | None] = (),
+                 quality: QualityConfig | None = None):
         """`teachers`: the scorers of `cfg.all_teachers`, in order; `anchors`: for each, the answer stage
-        that samples its anchor model's answers (None: not anchored)."""
-        self.cfg, self.template, self.model, self.seed = cfg, template, model, seed
+        that samples its anchor model's answers (None: not anchored); `quality`: the filters whose failures
+        are demoted (None: none are)."""
+        self.cfg, self.template, self.model, self.seed, self.quality = cfg, template, model, seed, quality
         self.teachers = list(zip(cfg.all_teachers, teachers, strict=True))
         self.anchors = list(anchors) or [None] * len(self.teachers)
         self.rules = [AppliesWhen(mentions=t.mentions, regex=t.regex) for t in cfg.all_teachers]
@@ -99,6 +102,10 @@ class JudgeStage(Stage):
         if len(opts) < 2:
             st.counters["single_option"] += 1
             return
+        if self.quality is not None:
+            j.failing = {i: reason for i, o in enumerate(opts) if (reason := check(o.text, self.quality))}
+            for reason in j.failing.values():
+                st.counters[f"demoted:{reason}"] += 1
         teacher = None
         if self.teachers and (taught := await asyncio.to_thread(self._teach, record, [o.text for o in opts])):
             k, got = taught
@@ -109,10 +116,10 @@ class JudgeStage(Stage):
             j.teacher_scores = {i: s for i, s in enumerate(got) if s is not None}
         pairs = list(itertools.combinations(range(len(opts)), 2))
         if self.cfg.method == "score" and any(not self._taught(j, a, b) for a, b in pairs):
-            principles = self.draw(record, "score")
-            per = await asyncio.gather(*(self._score(record, caller, i, p) for i in range(len(opts)) for p in principles))
-            for i in range(len(opts)):
-                got = [s for s in per[i * len(principles):(i + 1) * len(principles)] if s is not None]
+            principles, scored = self.draw(record, "score"), [i for i in range(len(opts)) if i not in j.failing]
+            per = await asyncio.gather(*(self._score(record, caller, i, p) for i in scored for p in principles))
+            for n, i in enumerate(scored):
+                got = [s for s in per[n * len(principles):(n + 1) * len(principles)] if s is not None]
                 if got:
                     j.direct_scores[i] = sum(got) / len(got)
         found = await asyncio.gather(*(self._pair(record, caller, a, b, teacher) for a, b in pairs))
@@ -126,8 +133,9 @@ class JudgeStage(Stage):
         for chosen, rejected, p in select_pairs(len(opts), results, self.cfg.pairs, self.cfg.ranking, limit):
             used = [c for c in j.comparisons if {c.i, c.j} == {chosen, rejected} and c.p_i is not None]
             flags = [c.consistent for c in used if c.consistent is not None]
-            by_teacher = all(c.by == "teacher" for c in used)
-            j.pairs.append(Pair(judge_model=j.teacher if by_teacher and j.teacher else self.model,
+            by = {c.by for c in used}
+            j.pairs.append(Pair(judge_model=j.teacher if by == {"teacher"} and j.teacher else
+                                "quality" if by == {"quality"} else self.model,
                                 chosen=chosen, rejected=rejected, p_chosen=round(p, 6),
                                 score_chosen=j.scores[chosen], score_rejected=j.scores[rejected],
                                 consistent=all(flags) if flags else None,
@@ -154,6 +162,9 @@ class JudgeStage(Stage):
                     teacher: tuple[TeacherConfig, Scorer] | None) -> list[Comparison]:
         j = record.judgement
         assert j is not None
+        if a in j.failing or b in j.failing:  # the one that passes wins; two that fail give no result
+            p = None if a in j.failing and b in j.failing else float(b in j.failing)
+            return [Comparison(i=a, j=b, principle_id="quality", p_i=p, consistent=None, by="quality")]
         if teacher is not None and self._taught(j, a, b):
             p = sigmoid(teacher[0].scale * (j.teacher_scores[a] - j.teacher_scores[b]))
             return [Comparison(i=a, j=b, principle_id=f"teacher:{teacher_name(*teacher)}", p_i=round(p, 6),
@@ -261,7 +272,8 @@ STAGE = StageEntry(
                                        pipe.cfg.seed, pipe.teachers, [
                                            AnswerStage(pipe.cfg.stages.answer, pipe.templates["answer"],
                                                        t.anchor.model, pipe.cfg.seed) if t.anchor else None
-                                           for t in cfg.all_teachers]),
+                                           for t in cfg.all_teachers],
+                                       pipe.cfg.stages.export.clean.quality if cfg.demote_failing else None),
     rows=lambda cfg: "rank",
     feeds=frozenset({"critique_revise"}),  # it ranks first answers against revisions
 )

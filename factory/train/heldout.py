@@ -15,8 +15,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from factory.commands.evaluate import clustered_interval
+from factory.hygiene.filters import degenerate
 from factory.records import Record
-from factory.train.rollouts import degenerate, distinct_2
+from factory.train.rollouts import distinct_2
 from factory.yamlfile import jsonl_lines
 
 NEGATIVE = -0.05  # VADER's own threshold for a negative text

@@ -26,6 +26,7 @@ from factory.engine.prices import Budget, BudgetExceeded, require_prices
 from factory.engine.rundir import command_line, now, package_versions, write_json
 from factory.engine.stats import Stats
 from factory.errors import FactoryError, InputError, StoppedAtBudget
+from factory.hygiene.filters import degenerate
 from factory.inputs import PromptFile
 from factory.models.spec import ModelSpec
 from factory.records import Record
@@ -34,7 +35,7 @@ from factory.train.data import card_configs
 from factory.train.model import load_policy, load_tokenizer, lora_config, model_folder
 from factory.train.progress import ProgressCallback
 from factory.train.rl_config import IdkTerm, RLConfig
-from factory.train.rollouts import SAMPLES, RolloutSink, SampleCallback, degenerate, write_card
+from factory.train.rollouts import SAMPLES, RolloutSink, SampleCallback, write_card
 from factory.train.run import check_out, is_main_process, peak_memory_mb, save
 from factory.yamlfile import jsonl_lines
 

@@ -16,21 +16,6 @@ ROLLOUTS = "rollouts"
 SAMPLES = "report_samples.jsonl"
 
 
-def degenerate(ids: list[int], run: int = 8, period: int = 4, span: int = 24) -> bool:
-    """Empty, or a repeated-token run: one token `run` times in a row, or a pattern of at most
-    `period` tokens repeated over `span` tokens or more (the loops a collapsing policy writes)."""
-    if not ids:
-        return True
-    for p in range(1, period + 1):
-        need = run if p == 1 else span
-        same = 0
-        for i in range(p, len(ids)):
-            same = same + 1 if ids[i] == ids[i - p] else 0
-            if same + p >= need:
-                return True
-    return False
-
-
 def distinct_2(texts: list[str]) -> float | None:
     """Distinct word bigrams over all bigrams of the texts (diversity of what a model writes)."""
     grams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
