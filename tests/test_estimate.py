@@ -51,7 +51,8 @@ def full_length(messages: list[dict], body: dict):
     if user.endswith("Claims:"):  # within max_tokens: the server's cut would join the lines
         more = (limit - len(reply.split())) // 10
         return reply + "".join(f"\n- The answer states fact number {i} of text {body.get('seed')}." for i in range(more))
-    return f"{reply} (sample {body.get('seed')})" + " more" * limit
+    # distinct words: a word loop fails the quality filters, and the judge would skip its comparisons
+    return f"{reply} (sample {body.get('seed')})" + "".join(f" more{i}" for i in range(limit))
 
 
 @pytest.fixture
