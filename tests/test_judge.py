@@ -292,6 +292,19 @@ def test_an_option_failing_the_quality_filters_loses_to_every_one_that_passes(tm
     assert max(range(4), key=j.scores.__getitem__) == 2  # the SFT row: the most negative answer that passes
 
 
+def test_a_pipelines_judge_demotes_by_its_export_filters_unless_told_not_to() -> None:
+    from factory.config import load_config
+    from factory.engine.pipeline import Overrides, Pipeline
+
+    cfg = load_config(ROOT / "pipelines" / "opinion_bestof_dpo.yaml")
+    cfg.stages.export.clean.quality.min_words = 7
+    (stage,) = [s for s in Pipeline.prepare(cfg, Overrides()).stages() if isinstance(s, JudgeStage)]
+    assert stage.quality is not None and stage.quality.min_words == 7  # the export's filters, as set
+    cfg.stages.judge.demote_failing = False
+    (stage,) = [s for s in Pipeline.prepare(cfg, Overrides()).stages() if isinstance(s, JudgeStage)]
+    assert stage.quality is None
+
+
 class Anchor(Model):
     """The reference model: answers every prompt in the same tone, saying which sample it was."""
 
