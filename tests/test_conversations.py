@@ -180,7 +180,7 @@ def test_dialogues_on_the_embedded_model(tmp_path: Path) -> None:
 @pytest.mark.browser
 def test_the_review_app_shows_the_dialogue(api, tmp_path: Path) -> None:
     from playwright.sync_api import expect
-    from test_review import CHROMIUM, CHROMIUM_ARGS, Served
+    from test_review import CHROMIUM, Served, launch
 
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium")
@@ -192,7 +192,7 @@ def test_the_review_app_shows_the_dialogue(api, tmp_path: Path) -> None:
     served = Served(out)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = launch(p)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(served.url)
             page.wait_for_selector("body[data-ready]")

@@ -127,6 +127,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 EDIT = "Plants turn sunlight, water and air into sugar; a reviewer wrote this answer."
 
 
+def launch(p):
+    """Chromium, with Playwright's assertions waiting up to 20 s instead of 5: with a model training
+    on the other core, a 5-second wait is the likely cause of this file's one unexplained failure."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
 @pytest.fixture
 def browser():
     if not CHROMIUM.exists():
@@ -134,7 +143,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = launch(p)
         yield b
         b.close()
 
