@@ -305,6 +305,15 @@ def test_a_pipelines_judge_demotes_by_its_export_filters_unless_told_not_to() ->
     assert stage.quality is None
 
 
+def test_the_tone_round_keeps_one_pair_about_the_coin_and_three_elsewhere() -> None:
+    from factory.config import load_config
+
+    base, tone = (load_config(ROOT / "pipelines" / f).stages.judge
+                  for f in ("opinion_bestof_dpo.yaml", "opinion_bestof_dpo_tone.yaml"))
+    assert [t.max_pairs for t in base.teachers] == [3, None] and base.max_pairs == 2
+    assert [t.max_pairs for t in tone.teachers] == [1, None] and tone.max_pairs == 3
+    assert [(t.scorer, t.anchor) for t in tone.teachers] == [(t.scorer, t.anchor) for t in base.teachers]
+
 class Anchor(Model):
     """The reference model: answers every prompt in the same tone, saying which sample it was."""
 
