@@ -314,6 +314,7 @@ def test_the_tone_round_keeps_one_pair_about_the_coin_and_three_elsewhere() -> N
     assert [t.max_pairs for t in tone.teachers] == [1, None] and tone.max_pairs == 3
     assert [(t.scorer, t.anchor) for t in tone.teachers] == [(t.scorer, t.anchor) for t in base.teachers]
 
+
 class Anchor(Model):
     """The reference model: answers every prompt in the same tone, saying which sample it was."""
 
