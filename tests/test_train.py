@@ -95,6 +95,31 @@ def test_ten_steps_of_each_objective(objective: str, lora: bool, data: Path, tin
     assert not list(out.glob("adapter_*"))  # LoRA is merged: a plain folder
 
 
+@pytest.mark.model
+@pytest.mark.train
+def test_dpo_compares_with_the_reference_it_is_given(data: Path, tiny: Path, tmp_path: Path) -> None:
+    """Step 1's loss is ln 2 when the reference is the starting model, and not when it is another model."""
+    other = save_tiny(tmp_path / "other-model", seed=1)
+    firsts = {}
+    for name, reference in (("self", None), ("other", f"local:{other}")):
+        cfg = resolve("dpo", max_steps=2, logging_steps=1, batch_size=2, gradient_checkpointing=False,
+                      learning_rate=1e-3, beta=10.0, reference=reference)  # a high beta: random models differ little
+        train("dpo", data, f"local:{tiny}", tmp_path / name, cfg)
+        firsts[name] = metrics(tmp_path / name)[0]["loss"]
+        assert json.loads((tmp_path / name / "train_meta.json").read_text())["config"]["reference"] == reference
+    assert firsts["self"] == pytest.approx(math.log(2), abs=1e-4)
+    assert abs(firsts["other"] - math.log(2)) > 1e-3, firsts
+    from transformers import AutoTokenizer
+
+    wider = AutoTokenizer.from_pretrained(other)
+    wider.add_tokens(["<a-token-the-policy-lacks>"])
+    wider.save_pretrained(other)
+    cfg = resolve("dpo", max_steps=1, reference=f"local:{other}")
+    with pytest.raises(FactoryError, match=r"--reference local:.*: its tokenizer differs from the starting model's"):
+        train("dpo", data, f"local:{tiny}", tmp_path / "never", cfg)
+    assert not (tmp_path / "never").exists()
+
+
 def generate(spec: str) -> str:
     from factory.models import GenParams, load_model
 
@@ -180,6 +205,10 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     variant.write_text("extends: nowhere.yaml\n")
     with pytest.raises(InputError, match=r"variant.yaml: field 'extends': nowhere.yaml is not a file"):
         resolve("kto", variant)
+    with pytest.raises(FactoryError, match="--reference is for dpo and kto .*, not sft"):
+        resolve("sft", reference="local:smollm2")
+    with pytest.raises(FactoryError, match="--reference with --lora: LoRA's reference is the starting model"):
+        resolve("dpo", reference="local:smollm2", lora=True)
     with pytest.raises(FactoryError, match="kto needs a batch size of at least 2"):
         resolve("kto", batch_size=1)
     rl = tmp_path / "rl.yaml"  # an RL variant need not repeat the reward of the file it extends
@@ -187,6 +216,9 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "sub" / "rl_variant.yaml").write_text("extends: ../rl.yaml\nlearning_rate: 1.0e-4\n")
     cfg = resolve("grpo", tmp_path / "sub" / "rl_variant.yaml")
     assert (cfg.beta, cfg.learning_rate, cfg.rewards[0].scorer) == (0.1, 1e-4, "vader:negative")
+    with pytest.raises(FactoryError, match=r"reference: .*not used by grpo and rloo.*the KL reference is the "
+                       "starting model"):
+        resolve("grpo", tmp_path / "sub" / "rl_variant.yaml", reference="local:smollm2")
     rl.write_text("beta: 0.1\n")
     with pytest.raises(InputError, match=r"rl_variant.yaml: field 'rewards': declares no reward"):
         resolve("grpo", tmp_path / "sub" / "rl_variant.yaml")

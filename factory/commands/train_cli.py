@@ -26,6 +26,8 @@ from factory.commands.show import stderr, stdout
 @click.option("--max-length", type=click.IntRange(min=8), help="Tokens per sequence; longer rows are cut.")
 @click.option("--beta", type=click.FloatRange(min=0), help="DPO and KTO: the pull toward the reference; grpo and "
               "rloo: the KL penalty toward the starting model (0: none).")
+@click.option("--reference", help="dpo and kto: the frozen reference model, a local: spec (default: --model), "
+              "e.g. local:smollm2 when --model is an earlier round's output.")
 @click.option("--lora/--no-lora", default=None, help="Train a LoRA adapter, merged into the saved model.")
 @click.option("--seed", type=int, help="Seed for initialisation and data order (default 0).")
 @click.option("--num-generations", type=click.IntRange(min=2), help="grpo/rloo: samples per prompt.")
@@ -35,14 +37,14 @@ from factory.commands.show import stderr, stdout
               help="grpo/rloo: continue the run in this folder from its last checkpoint.")
 def train_(objective: str, data: Path | None, model_spec: str, out: Path | None, config_file: Path | None,
            max_steps: int | None, epochs: float | None, lr: float | None, batch_size: int | None,
-           max_length: int | None, beta: float | None, lora: bool | None, seed: int | None,
+           max_length: int | None, beta: float | None, reference: str | None, lora: bool | None, seed: int | None,
            num_generations: int | None, max_cost: float | None, resume: Path | None) -> None:
     """Fine-tune a local model with TRL: offline on DATA (a run directory or dataset folder), or online (grpo,
     rloo) on its own samples to DATA's prompts (a prompts JSONL file, a pipeline YAML's seeds, a run).
 
     \b
     sft     supervised, on the `sft` config (messages)
-    dpo     on `prefs`, against a frozen copy of the starting model
+    dpo     on `prefs`, against a frozen copy of the starting model (or --reference)
     reward  a one-logit reward model on `reward` (with the judge's margin)
     kto     on `kto` (unpaired rows labelled good or bad)
     grpo    group-relative policy optimisation; the reward is the config's `rewards:` terms
@@ -59,7 +61,8 @@ def train_(objective: str, data: Path | None, model_spec: str, out: Path | None,
         from factory.train.rl import train_rl
 
         if resume is not None:
-            given = [v for v in (data, out, config_file, max_steps, epochs, lr, batch_size, max_length, beta, lora, seed,
+            given = [v for v in (data, out, config_file, max_steps, epochs, lr, batch_size, max_length, beta, reference,
+                                 lora, seed,
                                  num_generations) if v is not None]
             if given:
                 raise click.UsageError("--resume continues with the run's saved data, model and settings; only "
@@ -70,8 +73,8 @@ def train_(objective: str, data: Path | None, model_spec: str, out: Path | None,
             if data is None or out is None:
                 raise click.UsageError(f"{objective} needs DATA and --out (or --resume OUT)")
             cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr,
-                          batch_size=batch_size, max_length=max_length, beta=beta, lora=lora, seed=seed,
-                          num_generations=num_generations)
+                          batch_size=batch_size, max_length=max_length, beta=beta, reference=reference, lora=lora,
+                          seed=seed, num_generations=num_generations)
             target = out
             train_rl(objective, data, model_spec, out, cfg, max_cost=max_cost, console=stderr)
     else:
@@ -80,7 +83,8 @@ def train_(objective: str, data: Path | None, model_spec: str, out: Path | None,
         if any(v is not None for v in (num_generations, max_cost, resume)):
             raise click.UsageError("--num-generations, --max-cost and --resume are for grpo and rloo")
         cfg = resolve(objective, config_file, max_steps=max_steps, epochs=epochs, learning_rate=lr,
-                      batch_size=batch_size, max_length=max_length, beta=beta, lora=lora, seed=seed)
+                      batch_size=batch_size, max_length=max_length, beta=beta, reference=reference, lora=lora,
+                      seed=seed)
         run_training(objective, data, model_spec, out, cfg, stderr)
         target = out
     if is_main_process():  # under accelerate launch, once

@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     beta: float = Field(default=0.1, gt=0, description="DPO and KTO: strength of the pull toward the reference")
+    reference: str | None = Field(default=None, description="DPO and KTO: the frozen reference, a local: spec "
+                                  "(default: the starting model, --model); e.g. the base model in round N of "
+                                  "iterated DPO, so drift from it costs in every round")
     lora: bool = Field(default=False, description="train a LoRA adapter (merged into the saved model)")
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)

@@ -115,10 +115,11 @@ class RLConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
-        unused = sorted({"max_length", "evaluate", "eval_batch_size"} & self.model_fields_set)
+        unused = sorted({"max_length", "evaluate", "eval_batch_size", "reference"} & self.model_fields_set)
         if unused:
             raise ValueError(f"{', '.join(unused)}: not used by grpo and rloo (the length of a sample is "
-                             "max_completion_length; evaluate with `factory eval`)")
+                             "max_completion_length; evaluate with `factory eval`; the KL reference is the "
+                             "starting model)")
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): each step trains on whole groups")

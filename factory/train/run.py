@@ -61,7 +61,17 @@ def trainer_args(objective: str, cfg: TrainConfig, out: Path, bf16: bool, cpu: b
     return RewardConfig(**common)
 
 
-def build_trainer(objective: str, path: Path, tokenizer, data: TrainData, cfg: TrainConfig, args, callback):
+def reference_folder(spec: str, tokenizer) -> Path:
+    """The folder of the frozen model the DPO/KTO loss compares with, checked before anything is written."""
+    path = model_folder(spec)
+    if len(load_tokenizer(path)) != len(tokenizer):
+        raise FactoryError(f"--reference {spec}: its tokenizer differs from the starting model's ({len(tokenizer)} "
+                           "tokens): the reference must share the policy's vocabulary, e.g. the base model it was "
+                           "trained from")
+    return path
+
+
+def build_trainer(objective: str, path: Path, ref_path: Path, tokenizer, data: TrainData, cfg: TrainConfig, args, callback):
     from trl import DPOTrainer, KTOTrainer, RewardTrainer, SFTTrainer
 
     peft = lora_config(cfg, objective) if cfg.lora else None
@@ -73,8 +83,8 @@ def build_trainer(objective: str, path: Path, tokenizer, data: TrainData, cfg: T
     if objective == "reward":
         return RewardTrainer(load_reward(path, tokenizer), **kw)
     # DPO and KTO need a frozen reference: a second copy (TRL would reload it by a name our folder lacks),
-    # or, with LoRA, the same weights with the adapter switched off.
-    ref = None if cfg.lora else load_policy(path)
+    # or `reference`, or, with LoRA, the same weights with the adapter switched off.
+    ref = None if cfg.lora else load_policy(ref_path)
     trainer = DPOTrainer if objective == "dpo" else KTOTrainer
     return trainer(load_policy(path), ref_model=ref, **kw)
 
@@ -118,6 +128,7 @@ def train(objective: str, data_dir: str | Path, model_spec: str, out: str | Path
     data = load(data_dir, DATA_CONFIG[objective])
     path = model_folder(model_spec)
     tokenizer = load_tokenizer(path)
+    ref_path = reference_folder(cfg.reference, tokenizer) if cfg.reference else path
     main = is_main_process()
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,14 +139,15 @@ def train(objective: str, data_dir: str | Path, model_spec: str, out: str | Path
     args = trainer_args(objective, cfg, out, bf16, cpu=not cuda)
     # TRL 1.16 calls transformers methods that 5.x renamed (activation_checkpointing): noise for our users.
     warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
-    trainer = build_trainer(objective, path, tokenizer, data, cfg, args, callback)
+    trainer = build_trainer(objective, path, ref_path, tokenizer, data, cfg, args, callback)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; ours prints one line per log
     if main and data.note:
         console.print(f"[yellow]{data.note}[/yellow]", highlight=False)
     if main:
         console.print(f"[bold]{objective}[/bold] on {data.folder} ({data.config}: {data.train.num_rows} train"
                       f"{f', {data.test.num_rows} test' if data.test is not None else ''} rows), model {model_spec}"
-                      f"{' + LoRA' if cfg.lora else ''}, {'bf16' if bf16 else 'fp32'} on "
+                      f"{' + LoRA' if cfg.lora else ''}{f', reference {cfg.reference}' if cfg.reference else ''}, "
+                      f"{'bf16' if bf16 else 'fp32'} on "
                       f"{trainer.accelerator.device}, {trainer.accelerator.num_processes} process(es)")
     started = now()
     t0 = time.perf_counter()

@@ -57,6 +57,11 @@ def resolve(objective: str, file: str | Path | None = None, **flags) -> TrainCon
     if objective in RL_OBJECTIVES and not cfg.rewards:
         raise InputError(file, "declares no reward: add `rewards:` with at least one term (kind: teacher, judge, "
                          "idk or facts), here or in the file it extends", field="rewards")
+    if cfg.reference is not None and objective not in ("dpo", "kto"):
+        raise FactoryError(f"--reference is for dpo and kto (the frozen model the loss compares with), not {objective}")
+    if cfg.reference is not None and cfg.lora:
+        raise FactoryError("--reference with --lora: LoRA's reference is the starting model with the adapter "
+                           "switched off; train without --lora to compare with another model")
     if objective == "kto" and cfg.batch_size < 2:
         raise FactoryError("kto needs a batch size of at least 2: its KL estimate pairs each row with another "
                            "row of the same batch")
