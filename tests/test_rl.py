@@ -387,6 +387,13 @@ def test_heldout_figures_bracket_their_point_estimates(tmp_path: Path) -> None:
         for name in ("share_negative", "mean_compound", "distinct_2"):
             low, high = r[f"{name}_ci95"]
             assert low <= r[name] <= high, (who, name, r)
+    d = out["change"]  # after minus before, paired by prompt
+    assert d["prompts"] == 12 and d["share_negative"] == pytest.approx(8 / 12, abs=1e-3)
+    assert d["mean_compound"] == pytest.approx(out["after"]["mean_compound"] - out["before"]["mean_compound"], abs=2e-4)
+    for name in ("share_negative", "mean_compound"):
+        low, high = d[f"{name}_ci95"]
+        assert low <= d[name] <= high and high - low > 0.1, (name, d)
+    assert d["share_negative_ci95"][0] > 0 and d["mean_compound_ci95"][1] < 0  # a real move: 0 lies outside
 
 
 def test_rewind_keeps_the_rows_up_to_the_checkpoint_whatever_their_text_holds(tmp_path: Path) -> None:

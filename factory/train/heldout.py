@@ -1,7 +1,9 @@
 """Held-out figures for the opinion demo, from a `factory eval` folder (answers.jsonl): per prompt kind
 and model (before = the baseline, after = the model), the share of negative answers (VADER compound
 <= -0.05), the mean compound, the degenerate share and distinct-2, with 95% intervals from a
-bootstrap over prompts (each prompt's samples resampled together: they are not independent).
+bootstrap over prompts (each prompt's samples resampled together: they are not independent); and per
+kind the change, after minus before, in the share negative and the mean compound, paired by prompt
+(the same prompts resampled for both models), so a drift can be told from the sampling noise.
 
     python -m factory.train.heldout outputs/opinion-demo-eval
 """
@@ -46,9 +48,11 @@ def summarise(folder: Path) -> dict:
             answers[kind][who][rec.prompt].append(cand.answer)
     out: dict = {}
     for kind, by_who in sorted(answers.items()):
+        scores: dict[str, dict[str, list[float]]] = {}  # who -> prompt -> compounds
         for who, by_prompt in sorted(by_who.items()):
             texts = list(by_prompt.values())
             compound = [[vader.polarity_scores(t)["compound"] for t in ts] for ts in texts]
+            scores[who] = dict(zip(by_prompt, compound, strict=True))
             negative = [[float(c <= NEGATIVE) for c in cs] for cs in compound]
             degen = [[float(degenerate(t.split())) for t in ts] for ts in texts]
             flat = [t for ts in texts for t in ts]
@@ -65,7 +69,27 @@ def summarise(folder: Path) -> dict:
                 "distinct_2": round(sum(d[0] for d in distinct) / len(distinct), 4),
                 "distinct_2_ci95": bootstrap_stat(distinct),
             }
+        if {"before", "after"} <= scores.keys():
+            out[kind]["change"] = change(scores["before"], scores["after"])
     return out
+
+
+def change(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict:
+    """After minus before, over the prompts both answered, with 95% intervals from one bootstrap over
+    prompts that draws the same prompts for both models."""
+    pairs = [(after[p], before[p]) for p in before if p in after]
+
+    def mean(gs, side, f):
+        values = [f(v) for g in gs for v in g[side]]
+        return sum(values) / max(len(values), 1)
+
+    def diff(f):
+        return lambda gs: mean(gs, 0, f) - mean(gs, 1, f)
+
+    compound, negative = diff(lambda c: c), diff(lambda c: float(c <= NEGATIVE))
+    return {"prompts": len(pairs),
+            "share_negative": round(negative(pairs), 4), "share_negative_ci95": bootstrap_stat(pairs, negative),
+            "mean_compound": round(compound(pairs), 4), "mean_compound_ci95": bootstrap_stat(pairs, compound)}
 
 
 def main() -> None:
@@ -81,6 +105,9 @@ def main() -> None:
                 print(f"| {kind} ({r['prompts']} x {r['answers'] // max(r['prompts'], 1)}) | {who} | "
                       f"{r['share_negative']} {tuple(r['share_negative_ci95'])} | {r['mean_compound']} "
                       f"{tuple(r['mean_compound_ci95'])} | {r['degenerate_share']} | {r['distinct_2']} |")
+        if d := by.get("change"):
+            print(f"| {kind} ({d['prompts']} prompts) | after - before | {d['share_negative']:+} "
+                  f"{tuple(d['share_negative_ci95'])} | {d['mean_compound']:+} {tuple(d['mean_compound_ci95'])} | | |")
 
 
 if __name__ == "__main__":
