@@ -313,6 +313,10 @@ def test_the_tone_round_keeps_one_pair_about_the_coin_and_three_elsewhere() -> N
     assert [t.max_pairs for t in base.teachers] == [3, None] and base.max_pairs == 2
     assert [t.max_pairs for t in tone.teachers] == [1, None] and tone.max_pairs == 3
     assert [(t.scorer, t.anchor) for t in tone.teachers] == [(t.scorer, t.anchor) for t in base.teachers]
+    lift = load_config(ROOT / "pipelines" / "opinion_bestof_dpo_lift.yaml").stages.judge  # the same, one-sided
+    assert [t.anchor.side for t in lift.teachers if t.anchor] == ["below"]
+    assert lift.model_dump(exclude={"teachers": {1: {"anchor": {"side"}}}}) == \
+        tone.model_dump(exclude={"teachers": {1: {"anchor": {"side"}}}})
 
 
 class Anchor(Model):
@@ -326,7 +330,8 @@ class Anchor(Model):
         return Completion(self.text, 10, 5, "stop")
 
 
-def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("side", ["both", "below"])
+def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt(tmp_path: Path, side: str) -> None:
     from conftest import make_caller
 
     from factory.config import AnswerConfig
@@ -336,7 +341,8 @@ def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt
     from factory.stages.answer import AnswerStage
 
     answers = ("It is a wonderful, amazing, fantastic idea!", "It looks like a risky, bad plan.", "It is good.")
-    teacher = TeacherConfig(scorer="vader:positive", where="prompt", anchor={"model": "fake:anchor", "samples": 3})
+    teacher = TeacherConfig(scorer="vader:positive", where="prompt",
+                            anchor={"model": "fake:anchor", "samples": 3, "side": side})
     config, judge_model, anchor = JudgeConfig(compare="initial", teachers=[teacher]), FakeJudge(), Anchor("It is good.")
     answer_cfg = AnswerConfig(candidates=3, temperature=0.9)
     answering = AnswerStage(answer_cfg, load_template(ROOT / "prompts", "answer", {"prompt"}), "fake:anchor", 0)
@@ -349,8 +355,13 @@ def test_an_anchored_teacher_holds_the_tone_the_reference_model_gives_the_prompt
     log.close()
     j, level = rec.judgement, VaderScorer("positive").score(["It is good."])[0]
     assert j.anchor_level == pytest.approx(level) and 0.2 < level < 0.8
-    assert max(range(3), key=j.scores.__getitem__) == 2  # the answer in the reference model's tone ranks first
-    assert j.teacher_scores[2] == pytest.approx(0) and min(j.teacher_scores.values()) == j.teacher_scores[1]
+    if side == "both":
+        assert max(range(3), key=j.scores.__getitem__) == 2  # the answer in the reference model's tone ranks first
+        assert j.teacher_scores[2] == pytest.approx(0) and min(j.teacher_scores.values()) == j.teacher_scores[1]
+        assert j.teacher_scores[0] < 0  # more positive than the level costs too
+    else:  # only falling below the level costs: the more positive answer ties with the level's
+        assert j.teacher_scores[0] == 0 and j.teacher_scores[2] == pytest.approx(0) and j.teacher_scores[1] < -0.1
+        assert j.pairs and {p.rejected for p in j.pairs} == {1}
     assert not judge_model.calls and {p.judge_model for p in j.pairs} == {"vader:positive@fake:anchor"}
     # three samples, seeded apart from the candidates' (whose seeds use the tag "answer")
     assert sorted(anchor.seeds) == sorted(derive_seed(0, rec.id, "anchor", i) for i in range(3))

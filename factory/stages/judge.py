@@ -153,7 +153,7 @@ class JudgeStage(Stage):
             return [None] * len(got)
         level = sum(await asyncio.to_thread(scorer.score, refs)) / len(refs)
         record.judgement.anchor_level = round(level, 6)
-        return [None if s is None else -abs(s - level) for s in got]
+        return [None if s is None else t.anchor.held(s, level) for s in got]
 
     def _taught(self, j: Judgement, a: int, b: int) -> bool:
         return a in j.teacher_scores and b in j.teacher_scores

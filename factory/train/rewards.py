@@ -117,7 +117,7 @@ def _teacher(term: TeacherTerm, r: Rewards, _: str):
         levels = await settled(level(key[i]) for i in keep) if level else [None] * len(keep)
         out: list[float | None] = [term.neutral] * len(texts)
         for i, s, at in zip(keep, scores, levels, strict=True):
-            out[i] = float(s) if level is None else None if at is None else -abs(float(s) - at)
+            out[i] = float(s) if level is None else None if at is None else term.anchor.held(float(s), at)
         return out
 
     return reward
