@@ -313,10 +313,12 @@ def test_the_tone_round_keeps_one_pair_about_the_coin_and_three_elsewhere() -> N
     assert [t.max_pairs for t in base.teachers] == [3, None] and base.max_pairs == 2
     assert [t.max_pairs for t in tone.teachers] == [1, None] and tone.max_pairs == 3
     assert [(t.scorer, t.anchor) for t in tone.teachers] == [(t.scorer, t.anchor) for t in base.teachers]
-    lift = load_config(ROOT / "pipelines" / "opinion_bestof_dpo_lift.yaml").stages.judge  # the same, one-sided
-    assert [t.anchor.side for t in lift.teachers if t.anchor] == ["below"]
-    assert lift.model_dump(exclude={"teachers": {1: {"anchor": {"side"}}}}) == \
-        tone.model_dump(exclude={"teachers": {1: {"anchor": {"side"}}}})
+    side = {"teachers": {1: {"anchor": {"side"}}}}
+    for name, two_sided in (("opinion_bestof_dpo_lift.yaml", base), ("opinion_bestof_dpo_tone_lift.yaml", tone)):
+        lift = load_config(ROOT / "pipelines" / name).stages.judge  # the same rounds with a one-sided anchor
+        assert [t.anchor.side for t in lift.teachers if t.anchor] == ["below"]
+        assert [t.anchor.side for t in two_sided.teachers if t.anchor] == ["both"]
+        assert lift.model_dump(exclude=side) == two_sided.model_dump(exclude=side)
 
 
 class Anchor(Model):
