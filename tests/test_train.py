@@ -183,8 +183,10 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("lora_r: many\n")
     with pytest.raises(InputError, match=r"typo.yaml:1: field 'lora_r'"):
         resolve("sft", tmp_path / "typo.yaml")
-    with pytest.raises(FactoryError, match="training needs local weights"):
+    with pytest.raises(FactoryError, match="--model 'openai:gpt-4o-mini': training needs local weights"):
         model_folder("openai:gpt-4o-mini")
+    with pytest.raises(FactoryError, match="--reference 'openai:gpt-4o-mini': training needs local weights"):
+        model_folder("openai:gpt-4o-mini", "--reference")
     with pytest.raises(FactoryError, match="is not a Hugging Face model folder"):
         model_folder(f"local:{tmp_path}")
     with pytest.raises(FactoryError, match="not empty"):

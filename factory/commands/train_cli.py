@@ -62,8 +62,7 @@ def train_(objective: str, data: Path | None, model_spec: str, out: Path | None,
 
         if resume is not None:
             given = [v for v in (data, out, config_file, max_steps, epochs, lr, batch_size, max_length, beta, reference,
-                                 lora, seed,
-                                 num_generations) if v is not None]
+                                 lora, seed, num_generations) if v is not None]
             if given:
                 raise click.UsageError("--resume continues with the run's saved data, model and settings; only "
                                        "--max-cost may be given with it")

@@ -9,12 +9,13 @@ from factory.models.spec import ModelSpec
 from factory.train.config import TrainConfig
 
 
-def model_folder(spec: str) -> Path:
-    """The folder a `local:` spec names (the embedded model is converted once, then cached)."""
+def model_folder(spec: str, flag: str = "--model") -> Path:
+    """The folder a `local:` spec names (the embedded model is converted once, then cached); FLAG names the
+    option it came from in errors."""
     parsed = ModelSpec.parse(spec, known=False) if ":" in spec else None
     kind, name = (parsed.provider, parsed.name) if parsed else ("", "")
     if kind != "local":
-        raise FactoryError(f"--model {spec!r}: training needs local weights: local:smollm2 (the embedded model) "
+        raise FactoryError(f"{flag} {spec!r}: training needs local weights: local:smollm2 (the embedded model) "
                            "or local:PATH (a Hugging Face model folder)")
     if name == "smollm2":
         from factory.models.smollm2 import ensure_smollm2

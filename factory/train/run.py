@@ -63,7 +63,7 @@ def trainer_args(objective: str, cfg: TrainConfig, out: Path, bf16: bool, cpu: b
 
 def reference_folder(spec: str, tokenizer) -> Path:
     """The folder of the frozen model the DPO/KTO loss compares with, checked before anything is written."""
-    path = model_folder(spec)
+    path = model_folder(spec, "--reference")
     if len(load_tokenizer(path)) != len(tokenizer):
         raise FactoryError(f"--reference {spec}: its tokenizer differs from the starting model's ({len(tokenizer)} "
                            "tokens): the reference must share the policy's vocabulary, e.g. the base model it was "
