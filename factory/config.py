@@ -141,10 +141,8 @@ class AnchorConfig(Strict):
     model: str = Field(description="the reference model's spec (in a loop: the base model, e.g. local:smollm2)")
     samples: int = Field(default=4, ge=1, le=16, description="its answers per prompt (the answer stage's template "
                          "and sampling), whose mean score is the level")
-    side: Literal["both", "below"] = Field(
-        default="both", description="both: minus the distance from the level either way; below: only a score "
-        "under the level costs (answers at or above it tie), so the pairs lift the low side and never reject an "
-        "answer for being more than the level")
+    side: Literal["both", "below"] = Field(default="both", description="both: minus the distance from the level "
+                                           "either way; below: only a score under the level costs (the rest tie)")
 
     def held(self, score: float, level: float) -> float:
         """SCORE as held at LEVEL: 0 at the level, less the further it strays (on the counted side)."""

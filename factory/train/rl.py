@@ -34,7 +34,7 @@ from factory.stages.idk import references_of, wrong_of
 from factory.train.data import card_configs
 from factory.train.model import load_policy, load_tokenizer, lora_config, model_folder
 from factory.train.progress import ProgressCallback
-from factory.train.rl_config import IdkTerm, RLConfig
+from factory.train.rl_config import NOT_RL, IdkTerm, RLConfig
 from factory.train.rollouts import SAMPLES, RolloutSink, SampleCallback, write_card
 from factory.train.run import check_out, is_main_process, peak_memory_mb, save
 from factory.yamlfile import jsonl_lines
@@ -263,7 +263,7 @@ def train_rl(objective: str, data: Path | None, model_spec: str, out: Path, cfg:
     if not resume:
         write_json(out / RUN_FILE, {"objective": objective, "run_id": secrets.token_hex(4),
                                     "data": str(data.resolve()), "model": model_spec,
-                                    "config": cfg.model_dump(mode="json", exclude={"max_length", "evaluate", "eval_batch_size"}),
+                                    "config": cfg.model_dump(mode="json", exclude=NOT_RL),
                                     "max_cost": max_cost,
                                     "started": now(), "command": command_line()})
     checkpoint = last_checkpoint(out) if resume else None

@@ -84,6 +84,9 @@ class FactsTerm(Term):
 RewardTerm = Annotated[TeacherTerm | JudgeTerm | IdkTerm | FactsTerm, Field(discriminator="kind")]
 
 
+NOT_RL = {"max_length", "evaluate", "eval_batch_size", "reference"}  # TrainConfig's fields grpo and rloo refuse
+
+
 class RLConfig(TrainConfig):
     batch_size: int = Field(default=8, ge=1, description="completions per device per step (a multiple of "
                             "num_generations)")
@@ -115,7 +118,7 @@ class RLConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
-        unused = sorted({"max_length", "evaluate", "eval_batch_size", "reference"} & self.model_fields_set)
+        unused = sorted(NOT_RL & self.model_fields_set)
         if unused:
             raise ValueError(f"{', '.join(unused)}: not used by grpo and rloo (the length of a sample is "
                              "max_completion_length; evaluate with `factory eval`; the KL reference is the "
