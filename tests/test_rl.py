@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_dataset
+from test_cli import factory
 from test_train import tiny  # noqa: F401  (the fixture)
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -281,9 +282,8 @@ def test_bad_reward_config_exits_2_before_any_model(rewards, prompts, field: str
     where = "rl.yaml" if field.startswith("rewards") else "prompts.jsonl"
     line = next(i for i, text in enumerate((tmp_path / where if where == "rl.yaml" else prompts_file(tmp_path, prompts))
                                            .read_text().splitlines(), 1) if marker in text)
-    r = subprocess.run([sys.executable, "-m", "factory", "train", "grpo", str(prompts_file(tmp_path, prompts)),
-                        "--model", "local:/no/such/model", "--config", str(config), "--out", str(tmp_path / "out")],
-                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = factory("train", "grpo", prompts_file(tmp_path, prompts), "--model", "local:/no/such/model",
+                "--config", config, "--out", tmp_path / "out")
     assert r.returncode == 2, r.stderr
     assert f"{where}:{line}" in r.stderr and f"'{field}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "/no/such/model" not in r.stderr  # the model was never looked at

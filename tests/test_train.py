@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_clean import HARMLESS, rec
+from test_cli import factory as in_process
 
 from factory.config import ExportConfig
 from factory.engine.stats import StageStats
@@ -228,11 +229,11 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
 
 def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:
     plain = exported(tmp_path / "plain", n=4, test_fraction=0.0)
-    r = factory("train", "reward", plain, "--out", tmp_path / "out")
+    r = in_process("train", "reward", plain, "--out", tmp_path / "out")
     assert r.returncode == 2 and "no 'reward' config here (it has: sft, prefs)" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_steps: 3\nwarmup_ratio: 0.1\n")
-    r = factory("train", "sft", plain, "--out", tmp_path / "out", "--config", bad)
+    r = in_process("train", "sft", plain, "--out", tmp_path / "out", "--config", bad)
     assert r.returncode == 2 and "bad.yaml:2: field 'warmup_ratio': unknown key" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
