@@ -59,6 +59,9 @@ opinion-demo-dpo: install
 # kept 0 of 300 it wrote: it seldom writes the Question/Answer form, and its answers are seldom in the passage).
 IDK_GENERATOR ?= rules
 IDK_SEED ?= 0
+# GRPO samples a step (4 per question). 32 (8 questions a step) kept both runs' declines steady and met the
+# target on the draw that 16 missed (seed 2, README); seeds 0 and 3 are measured at 16 only.
+IDK_BATCH ?= 16
 idk-demo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo-label outputs/idk-demo-sft outputs/idk-demo-grpo \
 		outputs/idk-demo-grpo-decline05 outputs/idk-demo-pick outputs/idk-demo-eval
@@ -67,9 +70,9 @@ idk-demo: install
 	$(BIN)/factory run pipelines/idk.yaml --prompts outputs/idk-demo-set/prompts.jsonl --out outputs/idk-demo-label
 	$(BIN)/factory train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft
 	$(BIN)/factory train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml \
-		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo
+		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo --batch-size $(IDK_BATCH)
 	$(BIN)/factory train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl_decline05.yaml \
-		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo-decline05
+		--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo-decline05 --batch-size $(IDK_BATCH)
 	$(BIN)/factory pick outputs/idk-demo-grpo outputs/idk-demo-grpo-decline05 --set outputs/idk-demo-set \
 		--out outputs/idk-demo-pick
 	$(BIN)/factory eval --set outputs/idk-demo-set --model local:outputs/idk-demo-pick --baseline local:smollm2 \

@@ -482,6 +482,7 @@ def test_idk_recipe_configs_validate() -> None:
     assert second.model_dump(exclude={"rewards"}) == rl.model_dump(exclude={"rewards"})
     assert (rl.rewards[0].decline, second.rewards[0].decline) == (0.375, 0.5)
     assert "--config pipelines/idk_rl_decline05.yaml" in make and "--seed $(IDK_SEED)" in make
+    assert make.count("--batch-size $(IDK_BATCH)") == 2 and f"IDK_BATCH ?= {rl.batch_size}\n" in make
     assert "--validation 120" in make and "pick outputs/idk-demo-grpo outputs/idk-demo-grpo-decline05 --set" in make
     assert "--model local:outputs/idk-demo-pick --baseline local:smollm2" in make
 
