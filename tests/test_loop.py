@@ -120,39 +120,41 @@ def test_two_rounds_make_folders_manifest_table_and_report(judged, tiny: Path, t
 
 @pytest.mark.slow
 @pytest.mark.train
-@pytest.mark.parametrize("phase", ["2.generate", "1.train", "1.eval"])
-def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(phase: str, judged, tiny: Path,  # noqa: F811
-                                                                tmp_path: Path) -> None:
+def test_sigkill_mid_loop_then_resume_reaches_the_same_datasets(judged, tiny: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Killed inside a generate, a train and an eval step in turn (one uninterrupted loop as the reference
+    for all three), each resumed run ends with the same datasets, the same win rates, and each judge call
+    made once."""
     config = loop_config(tmp_path, tiny)
     whole = tmp_path / "whole"
     assert factory("loop", config, "--rounds", "2", "--out", whole).returncode == 0
-    judged.requests.clear()
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "factory", "loop", config, "--rounds", "2", "--out", out],
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:  # kill it inside that step
-        steps = json.loads((out / "loop.json").read_text())["steps"] if (out / "loop.json").is_file() else {}
-        if steps.get(phase, {}).get("status") == "running":
-            time.sleep(1.0 if phase == "1.train" else 0)  # into the training itself
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads((out / "loop.json").read_text())["steps"][phase]["status"] == "running"
-    r = factory("loop", "--resume", out)
-    assert r.returncode == 0, r.stderr
-    assert json.loads((out / "loop.json").read_text())["resumed"] == 1
-    assert datasets(out, 2) == datasets(whole, 2)
-    for k, name in ((1, "eval"), (2, "eval"), (2, "eval_prev")):
-        a, b = (json.loads((d / f"round-{k}" / name / "eval.json").read_text()) for d in (out, whole))
-        assert (a["win_rate"], a["ci95"], a["n"]) == (b["win_rate"], b["ci95"], b["n"])
-    with sqlite3.connect(out / "cache" / "calls.sqlite") as db:
-        distinct = db.execute("SELECT COUNT(*) FROM calls WHERE model = 'openai:m'").fetchone()[0]
-    asked = [r for r in judged.requests if r["path"].endswith("/chat/completions")]
-    # Every judge call was made once across the killed and the resumed process (a call in flight at
-    # the kill, at most `concurrency` of them, may have been made twice).
-    assert distinct > 0 and distinct <= len(asked) <= distinct + 8
+    for phase in ("2.generate", "1.train", "1.eval"):
+        judged.requests.clear()
+        out = tmp_path / f"killed-{phase}"
+        proc = subprocess.Popen([sys.executable, "-m", "factory", "loop", config, "--rounds", "2", "--out", out],
+                                cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:  # kill it inside that step
+            steps = json.loads((out / "loop.json").read_text())["steps"] if (out / "loop.json").is_file() else {}
+            if steps.get(phase, {}).get("status") == "running":
+                time.sleep(1.0 if phase == "1.train" else 0)  # into the training itself
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert json.loads((out / "loop.json").read_text())["steps"][phase]["status"] == "running", phase
+        r = factory("loop", "--resume", out)
+        assert r.returncode == 0, (phase, r.stderr)
+        assert json.loads((out / "loop.json").read_text())["resumed"] == 1
+        assert datasets(out, 2) == datasets(whole, 2), phase
+        for k, name in ((1, "eval"), (2, "eval"), (2, "eval_prev")):
+            a, b = (json.loads((d / f"round-{k}" / name / "eval.json").read_text()) for d in (out, whole))
+            assert (a["win_rate"], a["ci95"], a["n"]) == (b["win_rate"], b["ci95"], b["n"]), (phase, k, name)
+        with sqlite3.connect(out / "cache" / "calls.sqlite") as db:
+            distinct = db.execute("SELECT COUNT(*) FROM calls WHERE model = 'openai:m'").fetchone()[0]
+        asked = [r for r in judged.requests if r["path"].endswith("/chat/completions")]
+        # Every judge call was made once across the killed and the resumed process (a call in flight at
+        # the kill, at most `concurrency` of them, may have been made twice).
+        assert distinct > 0 and distinct <= len(asked) <= distinct + 8, phase
 
 
 def test_bad_input_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
