@@ -59,9 +59,9 @@ opinion-demo-dpo: install
 # kept 0 of 300 it wrote: it seldom writes the Question/Answer form, and its answers are seldom in the passage).
 IDK_GENERATOR ?= rules
 IDK_SEED ?= 0
-# GRPO samples a step (4 per question). 32 (8 questions a step) kept both runs' declines steady and met the
-# target on the draw that 16 missed (seed 2, README); seeds 0 and 3 are measured at 16 only.
-IDK_BATCH ?= 16
+# GRPO samples a step (4 per question; idk_rl.yaml's batch_size). 32 (8 questions a step) met the target on
+# seeds 0 and 2 (README); 16 met it on seeds 0 and 3 and missed on seed 2, and halves the GRPO time.
+IDK_BATCH ?= 32
 idk-demo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo-label outputs/idk-demo-sft outputs/idk-demo-grpo \
 		outputs/idk-demo-grpo-decline05 outputs/idk-demo-pick outputs/idk-demo-eval
