@@ -32,6 +32,16 @@ def test_a_revision_that_critiques_the_answer_is_a_critique() -> None:
     assert revision_gate(prompt, answer, revision) == "critique"
 
 
+def test_critique_markers_are_counted_against_the_prompt_not_the_answer() -> None:
+    prompt = "Write a short thank-you note to my child's teacher."
+    answer = "Your response is reorganized: the revised note is more concise."  # critique talk already
+    revision = "The user asked for a note. The answer should be warmer."
+    assert revision_gate(prompt, answer, revision) == "critique"
+    # A prompt that asks for a rewrite may get one that says so.
+    essay = "Can you rewrite this sentence so it reads better: 'me and him goes to school'?"
+    assert revision_gate(essay, "He and I go to school.", "Rewritten: 'He and I go to school.'") is None
+
+
 def test_a_good_revision_passes() -> None:
     revision = "Find a stud or use heavy-duty drywall anchors rated for the mirror's weight, and hang it on a wire."
     assert revision_gate(MIRROR, MIRROR_ANSWER, revision) is None

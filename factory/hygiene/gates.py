@@ -103,10 +103,11 @@ def revision_gate(prompt: str, answer: str, revision: str, *, max_critique_marke
                   off_topic_margin: float = 0.25, off_topic_floor: float = 0.2) -> str | None:
     """The reason a revision must not be preferred to its answer, or None.
 
-    `critique`: the revision has more critique markers than the answer, beyond
-    `max_critique_markers`. `off_topic`: its relatedness to the prompt is below `off_topic_floor`
+    `critique`: the revision has more critique markers than the prompt (a prompt about revising an
+    essay may say "revise"), beyond `max_critique_markers`. Not than the answer: an answer that was
+    itself critique talk does not excuse a revision that is too. `off_topic`: its relatedness to the prompt is below `off_topic_floor`
     and below the answer's by more than `off_topic_margin`."""
-    if critique_markers(revision) > max(max_critique_markers, critique_markers(answer)):
+    if critique_markers(revision) > max(max_critique_markers, critique_markers(prompt)):
         return "critique"
     before, after = relatedness(prompt, answer), relatedness(prompt, revision)
     if after < off_topic_floor and (after < before - off_topic_margin or after == 0 < before):
