@@ -29,7 +29,10 @@ answer had some): 0.875 caught, 1 of 17 better dropped. A fourth, from the misse
 "the user", "the instructions", "the examples": the critique prompt's scaffolding): 0.911 caught, still 1
 of 17 better dropped. All four are in-sample, so optimistic; the blind figure is the 0.857 above.
 A second blind batch of 27 (seeds 5 and 6 of the default pipeline): 0.824 caught, 2 of 3 better
-dropped; on all 114 triples 0.890 caught and 3 of 20 better dropped (README, Benchmarks)."""
+dropped; on all 114 triples 0.890 caught and 3 of 20 better dropped. A third blind batch of 28: 0.783
+caught; two misses were critique talk excused because the answer was critique talk too, so markers are
+now counted against the prompt's, not the answer's. A fourth blind batch of 27, after that change: 23 of
+24 caught. All 169: 0.908 caught, 3 of 20 better dropped (README, Benchmarks)."""
 
 from __future__ import annotations
 
@@ -103,10 +106,10 @@ def revision_gate(prompt: str, answer: str, revision: str, *, max_critique_marke
                   off_topic_margin: float = 0.25, off_topic_floor: float = 0.2) -> str | None:
     """The reason a revision must not be preferred to its answer, or None.
 
-    `critique`: the revision has more critique markers than the prompt (a prompt about revising an
-    essay may say "revise"), beyond `max_critique_markers`. Not than the answer: an answer that was
-    itself critique talk does not excuse a revision that is too. `off_topic`: its relatedness to the prompt is below `off_topic_floor`
-    and below the answer's by more than `off_topic_margin`."""
+    `critique`: the revision has more critique markers than the prompt (a prompt that asks for a
+    rewrite may get one that says "rewritten"), beyond `max_critique_markers`; not than the answer,
+    since an answer that was critique talk excuses nothing. `off_topic`: its relatedness to the
+    prompt is below `off_topic_floor` and below the answer's by more than `off_topic_margin`."""
     if critique_markers(revision) > max(max_critique_markers, critique_markers(prompt)):
         return "critique"
     before, after = relatedness(prompt, answer), relatedness(prompt, revision)
