@@ -475,6 +475,10 @@ def test_idk_recipe_configs_validate() -> None:
     assert "train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml" in make
     sft = resolve("sft", ROOT / "pipelines" / "idk_sft.yaml")
     assert sft.epochs == 6 and sft.max_steps == -1  # the SFT warm start GRPO begins from
+    from factory.config import load_config
+
+    answer = load_config(ROOT / "pipelines" / "idk.yaml").stages.answer.template
+    assert sft.template == str(ROOT / "prompts" / f"{answer}.yaml")  # SFT trains in the format GRPO samples in
     assert "train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft" in make
     assert "--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo" in make
     assert rl.keep_checkpoints and rl.loss_type == "grpo"  # every checkpoint survives, for the pick

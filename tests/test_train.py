@@ -121,6 +121,60 @@ def test_dpo_compares_with_the_reference_it_is_given(data: Path, tiny: Path, tmp
     assert not (tmp_path / "never").exists()
 
 
+def test_a_template_wraps_each_rows_prompt_as_the_pipeline_sends_it(tmp_path: Path) -> None:
+    """`template:` puts the template's system text and user wrapping around each row's last user turn, in
+    every conversational column that has one; a row's own system prompt wins, as in `factory run`."""
+    from factory.train.data import load_wrapper, wrap
+
+    folder = exported(tmp_path / "data", n=4, test_fraction=0.0, kto=True, reward=True)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "quiz.yaml").write_text('system: Answer briefly.\nuser: "Q: {{ prompt }}"\n')
+    cfgfile = tmp_path / "sft.yaml"
+    cfgfile.write_text("template: p/quiz.yaml\n")
+    cfg = resolve("sft", cfgfile)
+    assert cfg.template == str((tmp_path / "p" / "quiz.yaml").resolve())  # relative to the YAML
+    template = load_wrapper(cfg.template)
+    sft = wrap(load(folder, "sft").train, template)[0]["messages"]
+    assert [m["role"] for m in sft] == ["system", "user", "assistant"] and sft[0]["content"] == "Answer briefly."
+    assert sft[1]["content"].startswith("Q: Question number") and sft[2]["content"].startswith("A longer")
+    prefs = wrap(load(folder, "prefs").train, template)[0]
+    assert [m["role"] for m in prefs["prompt"]] == ["system", "user"] and prefs["prompt"][1]["content"].startswith("Q: ")
+    assert [m["role"] for m in prefs["chosen"]] == ["assistant"]  # a reply alone: nothing to wrap
+    kto = wrap(load(folder, "kto").train, template)[0]
+    assert kto["prompt"][0] == {"role": "system", "content": "Answer briefly."}
+    reward = wrap(load(folder, "reward").train, template)[0]
+    assert [m["role"] for m in reward["chosen"]] == [m["role"] for m in reward["rejected"]] == ["system", "user", "assistant"]
+    from datasets import Dataset
+
+    own = Dataset.from_list([{"messages": [{"role": "system", "content": "Be a pirate."},
+                                           {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi."},
+                                           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Arr."}]}])
+    assert [m["content"] for m in wrap(own, template)[0]["messages"]] == ["Be a pirate.", "Hi", "Hi.", "Q: Bye", "Arr."]
+    (tmp_path / "p" / "other.yaml").write_text('user: "{{ question }}"\n')
+    with pytest.raises(InputError, match=r"other.yaml.*question"):
+        load_wrapper(str(tmp_path / "p" / "other.yaml"))
+    (tmp_path / "p" / "prefilled.yaml").write_text('user: "{{ prompt }}"\nprefill: "Sure"\n')
+    with pytest.raises(InputError, match=r"prefilled.yaml: field 'prefill': has a prefill"):
+        load_wrapper(str(tmp_path / "p" / "prefilled.yaml"))
+    with pytest.raises(FactoryError, match=r"template: .*nowhere.yaml is not a file"):
+        load_wrapper(str(tmp_path / "nowhere.yaml"))
+    with pytest.raises(FactoryError, match=r"template: not used by grpo and rloo.*the pipeline's answer template"):
+        resolve("grpo", ROOT / "pipelines" / "idk_rl.yaml", template=cfg.template)
+
+
+@pytest.mark.model
+@pytest.mark.train
+def test_sft_trains_on_the_wrapped_rows(data: Path, tiny: Path, tmp_path: Path) -> None:
+    """The trainer sees the template's tokens: the same step with a long system text trains on more tokens."""
+    (tmp_path / "wrapper.yaml").write_text("system: " + "Answer in one short sentence. " * 8 + '\nuser: "{{ prompt }}"\n')
+    tokens = {}
+    for name, template in (("bare", None), ("wrapped", str(tmp_path / "wrapper.yaml"))):
+        cfg = resolve("sft", max_steps=1, batch_size=2, gradient_checkpointing=False, evaluate=False, template=template)
+        tokens[name] = train("sft", data, f"local:{tiny}", tmp_path / name, cfg)["tokens"]
+    # 2 rows, each with about 47 tokens of system text in place of the chat template's default (about 15)
+    assert tokens["wrapped"] > tokens["bare"] + 2 * 20, tokens
+
+
 def generate(spec: str) -> str:
     from factory.models import GenParams, load_model
 

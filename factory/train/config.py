@@ -35,6 +35,10 @@ class TrainConfig(BaseModel):
     reference: str | None = Field(default=None, description="DPO and KTO: the frozen reference, a local: spec "
                                   "(default: the starting model, --model); e.g. the base model in round N of "
                                   "iterated DPO, so drift from it costs in every round")
+    template: str | None = Field(default=None, description="a prompt template file (prompts/*.yaml, relative to "
+                                 "this YAML) that wraps each row's last user turn, system text included, as "
+                                 "`factory run`, `factory train grpo` and `factory eval` send prompts with it, so "
+                                 "the model learns in the format it is sampled in (default: rows as exported)")
     lora: bool = Field(default=False, description="train a LoRA adapter (merged into the saved model)")
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, InputError
 from factory.export.card import paths
+from factory.prompts import load_template
 
 # The columns each objective's trainer reads (everything else is provenance, left out).
 COLUMNS = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "reward": ["chosen", "rejected"],
@@ -110,6 +111,37 @@ def load(folder: str | Path, config: str) -> TrainData:
         raise FactoryError(f"{folder}: {train_split} is empty")
     train, test = (shape(d, config) if d is not None and d.num_rows else None for d in (train, test))
     return TrainData(folder, config, train, test, provenance(folder, config, configs[config]), note)
+
+
+def load_wrapper(path: str):
+    """The prompt template of a training config's `template`, checked before any model loads: it may use
+    `prompt` only, and no prefill (a prefill would sit between the prompt and the row's own answer)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FactoryError(f"training config: template: {file} is not a file (a prompts/*.yaml template, "
+                           "relative to the training YAML)")
+    template = load_template(file.parent, file.stem, {"prompt"})
+    if template.prefill:
+        raise InputError(file, "has a prefill: a training row's answer follows its prompt directly; "
+                         "use a template without one", field="prefill")
+    return template
+
+
+def wrap(ds, template):
+    """Each conversational column's last user turn sent through TEMPLATE, as the pipeline sends a prompt:
+    the template's system text first (unless the row brings its own), then the rendered user turn."""
+    def one(turns: list[dict]) -> list[dict]:
+        users = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        if not users:
+            return turns  # a preference row's chosen or rejected reply: no prompt in it
+        i = users[-1]
+        return [*template.render(turns[:i], prompt=turns[i]["content"]), *turns[i + 1:]]
+
+    columns = [c for c in ("messages", "prompt", "chosen", "rejected") if c in ds.column_names]
+    if any(not isinstance(ds[0][c], list) for c in columns):
+        raise FactoryError("training config: template: these rows are plain text, not conversations; "
+                           "a template wraps conversational rows only")
+    return ds.map(lambda row: {c: one(row[c]) for c in columns})
 
 
 def shape(ds, config: str):

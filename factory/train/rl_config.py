@@ -84,7 +84,7 @@ class FactsTerm(Term):
 RewardTerm = Annotated[TeacherTerm | JudgeTerm | IdkTerm | FactsTerm, Field(discriminator="kind")]
 
 
-NOT_RL = {"max_length", "evaluate", "eval_batch_size", "reference"}  # TrainConfig's fields grpo and rloo refuse
+NOT_RL = {"max_length", "evaluate", "eval_batch_size", "reference", "template"}  # TrainConfig's fields grpo and rloo refuse
 
 
 class RLConfig(TrainConfig):
@@ -122,7 +122,7 @@ class RLConfig(TrainConfig):
         if unused:
             raise ValueError(f"{', '.join(unused)}: not used by grpo and rloo (the length of a sample is "
                              "max_completion_length; evaluate with `factory eval`; the KL reference is the "
-                             "starting model)")
+                             "starting model; the prompt's template is the pipeline's answer template)")
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): each step trains on whole groups")

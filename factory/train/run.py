@@ -19,7 +19,7 @@ from rich.console import Console
 from factory.engine.rundir import command_line, now, package_versions, write_json
 from factory.errors import FactoryError
 from factory.train.config import DATA_CONFIG, TrainConfig
-from factory.train.data import TrainData, load
+from factory.train.data import TrainData, load, load_wrapper, wrap
 from factory.train.model import load_policy, load_reward, load_tokenizer, lora_config, model_folder
 from factory.train.progress import ProgressCallback
 
@@ -125,7 +125,10 @@ def train(objective: str, data_dir: str | Path, model_spec: str, out: str | Path
     console = console or Console(stderr=True)
     out = Path(out)
     check_out(out)
+    template = load_wrapper(cfg.template) if cfg.template else None
     data = load(data_dir, DATA_CONFIG[objective])
+    if template is not None:
+        data.train, data.test = (d if d is None else wrap(d, template) for d in (data.train, data.test))
     path = model_folder(model_spec)
     tokenizer = load_tokenizer(path)
     ref_path = reference_folder(cfg.reference, tokenizer) if cfg.reference else path

@@ -18,15 +18,16 @@ def config_class(objective: str) -> type[TrainConfig]:
 
 def load_train_file(path: str | Path, objective: str = "sft", _seen: tuple[Path, ...] = ()) -> dict:
     """The keys a YAML file sets (unknown keys and bad values are InputErrors naming file, line and field),
-    on top of those of the file it `extends`. Relative paths in an RL file (`pipeline`) resolve against the
+    on top of those of the file it `extends`. Relative paths (`pipeline`, `template`) resolve against the
     folder of the file that names them."""
     path = Path(path)
     if path.resolve() in {p.resolve() for p in _seen}:
         raise InputError(_seen[-1], f"makes a cycle through {path.name}: remove one of them", field="extends")
     cfg = load_yaml(path, config_class(objective))
     values = cfg.model_dump(include=cfg.model_fields_set)
-    if values.get("pipeline"):
-        values["pipeline"] = str((path.parent / values["pipeline"]).resolve())
+    for key in ("pipeline", "template"):
+        if values.get(key):
+            values[key] = str((path.parent / values[key]).resolve())
     if "rewards" in values:
         values["rewards"] = cfg.rewards  # typed terms, as validated (and located) here
     if base := values.pop("extends", None):
