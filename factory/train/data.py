@@ -12,7 +12,7 @@ import yaml
 
 from factory.errors import FactoryError, InputError
 from factory.export.card import paths
-from factory.prompts import load_template
+from factory.prompts import Template, load_template
 
 # The columns each objective's trainer reads (everything else is provenance, left out).
 COLUMNS = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "reward": ["chosen", "rejected"],
@@ -113,7 +113,7 @@ def load(folder: str | Path, config: str) -> TrainData:
     return TrainData(folder, config, train, test, provenance(folder, config, configs[config]), note)
 
 
-def load_wrapper(path: str):
+def load_wrapper(path: str) -> Template:
     """The prompt template of a training config's `template`, checked before any model loads: it may use
     `prompt` only, and no prefill (a prefill would sit between the prompt and the row's own answer)."""
     file = Path(path)
@@ -127,7 +127,7 @@ def load_wrapper(path: str):
     return template
 
 
-def wrap(ds, template):
+def wrap(ds, template: Template):
     """Each conversational column's last user turn sent through TEMPLATE, as the pipeline sends a prompt:
     the template's system text first (unless the row brings its own), then the rendered user turn."""
     def one(turns: list[dict]) -> list[dict]:
@@ -138,9 +138,6 @@ def wrap(ds, template):
         return [*template.render(turns[:i], prompt=turns[i]["content"]), *turns[i + 1:]]
 
     columns = [c for c in ("messages", "prompt", "chosen", "rejected") if c in ds.column_names]
-    if any(not isinstance(ds[0][c], list) for c in columns):
-        raise FactoryError("training config: template: these rows are plain text, not conversations; "
-                           "a template wraps conversational rows only")
     return ds.map(lambda row: {c: one(row[c]) for c in columns})
 
 
