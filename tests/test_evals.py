@@ -475,13 +475,13 @@ def test_idk_recipe_configs_validate() -> None:
     assert "train grpo outputs/idk-demo-set/prompts.jsonl --config pipelines/idk_rl.yaml" in make
     sft = resolve("sft", ROOT / "pipelines" / "idk_sft.yaml")
     assert sft.epochs == 6 and sft.max_steps == -1  # the SFT warm start GRPO begins from
-    from factory.config import load_config
-
-    answer = load_config(ROOT / "pipelines" / "idk.yaml").stages.answer.template
-    assert sft.template == str(ROOT / "prompts" / f"{answer}.yaml")  # SFT trains in the format GRPO samples in
     assert "train sft outputs/idk-demo-label --config pipelines/idk_sft.yaml --out outputs/idk-demo-sft" in make
     assert "--model local:outputs/idk-demo-sft --out outputs/idk-demo-grpo" in make
     assert rl.keep_checkpoints and rl.loss_type == "grpo"  # every checkpoint survives, for the pick
+    variant = resolve("sft", ROOT / "pipelines" / "idk_sft_template.yaml")  # the seed-3 variant (README)
+    assert variant.epochs == 6 and variant.template == str(ROOT / "prompts" / "answer_short.yaml") and not sft.template
+    noscale = resolve("grpo", ROOT / "pipelines" / "idk_rl_noscale.yaml")
+    assert noscale.scale_rewards == "none" and noscale.rewards == rl.rewards and rl.scale_rewards is None
     second = resolve("grpo", ROOT / "pipelines" / "idk_rl_decline05.yaml")  # idk_rl.yaml, the decline at +0.5
     assert second.model_dump(exclude={"rewards"}) == rl.model_dump(exclude={"rewards"})
     assert (rl.rewards[0].decline, second.rewards[0].decline) == (0.375, 0.5)
