@@ -62,8 +62,8 @@ IDK_SEED ?= 0
 # GRPO samples a step (4 per question; idk_rl.yaml's batch_size). 32 (8 questions a step) met the target on
 # seeds 0 and 2 and missed it on seed 3 by 0.005 (README); 16 takes half the GRPO time, and met it on seeds
 # 0 and 3 but missed on seed 2.
-# A variant met it on seed 3 and missed on seed 0 (accuracy -5.1 points), one GRPO run: SFT with pipelines/idk_sft_template.yaml,
-# GRPO with pipelines/idk_rl_noscale.yaml (README).
+# A variant with one GRPO run met it on seed 3 and missed on seed 0 (accuracy -5.1 points): SFT with
+# pipelines/idk_sft_template.yaml, GRPO with pipelines/idk_rl_noscale.yaml (README).
 IDK_BATCH ?= 32
 idk-demo: install
 	rm -rf outputs/idk-demo-set outputs/idk-demo-label outputs/idk-demo-sft outputs/idk-demo-grpo \
