@@ -42,6 +42,13 @@ def test_critique_markers_are_counted_against_the_prompt_not_the_answer() -> Non
     assert revision_gate(essay, "He and I go to school.", "Rewritten: 'He and I go to school.'") is None
 
 
+def test_a_reply_may_speak_of_its_own_answer() -> None:
+    prompt = "My friend Sarah asked me about my birthday."
+    answer = "Email the chatbot's address to get your birthday recommendations."
+    assert revision_gate(prompt, answer, "Sorry, my answer was unclear: what did Sarah ask about your birthday?") is None
+    assert revision_gate(prompt, answer, "Sorry, the answer was unclear: what did Sarah ask about your birthday?") == "critique"
+
+
 def test_a_good_revision_passes() -> None:
     revision = "Find a stud or use heavy-duty drywall anchors rated for the mirror's weight, and hang it on a wire."
     assert revision_gate(MIRROR, MIRROR_ANSWER, revision) is None
